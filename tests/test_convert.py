@@ -1,0 +1,108 @@
+"""Conversion to and from MarianMTModel computes the same function, exactly."""
+
+import pytest
+import torch
+from conftest import copy_task_batch, padded_batch, tiny_model
+from test_modeling import decoder_inputs
+from transformers import MarianConfig, MarianMTModel
+
+from vaswani_hf import convert_from_marian, convert_to_marian
+
+
+def padded_decoder_batch() -> dict[str, torch.Tensor]:
+    decoder_input_ids = decoder_inputs(3, 6)
+    decoder_attention_mask = torch.ones_like(decoder_input_ids)
+    decoder_attention_mask[2, 3:] = 0
+    decoder_input_ids[2, 3:] = 0
+    return {"decoder_input_ids": decoder_input_ids, "decoder_attention_mask": decoder_attention_mask}
+
+
+def test_to_marian_gives_the_same_logits():
+    model = tiny_model(seed=11)
+    marian = convert_to_marian(model).eval()
+    assert type(marian) is MarianMTModel
+    batch = {**padded_batch(), **padded_decoder_batch()}
+    assert (marian(**batch).logits - model(**batch).logits).abs().max() <= 1e-4
+
+
+def random_marian(seed: int) -> MarianMTModel:
+    torch.manual_seed(seed)
+    config = MarianConfig(
+        vocab_size=97,
+        d_model=32,
+        encoder_layers=2,
+        decoder_layers=2,
+        encoder_attention_heads=4,
+        decoder_attention_heads=4,
+        encoder_ffn_dim=64,
+        decoder_ffn_dim=64,
+        activation_function="relu",
+        scale_embedding=True,
+        pad_token_id=0,
+        eos_token_id=2,
+        decoder_start_token_id=0,
+        forced_eos_token_id=None,
+        max_position_embeddings=64,
+    )
+    return MarianMTModel(config).eval()
+
+
+def test_from_marian_gives_the_same_logits_and_keeps_marians_start_token():
+    marian = random_marian(seed=12)
+    model = convert_from_marian(marian).eval()
+    assert model.config.decoder_start_token_id == 0  # Marian starts decoding with <pad>
+    batch = {**padded_batch(), **padded_decoder_batch()}
+    assert (model(**batch).logits - marian(**batch).logits).abs().max() <= 1e-4
+    labels = copy_task_batch(torch.Generator().manual_seed(2), batch_size=3)
+    torch.testing.assert_close(model(**labels).loss, marian(**labels).loss, rtol=0, atol=1e-5)
+
+
+def test_greedy_outputs_are_identical_both_ways(reversal_model):
+    batch = copy_task_batch(torch.Generator().manual_seed(9), batch_size=8)
+    del batch["labels"]
+    marian = convert_to_marian(reversal_model).eval()
+    ours = reversal_model.generate(**batch, num_beams=1, max_new_tokens=12)
+    assert torch.equal(marian.generate(**batch, num_beams=1, max_new_tokens=12), ours)
+    back = convert_from_marian(marian).eval()
+    assert torch.equal(back.generate(**batch, num_beams=1, max_new_tokens=12), ours)
+    for name, weight in reversal_model.state_dict().items():
+        torch.testing.assert_close(back.state_dict()[name], weight, rtol=0, atol=0, msg=name)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "problem"),
+    [
+        ({"position_encoding": "learned"}, "position_encoding='learned'"),
+        ({"position_encoding": "none"}, "position_encoding='none'"),
+        ({"scale_attention": False}, "scale_attention=False"),
+        ({"tie_word_embeddings": False}, "tie_word_embeddings=False"),
+    ],
+)
+def test_configs_without_marian_equivalent_are_refused(overrides, problem):
+    with pytest.raises(ValueError, match=problem):
+        convert_to_marian(tiny_model(**overrides))
+
+
+def test_marian_with_logits_bias_or_separate_vocabularies_is_refused():
+    marian = random_marian(seed=13)
+    marian.final_logits_bias.fill_(0.5)
+    with pytest.raises(ValueError, match="final_logits_bias"):
+        convert_from_marian(marian)
+    separate = MarianMTModel(
+        MarianConfig(
+            vocab_size=97,
+            decoder_vocab_size=50,
+            d_model=32,
+            encoder_layers=1,
+            decoder_layers=1,
+            encoder_attention_heads=4,
+            decoder_attention_heads=4,
+            encoder_ffn_dim=64,
+            decoder_ffn_dim=64,
+            share_encoder_decoder_embeddings=False,
+            pad_token_id=0,
+            decoder_start_token_id=0,
+        )
+    )
+    with pytest.raises(ValueError, match="separate source and target vocabularies"):
+        convert_from_marian(separate)

@@ -1,0 +1,65 @@
+"""A saved model loads with trust_remote_code=True in a Python where vaswani_hf cannot be imported."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import torch
+from conftest import padded_batch, tiny_model
+
+from vaswani_hf import VaswaniForConditionalGeneration
+
+
+def run_without_package(code: str, tmp_path) -> subprocess.CompletedProcess:
+    """Run `code` in a fresh interpreter where `import vaswani_hf` fails, with an empty HF cache and no network."""
+    blocker = "import sys; sys.modules['vaswani_hf'] = None\n"  # makes any import of vaswani_hf raise ImportError
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
+    return subprocess.run(
+        [sys.executable, "-c", blocker + textwrap.dedent(code)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_saved_folder_loads_with_trust_remote_code_without_the_package(tmp_path):
+    model = tiny_model(seed=21)
+    folder = tmp_path / "model"
+    model.save_pretrained(folder)
+    assert {"configuration_vaswani.py", "modeling_vaswani.py"} <= {p.name for p in folder.iterdir()}
+    auto_map = json.loads((folder / "config.json").read_text())["auto_map"]
+    assert auto_map["AutoModelForSeq2SeqLM"] == "modeling_vaswani.VaswaniForConditionalGeneration"
+
+    batch = padded_batch()
+    torch.save(batch, tmp_path / "batch.pt")
+    expected = model.generate(**batch, num_beams=2, max_new_tokens=6)
+    result = run_without_package(
+        f"""
+        import torch
+        from transformers import AutoModelForSeq2SeqLM
+        try:
+            import vaswani_hf
+            raise SystemExit("vaswani_hf should not be importable here")
+        except ImportError:
+            pass
+        model = AutoModelForSeq2SeqLM.from_pretrained({str(folder)!r}, trust_remote_code=True).eval()
+        assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+        batch = torch.load("batch.pt", weights_only=True)
+        torch.save(model.generate(**batch, num_beams=2, max_new_tokens=6), "generated.pt")
+        """,
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert torch.equal(torch.load(tmp_path / "generated.pt", weights_only=True), expected)
+
+
+def test_installed_package_needs_no_trust_remote_code(tmp_path):
+    tiny_model(seed=22).save_pretrained(tmp_path)
+    from transformers import AutoModelForSeq2SeqLM
+
+    loaded = AutoModelForSeq2SeqLM.from_pretrained(tmp_path)
+    assert type(loaded) is VaswaniForConditionalGeneration  # the package's class, not a dynamic module

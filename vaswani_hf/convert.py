@@ -1,0 +1,181 @@
+"""Exact weight conversion between `VaswaniForConditionalGeneration` and transformers' `MarianMTModel`.
+
+The two are the same post-LN architecture. They differ in three places, which the conversion accounts for:
+- the sinusoid layout: the paper interleaves sin (even dims) and cos (odd dims); Marian puts all sines first.
+  Every d_model axis of every weight is permuted, which is exact: LayerNorm, residual sums and linear maps are
+  equivariant under a permutation of the residual stream's coordinates;
+- fused projections: ours stacks q, k, v (self-attention) and k, v (cross-attention) in one matrix;
+- Marian's `final_logits_bias` (none in the paper): zeros on export, and a non-zero one is refused on import.
+Start and special tokens are carried over as config values, so Marian's pad-as-start convention is kept.
+"""
+
+import copy
+from collections.abc import Iterator
+
+import torch
+from transformers import MarianConfig, MarianMTModel
+
+from .configuration_vaswani import VaswaniConfig
+from .modeling_vaswani import VaswaniForConditionalGeneration
+
+# Which axis of a weight lies along d_model (the residual stream) and must be permuted: 1 for inputs, 0 for outputs.
+_IN, _OUT, _NONE = 1, 0, None
+
+
+def _sinusoid_permutation(d_model: int) -> torch.Tensor:
+    """Index such that marian[..., k] == ours[..., permutation[k]]."""
+    return torch.cat([torch.arange(0, d_model, 2), torch.arange(1, d_model, 2)])
+
+
+def _attention(ours: str, marian: str, fused: list[tuple[str, list[str]]]) -> Iterator[tuple[str, list[str], int]]:
+    for our_proj, marian_projs in fused:
+        yield f"{ours}.{our_proj}.weight", [f"{marian}.{p}.weight" for p in marian_projs], _IN
+        yield f"{ours}.{our_proj}.bias", [f"{marian}.{p}.bias" for p in marian_projs], _NONE
+    yield f"{ours}.out_proj.weight", [f"{marian}.out_proj.weight"], _OUT
+    yield f"{ours}.out_proj.bias", [f"{marian}.out_proj.bias"], _OUT
+
+
+def _layer_norm(ours: str, marian: str) -> Iterator[tuple[str, list[str], int]]:
+    yield f"{ours}.weight", [f"{marian}.weight"], _OUT
+    yield f"{ours}.bias", [f"{marian}.bias"], _OUT
+
+
+def _feed_forward(ours: str, marian: str) -> Iterator[tuple[str, list[str], int]]:
+    yield f"{ours}.ffn.fc1.weight", [f"{marian}.fc1.weight"], _IN
+    yield f"{ours}.ffn.fc1.bias", [f"{marian}.fc1.bias"], _NONE
+    yield f"{ours}.ffn.fc2.weight", [f"{marian}.fc2.weight"], _OUT
+    yield f"{ours}.ffn.fc2.bias", [f"{marian}.fc2.bias"], _OUT
+    yield from _layer_norm(f"{ours}.ffn_layer_norm", f"{marian}.final_layer_norm")
+
+
+def _weight_map(config: VaswaniConfig) -> Iterator[tuple[str, list[str], int]]:
+    """(our key, Marian keys it splits into along dim 0, permuted axis) for every stored weight."""
+    yield "model.shared.weight", ["model.shared.weight"], _IN
+    self_qkv = [("qkv_proj", ["q_proj", "k_proj", "v_proj"])]
+    for i in range(config.encoder_layers):
+        ours, marian = f"model.encoder.layers.{i}", f"model.encoder.layers.{i}"
+        yield from _attention(f"{ours}.self_attn", f"{marian}.self_attn", self_qkv)
+        yield from _layer_norm(f"{ours}.self_attn_layer_norm", f"{marian}.self_attn_layer_norm")
+        yield from _feed_forward(ours, marian)
+    for i in range(config.decoder_layers):
+        ours, marian = f"model.decoder.layers.{i}", f"model.decoder.layers.{i}"
+        yield from _attention(f"{ours}.self_attn", f"{marian}.self_attn", self_qkv)
+        yield from _layer_norm(f"{ours}.self_attn_layer_norm", f"{marian}.self_attn_layer_norm")
+        cross = [("q_proj", ["q_proj"]), ("kv_proj", ["k_proj", "v_proj"])]
+        yield from _attention(f"{ours}.cross_attn", f"{marian}.encoder_attn", cross)
+        yield from _layer_norm(f"{ours}.cross_attn_layer_norm", f"{marian}.encoder_attn_layer_norm")
+        yield from _feed_forward(ours, marian)
+
+
+def _check_marian_compatible(config: VaswaniConfig) -> None:
+    problems = []
+    if config.position_encoding != "sinusoidal":
+        problems.append(f"position_encoding={config.position_encoding!r} (Marian has only sinusoids)")
+    if not config.scale_attention:
+        problems.append("scale_attention=False (Marian always scales by 1/sqrt(d_k))")
+    if not config.tie_word_embeddings:
+        problems.append("tie_word_embeddings=False (the conversion maps one shared matrix)")
+    if problems:
+        raise ValueError("this config has no MarianMTModel equivalent: " + "; ".join(problems))
+
+
+def convert_to_marian(model: VaswaniForConditionalGeneration) -> MarianMTModel:
+    """A `MarianMTModel` computing the same function as `model` (same logits, same greedy outputs)."""
+    config = model.config
+    _check_marian_compatible(config)
+    marian_config = MarianConfig(
+        vocab_size=config.vocab_size,
+        decoder_vocab_size=config.vocab_size,
+        d_model=config.d_model,
+        encoder_layers=config.encoder_layers,
+        decoder_layers=config.decoder_layers,
+        encoder_attention_heads=config.encoder_attention_heads,
+        decoder_attention_heads=config.decoder_attention_heads,
+        encoder_ffn_dim=config.encoder_ffn_dim,
+        decoder_ffn_dim=config.decoder_ffn_dim,
+        dropout=config.dropout,
+        attention_dropout=config.attention_dropout,
+        activation_dropout=config.activation_dropout,
+        activation_function=config.activation_function,
+        max_position_embeddings=config.max_position_embeddings,
+        scale_embedding=config.scale_embedding,
+        pad_token_id=config.pad_token_id,
+        bos_token_id=config.bos_token_id,
+        eos_token_id=config.eos_token_id,
+        forced_eos_token_id=None,
+        decoder_start_token_id=config.decoder_start_token_id,
+        share_encoder_decoder_embeddings=True,
+        tie_word_embeddings=True,
+    )
+    marian = MarianMTModel(marian_config).to(device=model.device, dtype=model.dtype)
+    ours = model.state_dict()
+    permutation = _sinusoid_permutation(config.d_model).to(model.device)
+    state = {}
+    for our_key, marian_keys, axis in _weight_map(config):
+        tensor = ours[our_key] if axis is None else ours[our_key].index_select(axis, permutation)
+        state.update(zip(marian_keys, tensor.chunk(len(marian_keys), dim=0), strict=True))
+    state["final_logits_bias"] = torch.zeros_like(marian.final_logits_bias)
+    _load_exactly(marian, state)
+    generation_config = copy.deepcopy(model.generation_config)
+    if hasattr(generation_config, "max_new_tokens_offset"):
+        del generation_config.max_new_tokens_offset
+    if generation_config.max_length is None and generation_config.max_new_tokens is None:
+        generation_config.max_length = config.max_position_embeddings  # Marian's position table is a hard cap
+    marian.generation_config = generation_config
+    return marian.train(model.training)
+
+
+def convert_from_marian(marian: MarianMTModel) -> VaswaniForConditionalGeneration:
+    """A `VaswaniForConditionalGeneration` computing the same function as a `MarianMTModel`."""
+    mc = marian.config
+    problems = []
+    if not mc.share_encoder_decoder_embeddings or mc.decoder_vocab_size != mc.vocab_size:
+        problems.append("separate source and target vocabularies (the paper shares one)")
+    if not mc.tie_word_embeddings:
+        problems.append("tie_word_embeddings=False")
+    if torch.count_nonzero(marian.final_logits_bias):
+        problems.append("a non-zero final_logits_bias (the paper's output layer has no bias)")
+    if mc.d_model % 2:
+        problems.append(f"odd d_model={mc.d_model}")
+    if problems:
+        raise ValueError("this MarianMTModel has no Vaswani equivalent: " + "; ".join(problems))
+    config = VaswaniConfig(
+        vocab_size=mc.vocab_size,
+        d_model=mc.d_model,
+        encoder_layers=mc.encoder_layers,
+        decoder_layers=mc.decoder_layers,
+        encoder_attention_heads=mc.encoder_attention_heads,
+        decoder_attention_heads=mc.decoder_attention_heads,
+        encoder_ffn_dim=mc.encoder_ffn_dim,
+        decoder_ffn_dim=mc.decoder_ffn_dim,
+        dropout=mc.dropout,
+        attention_dropout=mc.attention_dropout,
+        activation_dropout=mc.activation_dropout,
+        activation_function=mc.activation_function,
+        max_position_embeddings=mc.max_position_embeddings,
+        scale_embedding=mc.scale_embedding,
+        pad_token_id=mc.pad_token_id,
+        bos_token_id=mc.bos_token_id,
+        eos_token_id=mc.eos_token_id,
+        decoder_start_token_id=mc.decoder_start_token_id,
+    )
+    model = VaswaniForConditionalGeneration(config).to(device=marian.device, dtype=marian.dtype)
+    theirs = marian.state_dict()
+    inverse = torch.argsort(_sinusoid_permutation(config.d_model)).to(marian.device)
+    state = {}
+    for our_key, marian_keys, axis in _weight_map(config):
+        tensor = torch.cat([theirs[k] for k in marian_keys], dim=0)
+        state[our_key] = tensor if axis is None else tensor.index_select(axis, inverse)
+    _load_exactly(model, state)
+    # The converted model decodes as the original did (Marian repos carry their own decoding settings).
+    model.generation_config = copy.deepcopy(marian.generation_config)
+    return model.train(marian.training)
+
+
+def _load_exactly(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load `state`; every parameter must come from it, except aliases of tied weights and computed positions."""
+    result = model.load_state_dict(state, strict=False)
+    tied = set(model.all_tied_weights_keys)
+    missing = [k for k in result.missing_keys if k not in tied and "embed_positions" not in k]
+    if missing or result.unexpected_keys:
+        raise RuntimeError(f"conversion left weights unset: {missing}, unexpected: {result.unexpected_keys}")

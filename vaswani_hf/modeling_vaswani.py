@@ -1,0 +1,612 @@
+"""The Transformer of "Attention Is All You Need" (Vaswani et al., 2017) as a transformers model.
+
+Read top to bottom: positions (Sec. 3.5), attention (Sec. 3.2), feed-forward (Sec. 3.3), the post-LN encoder and
+decoder layers (Sec. 3.1), the stacks, then the encoder-decoder with its tied output projection (Sec. 3.4).
+
+This file is uploaded with published models for `trust_remote_code=True`: it imports only `transformers`, `torch`
+and its sibling `configuration_vaswani`, through a relative import.
+"""
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from transformers import GenerationConfig, GenerationMixin, LogitsProcessor, LogitsProcessorList, PreTrainedModel
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import (
+    BaseModelOutput,
+    BaseModelOutputWithPastAndCrossAttentions,
+    Seq2SeqLMOutput,
+    Seq2SeqModelOutput,
+)
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, slice_logits_to_keep
+from transformers.utils.generic import merge_with_config_defaults
+from transformers.utils.output_capturing import OutputRecorder, capture_outputs
+
+from .configuration_vaswani import VaswaniConfig
+
+
+class VaswaniSinusoidalPositionalEncoding(nn.Module):
+    """Sec. 3.5: PE(pos, 2i) = sin(pos / 10000^(2i/d_model)), PE(pos, 2i+1) = cos(pos / 10000^(2i/d_model)).
+
+    Computed for any length, without parameters; the table is built once and grown only when a longer sequence
+    comes, so positions are not recomputed at every step of generation.
+    """
+
+    def __init__(self, d_model: int):
+        super().__init__()
+        self.d_model = d_model
+        self._table = torch.empty(0, d_model)
+
+    @staticmethod
+    def table(num_positions: int, d_model: int) -> torch.Tensor:
+        """The (num_positions, d_model) encoding, computed in float64 and returned in float32."""
+        position = torch.arange(num_positions, dtype=torch.float64).unsqueeze(1)
+        inverse_frequency = 10000.0 ** (-torch.arange(0, d_model, 2, dtype=torch.float64) / d_model)
+        angles = position * inverse_frequency
+        table = torch.empty(num_positions, d_model, dtype=torch.float64)
+        table[:, 0::2] = torch.sin(angles)
+        table[:, 1::2] = torch.cos(angles)
+        return table.float()
+
+    def forward(self, start: int, length: int, like: torch.Tensor) -> torch.Tensor:
+        end = start + length
+        if self._table.shape[0] < end or self._table.device != like.device:
+            size = max(end, 2 * self._table.shape[0], 256)
+            self._table = self.table(size, self.d_model).to(like.device)
+        return self._table[start:end].to(like.dtype)
+
+
+class VaswaniLearnedPositionalEmbedding(nn.Embedding):
+    """Learned absolute positions (Table 3 row E), limited to `max_position_embeddings`."""
+
+    def forward(self, start: int, length: int, like: torch.Tensor) -> torch.Tensor:
+        if start + length > self.num_embeddings:
+            raise ValueError(
+                f"sequence of {start + length} positions is longer than max_position_embeddings={self.num_embeddings}"
+                " of the learned position embedding"
+            )
+        return super().forward(torch.arange(start, start + length, device=like.device)).to(like.dtype)
+
+
+def build_position_encoding(config: VaswaniConfig) -> nn.Module | None:
+    if config.position_encoding == "sinusoidal":
+        return VaswaniSinusoidalPositionalEncoding(config.d_model)
+    if config.position_encoding == "learned":
+        return VaswaniLearnedPositionalEmbedding(config.max_position_embeddings, config.d_model)
+    return None
+
+
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eq. 1: softmax(Q K^T / sqrt(d_k)) V, with an additive mask (0 or the dtype's minimum, never -inf)."""
+    scores = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        scores = scores + attention_mask
+    weights = nn.functional.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    weights = nn.functional.dropout(weights, p=dropout, training=module.training)
+    output = torch.matmul(weights, value).transpose(1, 2).contiguous()
+    return output, weights
+
+
+class VaswaniAttention(nn.Module):
+    """Multi-head attention (Sec. 3.2.2) over the transformers attention interface (eager, sdpa, ...).
+
+    Self-attention uses one fused projection for queries, keys and values; cross-attention one for queries and one
+    fused projection for keys and values, whose result is cached once per generation.
+    """
+
+    def __init__(self, config: VaswaniConfig, num_heads: int, is_cross_attention: bool, is_causal: bool, layer_idx):
+        super().__init__()
+        self.config = config
+        self.num_heads = num_heads
+        self.head_dim = config.d_model // num_heads
+        self.scaling = self.head_dim**-0.5 if config.scale_attention else 1.0  # Eq. 1, or its ablation
+        self.attention_dropout = config.attention_dropout
+        self.is_cross_attention = is_cross_attention
+        self.is_causal = is_causal  # read by the sdpa interface when no mask is given
+        self.layer_idx = layer_idx
+        if is_cross_attention:
+            self.q_proj = nn.Linear(config.d_model, config.d_model)
+            self.kv_proj = nn.Linear(config.d_model, 2 * config.d_model)
+        else:
+            self.qkv_proj = nn.Linear(config.d_model, 3 * config.d_model)
+        self.out_proj = nn.Linear(config.d_model, config.d_model)
+
+    def _heads(self, projected: torch.Tensor, parts: int) -> tuple[torch.Tensor, ...]:
+        """(batch, length, parts * d_model) -> `parts` tensors of (batch, heads, length, head_dim)."""
+        batch, length, _ = projected.shape
+        return projected.view(batch, length, parts, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        encoder_hidden_states: torch.Tensor | None = None,
+        past_key_values: EncoderDecoderCache | None = None,
+        **kwargs,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        batch, length, _ = hidden_states.shape
+        if self.is_cross_attention:
+            (query,) = self._heads(self.q_proj(hidden_states), 1)
+            cache = past_key_values.cross_attention_cache if past_key_values is not None else None
+            if past_key_values is not None and past_key_values.is_updated.get(self.layer_idx):
+                key, value = cache.layers[self.layer_idx].keys, cache.layers[self.layer_idx].values
+            else:
+                key, value = self._heads(self.kv_proj(encoder_hidden_states), 2)
+                if cache is not None:
+                    key, value = cache.update(key, value, self.layer_idx)
+                    past_key_values.is_updated[self.layer_idx] = True
+        else:
+            query, key, value = self._heads(self.qkv_proj(hidden_states), 3)
+            if past_key_values is not None:
+                key, value = past_key_values.self_attention_cache.update(key, value, self.layer_idx)
+
+        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
+        )
+        output, weights = attention_interface(
+            self,
+            query,
+            key,
+            value,
+            attention_mask,
+            dropout=self.attention_dropout if self.training else 0.0,
+            scaling=self.scaling,
+            **kwargs,
+        )
+        return self.out_proj(output.reshape(batch, length, -1)), weights
+
+
+class VaswaniFeedForward(nn.Module):
+    """Eq. 2: FFN(x) = max(0, x W1 + b1) W2 + b2, applied to each position separately."""
+
+    def __init__(self, d_model: int, ffn_dim: int, activation_function: str, activation_dropout: float):
+        super().__init__()
+        self.fc1 = nn.Linear(d_model, ffn_dim)
+        self.activation = ACT2FN[activation_function]
+        self.activation_dropout = nn.Dropout(activation_dropout)
+        self.fc2 = nn.Linear(ffn_dim, d_model)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.activation_dropout(self.activation(self.fc1(hidden_states))))
+
+
+class VaswaniEncoderLayer(GradientCheckpointingLayer):
+    """Self-attention then FFN, each as LayerNorm(x + Dropout(Sublayer(x))) (Sec. 3.1, Sec. 5.4)."""
+
+    def __init__(self, config: VaswaniConfig, layer_idx: int):
+        super().__init__()
+        self.self_attn = VaswaniAttention(config, config.encoder_attention_heads, False, False, layer_idx)
+        self.self_attn_layer_norm = nn.LayerNorm(config.d_model)
+        self.ffn = VaswaniFeedForward(
+            config.d_model, config.encoder_ffn_dim, config.activation_function, config.activation_dropout
+        )
+        self.ffn_layer_norm = nn.LayerNorm(config.d_model)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None, **kwargs) -> torch.Tensor:
+        attended, _ = self.self_attn(hidden_states, attention_mask, **kwargs)
+        hidden_states = self.self_attn_layer_norm(hidden_states + self.dropout(attended))
+        return self.ffn_layer_norm(hidden_states + self.dropout(self.ffn(hidden_states)))
+
+
+class VaswaniDecoderLayer(GradientCheckpointingLayer):
+    """Masked self-attention, attention over the encoder output, then FFN, each post-LN (Sec. 3.1)."""
+
+    def __init__(self, config: VaswaniConfig, layer_idx: int):
+        super().__init__()
+        self.self_attn = VaswaniAttention(config, config.decoder_attention_heads, False, True, layer_idx)
+        self.self_attn_layer_norm = nn.LayerNorm(config.d_model)
+        self.cross_attn = VaswaniAttention(config, config.decoder_attention_heads, True, False, layer_idx)
+        self.cross_attn_layer_norm = nn.LayerNorm(config.d_model)
+        self.ffn = VaswaniFeedForward(
+            config.d_model, config.decoder_ffn_dim, config.activation_function, config.activation_dropout
+        )
+        self.ffn_layer_norm = nn.LayerNorm(config.d_model)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        encoder_hidden_states: torch.Tensor,
+        encoder_attention_mask: torch.Tensor | None = None,
+        past_key_values: EncoderDecoderCache | None = None,
+        **kwargs,
+    ) -> torch.Tensor:
+        attended, _ = self.self_attn(hidden_states, attention_mask, past_key_values=past_key_values, **kwargs)
+        hidden_states = self.self_attn_layer_norm(hidden_states + self.dropout(attended))
+        attended, _ = self.cross_attn(
+            hidden_states, encoder_attention_mask, encoder_hidden_states, past_key_values=past_key_values, **kwargs
+        )
+        hidden_states = self.cross_attn_layer_norm(hidden_states + self.dropout(attended))
+        return self.ffn_layer_norm(hidden_states + self.dropout(self.ffn(hidden_states)))
+
+
+class VaswaniPreTrainedModel(PreTrainedModel):
+    """Weight initialisation and the capabilities shared by the Vaswani models."""
+
+    config: VaswaniConfig
+    config_class = VaswaniConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _no_split_modules = ["VaswaniEncoderLayer", "VaswaniDecoderLayer"]
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        # The paper does not state its initialisation. We follow its lineage (tensor2tensor, fairseq): Xavier-uniform
+        # linear layers keep activations at unit scale through the post-LN stack, and N(0, d_model^-0.5) embeddings
+        # become unit-scale after the sqrt(d_model) multiplication (Sec. 3.4), matching the sinusoids' range.
+        if isinstance(module, VaswaniAttention):
+            # A fused projection stacks square blocks (q, k, v): give each block the Xavier range of a square matrix.
+            for projection in (getattr(module, name, None) for name in ("qkv_proj", "kv_proj")):
+                if projection is not None:
+                    blocks = projection.out_features // projection.in_features
+                    init.xavier_uniform_(projection.weight, gain=math.sqrt((blocks + 1) / 2))
+        elif isinstance(module, nn.Linear):
+            init.xavier_uniform_(module.weight)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            init.normal_(module.weight, mean=0.0, std=self.config.init_std or self.config.d_model**-0.5)
+            if module.padding_idx is not None and not getattr(module.weight, "_is_hf_initialized", False):
+                init.zeros_(module.weight[module.padding_idx])
+        elif isinstance(module, nn.LayerNorm):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+
+
+class VaswaniEncoder(VaswaniPreTrainedModel):
+    """The encoder stack: embeddings * sqrt(d_model) + positions, dropout, N encoder layers."""
+
+    _can_record_outputs = {"hidden_states": VaswaniEncoderLayer, "attentions": VaswaniAttention}
+
+    def __init__(self, config: VaswaniConfig):
+        super().__init__(config)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.d_model, config.pad_token_id)
+        self.embed_scale = math.sqrt(config.d_model) if config.scale_embedding else 1.0
+        self.embed_positions = build_position_encoding(config)
+        self.dropout = nn.Dropout(config.dropout)
+        self.layers = nn.ModuleList([VaswaniEncoderLayer(config, i) for i in range(config.encoder_layers)])
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    @merge_with_config_defaults
+    @capture_outputs
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        **kwargs,
+    ) -> BaseModelOutput:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids and inputs_embeds to the encoder")
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_tokens(input_ids)
+        hidden_states = inputs_embeds * self.embed_scale
+        if self.embed_positions is not None:
+            hidden_states = hidden_states + self.embed_positions(0, hidden_states.shape[1], hidden_states)
+        hidden_states = self.dropout(hidden_states)  # Sec. 5.4
+        mask = create_bidirectional_mask(config=self.config, inputs_embeds=hidden_states, attention_mask=attention_mask)
+        for layer in self.layers:
+            hidden_states = layer(hidden_states, mask, **kwargs)
+        return BaseModelOutput(last_hidden_state=hidden_states)
+
+
+class VaswaniDecoder(VaswaniPreTrainedModel):
+    """The decoder stack: masked self-attention keeps position i from seeing positions > i (Sec. 3.2.3)."""
+
+    _can_record_outputs = {
+        "hidden_states": VaswaniDecoderLayer,
+        "attentions": OutputRecorder(VaswaniAttention, index=1, layer_name="self_attn"),
+        "cross_attentions": OutputRecorder(VaswaniAttention, index=1, layer_name="cross_attn"),
+    }
+
+    def __init__(self, config: VaswaniConfig):
+        super().__init__(config)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.d_model, config.pad_token_id)
+        self.embed_scale = math.sqrt(config.d_model) if config.scale_embedding else 1.0
+        self.embed_positions = build_position_encoding(config)
+        self.dropout = nn.Dropout(config.dropout)
+        self.layers = nn.ModuleList([VaswaniDecoderLayer(config, i) for i in range(config.decoder_layers)])
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    @merge_with_config_defaults
+    @capture_outputs
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        encoder_hidden_states: torch.Tensor | None = None,
+        encoder_attention_mask: torch.Tensor | None = None,
+        past_key_values: EncoderDecoderCache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPastAndCrossAttentions:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids and inputs_embeds to the decoder")
+        if encoder_hidden_states is None:
+            raise ValueError("the decoder attends over the encoder output: pass encoder_hidden_states")
+        if use_cache and past_key_values is None:
+            past_key_values = EncoderDecoderCache(DynamicCache(config=self.config), DynamicCache(config=self.config))
+        if past_key_values is not None and not isinstance(past_key_values, EncoderDecoderCache):
+            raise TypeError(f"past_key_values must be an EncoderDecoderCache, got {type(past_key_values).__name__}")
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_tokens(input_ids)
+        hidden_states = inputs_embeds * self.embed_scale
+        past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
+        if self.embed_positions is not None:
+            hidden_states = hidden_states + self.embed_positions(past_length, hidden_states.shape[1], hidden_states)
+        hidden_states = self.dropout(hidden_states)  # Sec. 5.4
+
+        causal_mask = create_causal_mask(
+            config=self.config,
+            inputs_embeds=hidden_states,
+            attention_mask=attention_mask,
+            past_key_values=past_key_values.self_attention_cache if past_key_values is not None else None,
+        )
+        cross_mask = create_bidirectional_mask(
+            config=self.config,
+            inputs_embeds=hidden_states,
+            attention_mask=encoder_attention_mask,
+            encoder_hidden_states=encoder_hidden_states,
+        )
+        for layer in self.layers:
+            hidden_states = layer(
+                hidden_states,
+                causal_mask,
+                encoder_hidden_states,
+                encoder_attention_mask=cross_mask,
+                past_key_values=past_key_values,
+                **kwargs,
+            )
+        return BaseModelOutputWithPastAndCrossAttentions(
+            last_hidden_state=hidden_states, past_key_values=past_key_values
+        )
+
+
+def shift_tokens_right(labels: torch.Tensor, pad_token_id: int, decoder_start_token_id: int) -> torch.Tensor:
+    """Decoder inputs from labels: the targets shifted right by one, behind the start token (Sec. 3)."""
+    shifted = labels.new_full(labels.shape, pad_token_id)
+    shifted[:, 1:] = labels[:, :-1]
+    shifted[:, 0] = decoder_start_token_id
+    return shifted.masked_fill_(shifted == -100, pad_token_id)
+
+
+class VaswaniModel(VaswaniPreTrainedModel):
+    """The encoder-decoder without output projection; returns the decoder's last hidden states."""
+
+    _tied_weights_keys = {
+        "encoder.embed_tokens.weight": "shared.weight",
+        "decoder.embed_tokens.weight": "shared.weight",
+    }
+
+    def __init__(self, config: VaswaniConfig):
+        super().__init__(config)
+        self.shared = nn.Embedding(config.vocab_size, config.d_model, config.pad_token_id)
+        self.encoder = VaswaniEncoder(config)
+        self.decoder = VaswaniDecoder(config)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.shared
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.shared = value
+        self.encoder.embed_tokens = value
+        self.decoder.embed_tokens = value
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        decoder_input_ids: torch.LongTensor | None = None,
+        decoder_attention_mask: torch.Tensor | None = None,
+        encoder_outputs: BaseModelOutput | tuple | None = None,
+        past_key_values: EncoderDecoderCache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        decoder_inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        **kwargs,
+    ) -> Seq2SeqModelOutput:
+        if encoder_outputs is None:
+            encoder_outputs = self.encoder(
+                input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, **kwargs
+            )
+        elif not isinstance(encoder_outputs, BaseModelOutput):
+            encoder_outputs = BaseModelOutput(*encoder_outputs)
+        decoder_outputs = self.decoder(
+            input_ids=decoder_input_ids,
+            attention_mask=decoder_attention_mask,
+            encoder_hidden_states=encoder_outputs.last_hidden_state,
+            encoder_attention_mask=attention_mask,
+            past_key_values=past_key_values,
+            inputs_embeds=decoder_inputs_embeds,
+            use_cache=use_cache,
+            **kwargs,
+        )
+        return Seq2SeqModelOutput(
+            last_hidden_state=decoder_outputs.last_hidden_state,
+            past_key_values=decoder_outputs.past_key_values,
+            decoder_hidden_states=decoder_outputs.hidden_states,
+            decoder_attentions=decoder_outputs.attentions,
+            cross_attentions=decoder_outputs.cross_attentions,
+            encoder_last_hidden_state=encoder_outputs.last_hidden_state,
+            encoder_hidden_states=encoder_outputs.hidden_states,
+            encoder_attentions=encoder_outputs.attentions,
+        )
+
+
+class SourceLengthLimitLogitsProcessor(LogitsProcessor):
+    """Forces end-of-sentence once a hypothesis reaches its own source length + offset (Sec. 6.1).
+
+    Per sentence, so a translation does not depend on the lengths of the other sentences in its batch.
+    """
+
+    def __init__(self, max_target_lengths: torch.Tensor, eos_token_id: int):
+        self.max_target_lengths = max_target_lengths  # (batch * num_beams,), decoder start token excluded
+        self.eos_token_id = eos_token_id
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        at_limit = (input_ids.shape[1] - 1) >= self.max_target_lengths
+        if not at_limit.any():
+            return scores
+        forced = torch.full_like(scores, torch.finfo(scores.dtype).min)
+        forced[:, self.eos_token_id] = 0.0
+        return torch.where(at_limit.unsqueeze(1), forced, scores)
+
+
+class VaswaniForConditionalGeneration(VaswaniPreTrainedModel, GenerationMixin):
+    """The Transformer for sequence-to-sequence generation: `VaswaniModel` and the output projection, tied to the
+    shared embedding (Sec. 3.4). Decoding defaults follow Sec. 6.1: beam 4, length penalty 0.6, output length at most
+    the source length + 50 (the generation config's `max_new_tokens_offset`)."""
+
+    _tied_weights_keys = {"lm_head.weight": "model.shared.weight"}
+
+    def __init__(self, config: VaswaniConfig):
+        super().__init__(config)
+        self.model = VaswaniModel(config)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.post_init()
+        # Sec. 6.1: beam size 4, length penalty 0.6, output length at most input length + 50, stop early when possible.
+        self.generation_config = GenerationConfig(
+            decoder_start_token_id=config.decoder_start_token_id,
+            bos_token_id=config.bos_token_id,
+            eos_token_id=config.eos_token_id,
+            pad_token_id=config.pad_token_id,
+            num_beams=4,
+            length_penalty=0.6,
+            early_stopping=True,
+            max_new_tokens_offset=50,
+        )
+
+    def get_encoder(self, modality: str | None = None) -> VaswaniEncoder:
+        return self.model.encoder
+
+    def get_decoder(self) -> VaswaniDecoder:
+        return self.model.decoder
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        decoder_input_ids: torch.LongTensor | None = None,
+        decoder_attention_mask: torch.Tensor | None = None,
+        encoder_outputs: BaseModelOutput | tuple | None = None,
+        past_key_values: EncoderDecoderCache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        decoder_inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        num_items_in_batch: int | torch.Tensor | None = None,
+        **kwargs,
+    ) -> Seq2SeqLMOutput:
+        r"""`labels` are the target ids ending in `</s>`, -100 where ignored; the decoder input is derived from them
+        when not given. `num_items_in_batch` (passed by `Trainer`) makes the loss a sum divided by the number of target
+        tokens of the whole accumulated batch, so gradient accumulation equals one large batch."""
+        if labels is not None:
+            use_cache = False
+            if decoder_input_ids is None and decoder_inputs_embeds is None:
+                decoder_input_ids = shift_tokens_right(
+                    labels, self.config.pad_token_id, self.config.decoder_start_token_id
+                )
+        outputs = self.model(
+            input_ids,
+            attention_mask=attention_mask,
+            decoder_input_ids=decoder_input_ids,
+            decoder_attention_mask=decoder_attention_mask,
+            encoder_outputs=encoder_outputs,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            decoder_inputs_embeds=decoder_inputs_embeds,
+            use_cache=use_cache,
+            **kwargs,
+        )
+        logits = self.lm_head(slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep))
+
+        loss = None
+        if labels is not None:
+            reduction = "mean" if num_items_in_batch is None else "sum"
+            loss = nn.functional.cross_entropy(
+                logits.float().view(-1, logits.shape[-1]), labels.view(-1), ignore_index=-100, reduction=reduction
+            )
+            if num_items_in_batch is not None:
+                loss = loss / num_items_in_batch
+        return Seq2SeqLMOutput(
+            loss=loss,
+            logits=logits,
+            past_key_values=outputs.past_key_values,
+            decoder_hidden_states=outputs.decoder_hidden_states,
+            decoder_attentions=outputs.decoder_attentions,
+            cross_attentions=outputs.cross_attentions,
+            encoder_last_hidden_state=outputs.encoder_last_hidden_state,
+            encoder_hidden_states=outputs.encoder_hidden_states,
+            encoder_attentions=outputs.encoder_attentions,
+        )
+
+    def prepare_decoder_input_ids_from_labels(self, labels: torch.Tensor) -> torch.Tensor:
+        return shift_tokens_right(labels, self.config.pad_token_id, self.config.decoder_start_token_id)
+
+    @torch.no_grad()
+    def generate(self, inputs: torch.Tensor | None = None, generation_config=None, logits_processor=None, **kwargs):
+        """`GenerationMixin.generate`, plus the paper's length limit (Sec. 6.1) when no length is asked for: each
+        output is at most its source length + `generation_config.max_new_tokens_offset` tokens."""
+        config = generation_config if generation_config is not None else self.generation_config
+        offset = getattr(config, "max_new_tokens_offset", None)
+        length_given = (
+            kwargs.get("max_length") is not None
+            or kwargs.get("max_new_tokens") is not None
+            or config.max_length is not None
+            or config.max_new_tokens is not None
+        )
+        input_ids = inputs if inputs is not None else kwargs.get("input_ids")
+        if offset is None or length_given or input_ids is None or input_ids.dim() != 2:
+            return super().generate(inputs, generation_config, logits_processor, **kwargs)
+
+        attention_mask = kwargs.get("attention_mask")
+        if attention_mask is None:
+            attention_mask = input_ids.ne(self.config.pad_token_id)
+        max_target_lengths = attention_mask.sum(-1) + offset
+        num_beams = kwargs.get("num_beams") or config.num_beams or 1
+        # generate() repeats each source num_beams times for beam search, num_return_sequences times otherwise
+        expansion = (
+            num_beams if num_beams > 1 else kwargs.get("num_return_sequences") or config.num_return_sequences or 1
+        )
+        processors = LogitsProcessorList(logits_processor or [])
+        eos_token_id = kwargs.get("eos_token_id", config.eos_token_id)
+        eos_token_id = eos_token_id if eos_token_id is not None else self.config.eos_token_id
+        if isinstance(eos_token_id, list):
+            eos_token_id = eos_token_id[0]
+        processors.append(
+            SourceLengthLimitLogitsProcessor(max_target_lengths.repeat_interleave(expansion), eos_token_id)
+        )
+        kwargs["max_new_tokens"] = int(max_target_lengths.max()) + 1
+        return super().generate(inputs, generation_config, processors, **kwargs)
+
+
+__all__ = [
+    "VaswaniPreTrainedModel",
+    "VaswaniModel",
+    "VaswaniForConditionalGeneration",
+    "VaswaniEncoder",
+    "VaswaniDecoder",
+]
