@@ -45,7 +45,7 @@ def padded_batch(seed: int = 0, vocab_size: int = 97) -> dict[str, torch.Tensor]
     return {"input_ids": input_ids, "attention_mask": attention_mask}
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def multi30k_dir() -> Path:
     if not MULTI30K.is_dir():
         pytest.skip(f"Multi30k not found at {MULTI30K}")

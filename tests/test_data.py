@@ -1,0 +1,135 @@
+"""Loading parallel corpora, preprocessing with datasets.map, and token-based batching."""
+
+import gzip
+import json
+import shutil
+
+import pytest
+from accelerate.data_loader import BatchSamplerShard
+
+from vaswani_hf.data import TokenBatchSampler, load_parallel_corpus, preprocess
+from vaswani_hf.tokenization import train_tokenizer
+
+MULTI30K_SPLITS = {"train": "train", "validation": "val", "test": "test_2016_flickr"}
+
+
+@pytest.mark.parametrize("target_lang", ["de", "fr"])
+def test_multi30k_pair_counts(multi30k_dir, target_lang):
+    corpus = load_parallel_corpus(multi30k_dir, "en", target_lang, splits=MULTI30K_SPLITS)
+    assert {split: len(data) for split, data in corpus.items()} == {"train": 29000, "validation": 1014, "test": 1000}
+    assert set(corpus["train"][0]["translation"]) == {"en", target_lang}
+
+
+def test_reverse_direction_and_default_splits(multi30k_dir):
+    corpus = load_parallel_corpus(multi30k_dir, "de", "en")
+    assert set(corpus) == {"train", "val", "test_2016_flickr"}
+    assert corpus["val"][0]["translation"]["de"].startswith("Eine Gruppe von Männern")
+
+
+def write_gz(path, lines):
+    with gzip.open(path, "wt", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def test_mismatched_line_counts_name_both_files(tmp_path):
+    write_gz(tmp_path / "train.en.gz", ["a", "b", "c"])
+    write_gz(tmp_path / "train.de.gz", ["x", "y"])
+    with pytest.raises(ValueError, match=r"train.en.gz has 3 lines but .*train.de.gz has 2"):
+        load_parallel_corpus(tmp_path, "en", "de")
+
+
+def test_missing_split_names_the_file(tmp_path, multi30k_dir):
+    for name in ("train.en.gz", "train.de.gz"):
+        shutil.copy(multi30k_dir / name, tmp_path / name)
+    with pytest.raises(FileNotFoundError, match=r"split 'validation': no file .*val.en"):
+        load_parallel_corpus(tmp_path, "en", "de", splits={"train": "train", "validation": "val"})
+
+
+def test_unknown_language_is_named(multi30k_dir):
+    with pytest.raises(ValueError, match=r"language 'cs' has no files .* languages there: \['de', 'en', 'fr'\]"):
+        load_parallel_corpus(multi30k_dir, "en", "cs")
+
+
+def test_empty_file_is_named(tmp_path):
+    (tmp_path / "train.en").write_text("")
+    (tmp_path / "train.de").write_text("")
+    with pytest.raises(ValueError, match="train.en is empty"):
+        load_parallel_corpus(tmp_path, "en", "de")
+
+
+def test_tsv_and_jsonl_files(tmp_path):
+    (tmp_path / "train.tsv").write_text("de\ten\nHallo Welt\tHello world\nJa\tYes\n")
+    records = [{"translation": {"en": "One", "de": "Eins"}}, {"en": "Two", "de": "Zwei"}]
+    (tmp_path / "dev.jsonl").write_text("\n".join(json.dumps(r) for r in records))
+    corpus = load_parallel_corpus({"train": tmp_path / "train.tsv", "validation": tmp_path / "dev.jsonl"}, "en", "de")
+    assert corpus["train"]["translation"] == [{"en": "Hello world", "de": "Hallo Welt"}, {"en": "Yes", "de": "Ja"}]
+    assert corpus["validation"]["translation"][1] == {"en": "Two", "de": "Zwei"}
+    with pytest.raises(ValueError, match="no column for \\['fr'\\]"):
+        load_parallel_corpus(tmp_path / "train.tsv", "en", "fr")
+
+
+@pytest.fixture(scope="module")
+def preprocessed(multi30k_dir):
+    corpus = load_parallel_corpus(multi30k_dir, "en", "de", splits=MULTI30K_SPLITS)
+    tokenizer = train_tokenizer((t for p in corpus["train"]["translation"] for t in p.values()), vocab_size=8000)
+    return corpus, tokenizer, preprocess(corpus, tokenizer, "en", "de", max_source_tokens=64, max_target_tokens=64)
+
+
+def test_preprocessing_filters_only_training_data(preprocessed):
+    corpus, tokenizer, data = preprocessed
+    assert len(data["validation"]) == 1014 and len(data["test"]) == 1000
+    train = data["train"]
+    assert 28000 < len(train) <= 29000
+    assert max(train["source_length"]) <= 64 and max(train["target_length"]) <= 64
+    assert all(
+        length == len(ids) for length, ids in zip(train["target_length"][:100], train["labels"][:100], strict=True)
+    )
+
+
+def test_second_preprocessing_run_hits_the_datasets_cache(preprocessed):
+    corpus, tokenizer, first = preprocessed
+    again = preprocess(corpus, tokenizer, "en", "de", max_source_tokens=64, max_target_tokens=64)
+    assert [f["filename"] for f in again["train"].cache_files] == [f["filename"] for f in first["train"].cache_files]
+
+
+def padded_tokens(batch, source_lengths, target_lengths):
+    return len(batch) * (max(source_lengths[i] for i in batch) + max(target_lengths[i] for i in batch))
+
+
+def test_token_batches_respect_max_tokens_and_cover_each_example_once(preprocessed):
+    train = preprocessed[2]["train"]
+    sources, targets = list(train["source_length"]), list(train["target_length"])
+    sampler = TokenBatchSampler(sources, targets, max_tokens=4096, seed=3)
+    for epoch in (0, 1):
+        sampler.set_epoch(epoch)
+        batches = list(sampler)
+        assert max(padded_tokens(b, sources, targets) for b in batches) <= 4096
+        assert sorted(i for b in batches for i in b) == list(range(len(train)))
+    sampler.set_epoch(0)
+    epoch0 = list(sampler)
+    sampler.set_epoch(1)
+    assert list(sampler) != epoch0  # a new order each epoch
+    sampler.set_epoch(0)
+    assert list(sampler) == epoch0  # reproducible from the seed
+
+
+def test_two_processes_get_disjoint_covering_shares_with_equal_steps(preprocessed):
+    train = preprocessed[2]["train"]
+    sampler = TokenBatchSampler(train["source_length"], train["target_length"], max_tokens=4096, num_replicas=2)
+    shares = [list(BatchSamplerShard(sampler, num_processes=2, process_index=rank)) for rank in (0, 1)]
+    assert len(shares[0]) == len(shares[1])
+    seen = [i for share in shares for batch in share for i in batch]
+    assert sorted(seen) == list(range(len(train)))  # disjoint and covering: every example exactly once
+
+
+def test_padding_share_is_small(preprocessed):
+    train = preprocessed[2]["train"]
+    sources, targets = list(train["source_length"]), list(train["target_length"])
+    batches = list(TokenBatchSampler(sources, targets, max_tokens=4096))
+    padded = sum(padded_tokens(b, sources, targets) for b in batches)
+    assert 1 - (sum(sources) + sum(targets)) / padded <= 0.10
+
+
+def test_an_example_longer_than_max_tokens_is_a_clear_error():
+    with pytest.raises(ValueError, match="example 1 has 300 source \\+ 10 target tokens"):
+        TokenBatchSampler([5, 300], [5, 10], max_tokens=256)

@@ -1,0 +1,306 @@
+"""Parallel data: loading a corpus, tokenizing and filtering it, and batching by tokens (Sec. 5.1).
+
+`load_parallel_corpus` returns a `DatasetDict` with a `translation` column shaped like the Hub's `wmt14`
+(`{"en": ..., "de": ...}`), from a Hub dataset, a folder of Moses-style files, or TSV / JSON-lines files.
+"""
+
+import gzip
+import json
+import math
+import os
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import torch
+from datasets import Dataset, DatasetDict, Features, Translation, load_dataset
+from torch.utils.data import Sampler
+from transformers import PreTrainedTokenizerBase
+
+TABULAR_SUFFIXES = (".tsv", ".jsonl", ".json")
+
+
+def load_parallel_corpus(
+    source: str | os.PathLike | Mapping[str, str | os.PathLike],
+    source_lang: str,
+    target_lang: str,
+    config_name: str | None = None,
+    splits: Mapping[str, str] | None = None,
+    cache_dir: str | None = None,
+) -> DatasetDict:
+    """Sentence pairs as a `DatasetDict` with a `translation` column.
+
+    `source` is one of:
+    - a folder of Moses-style files `{split}.{lang}` or `{split}.{lang}.gz`, aligned by line (Multi30k's layout);
+      `splits` maps output split names to file stems, e.g. `{"validation": "val"}`; by default every stem with
+      files for both languages becomes a split of its own name;
+    - a mapping of split name to a TSV file (a header row naming the two languages) or a JSON-lines file (objects
+      `{"translation": {lang: text}}` or `{lang: text}`); a single such file is the `train` split;
+    - otherwise the name of a Hub dataset with a `translation` column, with `config_name` (e.g. `wmt14`, `de-en`).
+    """
+    if source_lang == target_lang:
+        raise ValueError(f"source and target language are both {source_lang!r}")
+    if isinstance(source, Mapping):
+        files = {split: Path(path) for split, path in source.items()}
+        return DatasetDict(
+            {split: _tabular_split(path, source_lang, target_lang, cache_dir) for split, path in files.items()}
+        )
+    path = Path(source)
+    if path.is_dir():
+        return _moses_folder(path, source_lang, target_lang, splits, cache_dir)
+    if path.suffix in TABULAR_SUFFIXES:
+        return DatasetDict({"train": _tabular_split(path, source_lang, target_lang, cache_dir)})
+    return _hub_dataset(str(source), config_name, source_lang, target_lang, cache_dir)
+
+
+def _moses_folder(
+    folder: Path, source_lang: str, target_lang: str, splits: Mapping[str, str] | None, cache_dir: str | None
+) -> DatasetDict:
+    by_stem: dict[str, dict[str, Path]] = {}
+    for path in folder.iterdir():
+        name = path.name.removesuffix(".gz")
+        stem, _, lang = name.rpartition(".")
+        if stem and lang:
+            by_stem.setdefault(stem, {})[lang] = path
+    languages = sorted({lang for files in by_stem.values() for lang in files})
+    for lang in (source_lang, target_lang):
+        if lang not in languages:
+            raise ValueError(f"language {lang!r} has no files in {folder}; languages there: {languages}")
+    if splits is None:
+        splits = {stem: stem for stem, files in sorted(by_stem.items()) if {source_lang, target_lang} <= files.keys()}
+    result = {}
+    for split, stem in splits.items():
+        pair = []
+        for lang in (source_lang, target_lang):
+            path = by_stem.get(stem, {}).get(lang)
+            if path is None:
+                raise FileNotFoundError(f"split {split!r}: no file {folder / f'{stem}.{lang}'}(.gz)")
+            pair.append(path)
+        result[split] = _aligned_files_split(pair[0], pair[1], source_lang, target_lang, split, cache_dir)
+    return DatasetDict(result)
+
+
+def _read_lines(path: Path) -> list[str]:
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rt", encoding="utf-8", newline="\n") as f:
+            return [line.rstrip("\r\n") for line in f]
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path} is not valid UTF-8: {error}") from error
+
+
+def _aligned_files_split(
+    source_file: Path, target_file: Path, source_lang: str, target_lang: str, split: str, cache_dir: str | None
+) -> Dataset:
+    counts = {}
+    for path in (source_file, target_file):
+        counts[path] = len(_read_lines(path))
+        if counts[path] == 0:
+            raise ValueError(f"{path} is empty")
+    if counts[source_file] != counts[target_file]:
+        raise ValueError(
+            f"{source_file} has {counts[source_file]} lines but {target_file} has {counts[target_file]}:"
+            " parallel files must align line by line"
+        )
+    return _cached_dataset(
+        _moses_pairs,
+        dict(source_file=str(source_file), target_file=str(target_file)),
+        [source_file, target_file],
+        source_lang,
+        target_lang,
+        cache_dir,
+    )
+
+
+def _moses_pairs(source_file: str, target_file: str, source_lang: str, target_lang: str, stamps: str) -> Iterator[dict]:
+    source, target = _read_lines(Path(source_file)), _read_lines(Path(target_file))
+    for source_text, target_text in zip(source, target, strict=True):
+        yield {"translation": {source_lang: source_text, target_lang: target_text}}
+
+
+def _tabular_split(path: Path, source_lang: str, target_lang: str, cache_dir: str | None) -> Dataset:
+    if not path.is_file():
+        raise FileNotFoundError(f"no file {path}")
+    rows = list(_tabular_pairs(str(path), source_lang, target_lang, ""))
+    if not rows:
+        raise ValueError(f"{path} holds no sentence pairs")
+    return _cached_dataset(_tabular_pairs, dict(file=str(path)), [path], source_lang, target_lang, cache_dir)
+
+
+def _tabular_pairs(file: str, source_lang: str, target_lang: str, stamps: str) -> Iterator[dict]:
+    path = Path(file)
+    langs = (source_lang, target_lang)
+    lines = _read_lines(path)
+    if path.suffix == ".tsv":
+        header = lines[0].split("\t") if lines else []
+        missing = [lang for lang in langs if lang not in header]
+        if missing:
+            raise ValueError(f"{path}: the header row {header} names no column for {missing}")
+        columns = [header.index(lang) for lang in langs]
+        for number, line in enumerate(lines[1:], start=2):
+            fields = line.split("\t")
+            if len(fields) != len(header):
+                raise ValueError(f"{path}:{number}: {len(fields)} tab-separated fields, the header has {len(header)}")
+            yield {"translation": {lang: fields[column] for lang, column in zip(langs, columns, strict=True)}}
+        return
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        record = json.loads(line)
+        pair = record.get("translation", record)
+        missing = [lang for lang in langs if lang not in pair]
+        if missing:
+            raise ValueError(f"{path}:{number}: no text for {missing}; keys there: {sorted(pair)}")
+        yield {"translation": {lang: pair[lang] for lang in langs}}
+
+
+def _cached_dataset(generator, gen_kwargs: dict, files: list[Path], source_lang, target_lang, cache_dir) -> Dataset:
+    # The files' sizes and modification times are part of the cache key, so an edited file is read again.
+    # (gen_kwargs hold no lists: `datasets` would take a list for shards.)
+    stamps = json.dumps([[str(path), path.stat().st_size, path.stat().st_mtime_ns] for path in files])
+    return Dataset.from_generator(
+        generator,
+        features=Features({"translation": Translation(languages=[source_lang, target_lang])}),
+        gen_kwargs={**gen_kwargs, "source_lang": source_lang, "target_lang": target_lang, "stamps": stamps},
+        cache_dir=cache_dir,
+    )
+
+
+def _hub_dataset(
+    name: str, config_name: str | None, source_lang: str, target_lang: str, cache_dir: str | None
+) -> DatasetDict:
+    corpus = load_dataset(name, config_name, cache_dir=cache_dir)
+    for split, dataset in corpus.items():
+        feature = dataset.features.get("translation")
+        languages = getattr(feature, "languages", None) or []
+        missing = [lang for lang in (source_lang, target_lang) if lang not in languages]
+        if missing:
+            raise ValueError(f"{name}/{config_name} split {split!r} has no {missing} text; languages: {languages}")
+    return corpus
+
+
+def preprocess(
+    corpus: DatasetDict,
+    tokenizer: PreTrainedTokenizerBase,
+    source_lang: str,
+    target_lang: str,
+    max_source_tokens: int = 256,
+    max_target_tokens: int = 256,
+    max_length_ratio: float | None = 3.0,
+    filter_splits: tuple[str, ...] = ("train",),
+    num_proc: int | None = None,
+) -> DatasetDict:
+    """Tokenize every split (`input_ids`, `attention_mask`, `labels`, and their lengths) with `datasets.map`,
+    batched and cached. In `filter_splits` only (training data: evaluation sets stay whole), drop pairs with an
+    empty side, more tokens than the maxima, or a token-length ratio above `max_length_ratio`."""
+
+    def tokenize(batch: dict) -> dict:
+        sources = [pair[source_lang] for pair in batch["translation"]]
+        targets = [pair[target_lang] for pair in batch["translation"]]
+        encoded = tokenizer(sources, text_target=targets)
+        encoded["source_length"] = [len(ids) for ids in encoded["input_ids"]]
+        encoded["target_length"] = [len(ids) for ids in encoded["labels"]]
+        return encoded
+
+    def keep(batch: dict) -> list[bool]:
+        kept = []
+        for pair, source_length, target_length in zip(
+            batch["translation"], batch["source_length"], batch["target_length"], strict=True
+        ):
+            ok = bool(pair[source_lang].strip()) and bool(pair[target_lang].strip())
+            ok = ok and source_length <= max_source_tokens and target_length <= max_target_tokens
+            if ok and max_length_ratio is not None:
+                ok = max(source_length, target_length) <= max_length_ratio * min(source_length, target_length)
+            kept.append(ok)
+        return kept
+
+    tokenized = corpus.map(tokenize, batched=True, num_proc=num_proc, desc="Tokenizing")
+    return DatasetDict(
+        {
+            split: dataset.filter(keep, batched=True, num_proc=num_proc, desc=f"Filtering {split}")
+            if split in filter_splits
+            else dataset
+            for split, dataset in tokenized.items()
+        }
+    )
+
+
+class TokenBatchSampler(Sampler[list[int]]):
+    """Batches of sentence pairs of similar length holding at most `max_tokens` padded source + padded target
+    tokens each, as the paper's ~25,000 + 25,000-token batches (Sec. 5.1).
+
+    Batches are formed once (examples sorted by length, ties broken by `seed`), so every epoch has the same number
+    of steps; each epoch visits them in a new order drawn from `seed` and the epoch (`set_epoch`). The batch count
+    is made a multiple of `num_replicas` by halving the largest batches, so that the `BatchSamplerShard` of
+    `accelerate` gives each process a disjoint share with the same number of steps, and no example is repeated.
+    """
+
+    def __init__(
+        self,
+        source_lengths: list[int],
+        target_lengths: list[int],
+        max_tokens: int,
+        shuffle: bool = True,
+        seed: int = 0,
+        num_replicas: int = 1,
+    ):
+        if len(source_lengths) != len(target_lengths):
+            raise ValueError(f"{len(source_lengths)} source lengths but {len(target_lengths)} target lengths")
+        if not source_lengths:
+            raise ValueError("cannot batch an empty dataset")
+        if max_tokens <= 0 or num_replicas <= 0:
+            raise ValueError(f"max_tokens and num_replicas must be positive, got {max_tokens} and {num_replicas}")
+        self.max_tokens = max_tokens
+        self.shuffle = shuffle
+        self.seed = seed
+        self.epoch = 0
+        self.batches = self._split_to_multiple(
+            self._form_batches(torch.tensor(list(source_lengths)), torch.tensor(list(target_lengths))), num_replicas
+        )
+
+    def _form_batches(self, source_lengths: torch.Tensor, target_lengths: torch.Tensor) -> list[list[int]]:
+        generator = torch.Generator().manual_seed(self.seed)
+        order = torch.randperm(len(source_lengths), generator=generator)  # random order within equal lengths
+        order = order[torch.argsort(target_lengths[order], stable=True)]
+        order = order[torch.argsort(source_lengths[order], stable=True)]
+        batches, batch, longest_source, longest_target = [], [], 0, 0
+        source_list, target_list = source_lengths.tolist(), target_lengths.tolist()
+        for index in order.tolist():
+            source, target = source_list[index], target_list[index]
+            if source + target > self.max_tokens:
+                raise ValueError(
+                    f"example {index} has {source} source + {target} target tokens, more than max_tokens="
+                    f"{self.max_tokens}: filter long pairs (max_source_tokens / max_target_tokens) or raise max_tokens"
+                )
+            grown_source, grown_target = max(longest_source, source), max(longest_target, target)
+            if batch and (len(batch) + 1) * (grown_source + grown_target) > self.max_tokens:
+                batches.append(batch)
+                batch, grown_source, grown_target = [], source, target
+            batch.append(index)
+            longest_source, longest_target = grown_source, grown_target
+        batches.append(batch)
+        return batches
+
+    @staticmethod
+    def _split_to_multiple(batches: list[list[int]], num_replicas: int) -> list[list[int]]:
+        while len(batches) % num_replicas:
+            largest = max(range(len(batches)), key=lambda i: len(batches[i]))
+            if len(batches[largest]) < 2:
+                raise ValueError(f"{len(batches)} examples cannot be spread over {num_replicas} processes")
+            batch = batches.pop(largest)
+            half = math.ceil(len(batch) / 2)
+            batches[largest:largest] = [batch[:half], batch[half:]]
+        return batches
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[list[int]]:
+        if not self.shuffle:
+            yield from self.batches
+            return
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        for position in torch.randperm(len(self.batches), generator=generator).tolist():
+            yield self.batches[position]
+
+    def __len__(self) -> int:
+        return len(self.batches)
