@@ -7,10 +7,9 @@ import shutil
 import pytest
 from accelerate.data_loader import BatchSamplerShard
 
-from vaswani_hf.data import TokenBatchSampler, load_parallel_corpus, preprocess
+from vaswani_hf.benchmark import padding_share
+from vaswani_hf.data import MULTI30K_SPLITS, TokenBatchSampler, load_parallel_corpus, padded_size, preprocess
 from vaswani_hf.tokenization import train_tokenizer
-
-MULTI30K_SPLITS = {"train": "train", "validation": "val", "test": "test_2016_flickr"}
 
 
 @pytest.mark.parametrize("target_lang", ["de", "fr"])
@@ -92,10 +91,6 @@ def test_second_preprocessing_run_hits_the_datasets_cache(preprocessed):
     assert [f["filename"] for f in again["train"].cache_files] == [f["filename"] for f in first["train"].cache_files]
 
 
-def padded_tokens(batch, source_lengths, target_lengths):
-    return len(batch) * (max(source_lengths[i] for i in batch) + max(target_lengths[i] for i in batch))
-
-
 def test_token_batches_respect_max_tokens_and_cover_each_example_once(preprocessed):
     train = preprocessed[2]["train"]
     sources, targets = list(train["source_length"]), list(train["target_length"])
@@ -103,7 +98,7 @@ def test_token_batches_respect_max_tokens_and_cover_each_example_once(preprocess
     for epoch in (0, 1):
         sampler.set_epoch(epoch)
         batches = list(sampler)
-        assert max(padded_tokens(b, sources, targets) for b in batches) <= 4096
+        assert max(padded_size(b, sources, targets) for b in batches) <= 4096
         assert sorted(i for b in batches for i in b) == list(range(len(train)))
     sampler.set_epoch(0)
     epoch0 = list(sampler)
@@ -126,8 +121,7 @@ def test_padding_share_is_small(preprocessed):
     train = preprocessed[2]["train"]
     sources, targets = list(train["source_length"]), list(train["target_length"])
     batches = list(TokenBatchSampler(sources, targets, max_tokens=4096))
-    padded = sum(padded_tokens(b, sources, targets) for b in batches)
-    assert 1 - (sum(sources) + sum(targets)) / padded <= 0.10
+    assert padding_share(batches, sources, targets) <= 0.10
 
 
 def test_an_example_longer_than_max_tokens_is_a_clear_error():

@@ -7,19 +7,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from .data import TokenBatchSampler, load_parallel_corpus, preprocess
+from .data import MULTI30K_SPLITS, TokenBatchSampler, load_parallel_corpus, padded_size, preprocess
 from .tokenization import train_tokenizer
-
-MULTI30K_SPLITS = {"train": "train", "validation": "val", "test": "test_2016_flickr"}
 
 
 def padding_share(batches: list[list[int]], source_lengths: list[int], target_lengths: list[int]) -> float:
     """Share of padding among the padded source + target tokens of `batches`."""
-    real = padded = 0
-    for batch in batches:
-        real += sum(source_lengths[i] + target_lengths[i] for i in batch)
-        padded += len(batch) * (max(source_lengths[i] for i in batch) + max(target_lengths[i] for i in batch))
-    return 1 - real / padded
+    real = sum(source_lengths[i] + target_lengths[i] for batch in batches for i in batch)
+    return 1 - real / sum(padded_size(batch, source_lengths, target_lengths) for batch in batches)
 
 
 def data_benchmark(

@@ -17,6 +17,8 @@ from torch.utils.data import Sampler
 from transformers import PreTrainedTokenizerBase
 
 TABULAR_SUFFIXES = (".tsv", ".jsonl", ".json")
+# Output split names -> file stems of Multi30k task 1 (../shared/data/multi30k), named like the Hub's splits.
+MULTI30K_SPLITS = {"train": "train", "validation": "val", "test": "test_2016_flickr"}
 
 
 def load_parallel_corpus(
@@ -79,11 +81,13 @@ def _moses_folder(
     return DatasetDict(result)
 
 
-def _read_lines(path: Path) -> list[str]:
+def _lines(path: Path) -> Iterator[str]:
+    """The file's lines without their line ends, read lazily (gzip or plain), with a clear error for bad UTF-8."""
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rt", encoding="utf-8", newline="\n") as f:
-            return [line.rstrip("\r\n") for line in f]
+            for line in f:
+                yield line.rstrip("\r\n")
     except UnicodeDecodeError as error:
         raise ValueError(f"{path} is not valid UTF-8: {error}") from error
 
@@ -93,7 +97,7 @@ def _aligned_files_split(
 ) -> Dataset:
     counts = {}
     for path in (source_file, target_file):
-        counts[path] = len(_read_lines(path))
+        counts[path] = sum(1 for _ in _lines(path))
         if counts[path] == 0:
             raise ValueError(f"{path} is empty")
     if counts[source_file] != counts[target_file]:
@@ -112,8 +116,7 @@ def _aligned_files_split(
 
 
 def _moses_pairs(source_file: str, target_file: str, source_lang: str, target_lang: str, stamps: str) -> Iterator[dict]:
-    source, target = _read_lines(Path(source_file)), _read_lines(Path(target_file))
-    for source_text, target_text in zip(source, target, strict=True):
+    for source_text, target_text in zip(_lines(Path(source_file)), _lines(Path(target_file)), strict=True):
         yield {"translation": {source_lang: source_text, target_lang: target_text}}
 
 
@@ -129,7 +132,7 @@ def _tabular_split(path: Path, source_lang: str, target_lang: str, cache_dir: st
 def _tabular_pairs(file: str, source_lang: str, target_lang: str, stamps: str) -> Iterator[dict]:
     path = Path(file)
     langs = (source_lang, target_lang)
-    lines = _read_lines(path)
+    lines = list(_lines(path))
     if path.suffix == ".tsv":
         header = lines[0].split("\t") if lines else []
         missing = [lang for lang in langs if lang not in header]
@@ -222,6 +225,11 @@ def preprocess(
             for split, dataset in tokenized.items()
         }
     )
+
+
+def padded_size(batch: list[int], source_lengths: list[int], target_lengths: list[int]) -> int:
+    """Padded source + padded target tokens of a batch of example indices: what `max_tokens` bounds."""
+    return len(batch) * (max(source_lengths[i] for i in batch) + max(target_lengths[i] for i in batch))
 
 
 class TokenBatchSampler(Sampler[list[int]]):
