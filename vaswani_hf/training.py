@@ -1,22 +1,177 @@
-"""Training through `Seq2SeqTrainer` with the paper's recipe (Sec. 5)."""
+"""Training through `Seq2SeqTrainer` with the paper's recipe (Sec. 5): token batches, Adam with the learning rate of
+Eq. 3, label smoothing, checkpoints written so that a kill never leaves one that loads but is wrong, checkpoint
+averaging (Sec. 6.1), sacreBLEU evaluation, and a JSON / PNG record of the run."""
 
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader
-from transformers import Seq2SeqTrainer
+from transformers import (
+    AutoModelForSeq2SeqLM,
+    AutoTokenizer,
+    DataCollatorForSeq2Seq,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    Seq2SeqTrainer,
+    Seq2SeqTrainingArguments,
+    TrainerCallback,
+    set_seed,
+)
+from transformers.trainer_callback import ExportableState
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from .data import TokenBatchSampler
+from .configuration_vaswani import VaswaniConfig
+from .data import TokenBatchSampler, load_parallel_corpus, preprocess
+from .evaluation import bleu_metric_for_trainer, evaluate_translation, write_json
+from .modeling_vaswani import VaswaniForConditionalGeneration
+from .tokenization import train_tokenizer
+
+logger = logging.getLogger(__name__)
+
+COMPLETE_MARKER = "checkpoint_complete"  # written last, atomically: a checkpoint without it is not resumed from
+
+
+def eq3_learning_rate(step: int, d_model: int, warmup_steps: int, scale: float = 1.0) -> float:
+    """Eq. 3: lrate = d_model^-0.5 * min(step^-0.5, step * warmup_steps^-1.5), times `scale`; `step` counts from 1."""
+    return scale * d_model**-0.5 * min(step**-0.5, step * warmup_steps**-1.5)
+
+
+@dataclass
+class ModelArguments:
+    """Which model to train: a preset with overrides, or a saved model to continue from."""
+
+    preset: str = field(default="small", metadata={"help": "small, base or big (Table 3)"})
+    config_overrides: str | None = field(
+        default=None, metadata={"help": "comma-separated field=value pairs, e.g. 'dropout=0.3,decoder_layers=4'"}
+    )
+    model_name_or_path: str | None = field(default=None, metadata={"help": "a saved model folder or Hub id"})
+
+
+@dataclass
+class DataArguments:
+    """Which parallel data, which tokenizer, and which length filters."""
+
+    dataset: str = field(default="wmt14", metadata={"help": "Hub dataset, folder of {split}.{lang}[.gz], or file"})
+    dataset_config: str | None = field(default="de-en", metadata={"help": "Hub dataset config, e.g. de-en"})
+    source_lang: str = "en"
+    target_lang: str = "de"
+    file_splits: str | None = field(
+        default=None, metadata={"help": "for a folder: split=stem pairs, e.g. 'train=train,validation=val'"}
+    )
+    train_split: str = "train"
+    validation_split: str = "validation"
+    test_split: str | None = "test"
+    tokenizer_name_or_path: str | None = field(default=None, metadata={"help": "otherwise a BPE is learned"})
+    vocab_size: int = field(default=8000, metadata={"help": "size of the shared BPE learned when none is given"})
+    max_source_tokens: int = 256
+    max_target_tokens: int = 256
+    max_length_ratio: float = 3.0
+    max_eval_samples: int | None = field(default=None, metadata={"help": "validation sentences scored during training"})
+    preprocessing_num_workers: int | None = None
+
+
+@dataclass
+class VaswaniTrainingArguments(Seq2SeqTrainingArguments):
+    """`Seq2SeqTrainingArguments` with the paper's defaults (Sec. 5.3, 5.4) and token batching."""
+
+    adam_beta2: float = 0.98
+    adam_epsilon: float = 1e-9
+    weight_decay: float = 0.0  # AdamW without decay is the paper's Adam
+    warmup_steps: float = 4000
+    label_smoothing_factor: float = 0.1
+    predict_with_generate: bool = True
+    max_tokens: int | None = field(
+        default=4096, metadata={"help": "padded source + target tokens per batch and device (Sec. 5.1); 0: sentences"}
+    )
+    lr_schedule: str = field(default="eq3", metadata={"help": "eq3 (the paper's), or hf for lr_scheduler_type"})
+    lr_scale: float = field(default=1.0, metadata={"help": "factor on the Eq. 3 learning rate"})
+    max_train_minutes: float | None = field(default=None, metadata={"help": "stop after this much training time"})
+    eval_at_minutes: str | None = field(
+        default=None, metadata={"help": "comma-separated training minutes at which to evaluate and save, e.g. 10,30"}
+    )
+    average_last_checkpoints: int = field(default=5, metadata={"help": "Sec. 6.1: average the last N (0: off)"})
+    restore_callback_states_from_checkpoint: bool = True  # the time budget continues across a resume
+
+
+class TrainingTimeBudget(TrainerCallback, ExportableState):
+    """Counts training time (time inside optimizer steps: evaluation and saving excluded), asks for an evaluation
+    and a checkpoint at each of `marks_minutes`, and stops training after `budget_minutes`. Its count is saved in
+    checkpoints, so a resumed run keeps its budget; `reached` records (minutes, step) of each mark passed."""
+
+    def __init__(self, budget_minutes: float | None, marks_minutes: list[float], trained_seconds: float = 0.0):
+        self.budget_minutes = budget_minutes
+        self.marks_minutes = sorted(marks_minutes)
+        self.trained_seconds = trained_seconds
+        self.reached: list[list[float]] = []
+        self._step_started = 0.0
+
+    def state(self) -> dict:
+        return {
+            "args": {"budget_minutes": self.budget_minutes, "marks_minutes": self.marks_minutes},
+            "attributes": {"trained_seconds": self.trained_seconds, "reached": self.reached},
+        }
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._step_started = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.trained_seconds += time.perf_counter() - self._step_started
+        minutes = self.trained_seconds / 60
+        while self.marks_minutes and minutes >= self.marks_minutes[0]:
+            self.reached.append([self.marks_minutes.pop(0), state.global_step])
+            control.should_evaluate = control.should_save = True
+        if self.budget_minutes is not None and minutes >= self.budget_minutes:
+            self.reached.append([self.budget_minutes, state.global_step])
+            control.should_training_stop = control.should_evaluate = control.should_save = True
+        return control
 
 
 class VaswaniTrainer(Seq2SeqTrainer):
-    """`Seq2SeqTrainer` whose training batches hold at most `max_tokens` padded source + target tokens (Sec. 5.1),
-    built by `TokenBatchSampler` from the dataset's `source_length` / `target_length` columns. With
-    `max_tokens=None` it batches by `per_device_train_batch_size` sentences, as `Seq2SeqTrainer` does."""
+    """`Seq2SeqTrainer` with the paper's batching and learning rate, and checkpoints marked complete.
 
-    def __init__(self, *args, max_tokens: int | None = None, **kwargs):
+    - Training batches hold at most `args.max_tokens` padded source + target tokens (Sec. 5.1), built by
+      `TokenBatchSampler` from the dataset's `source_length` / `target_length` columns; accelerate gives each
+      process its share. With `max_tokens` 0 or None it batches `per_device_train_batch_size` sentences.
+    - With `args.lr_schedule == "eq3"` the learning rate follows Eq. 3 exactly (peak at `warmup_steps`).
+    - Each checkpoint gets a marker written atomically after everything else; `last_complete_checkpoint` ignores
+      folders a kill left without it.
+    """
+
+    def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.max_tokens = max_tokens
+        self.max_tokens = getattr(self.args, "max_tokens", None)
+        if getattr(self.args, "lr_schedule", "hf") == "eq3":
+            d_model = self.model.config.d_model
+            warmup = int(self.args.warmup_steps)
+            if warmup < 1:
+                raise ValueError(f"the Eq. 3 schedule needs warmup_steps >= 1, got {self.args.warmup_steps}")
+            # The optimizer's base learning rate is the peak of Eq. 3; the scheduler scales it step by step.
+            self.args.learning_rate = eq3_learning_rate(warmup, d_model, warmup, self.args.lr_scale)
+
+    def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None):
+        if getattr(self.args, "lr_schedule", "hf") != "eq3":
+            return super().create_scheduler(num_training_steps, optimizer)
+        if self.lr_scheduler is None:
+            warmup = int(self.args.warmup_steps)
+            d_model = self.model.config.d_model
+            peak = eq3_learning_rate(warmup, d_model, warmup)
+            self.lr_scheduler = LambdaLR(
+                self.optimizer if optimizer is None else optimizer,
+                lambda step: eq3_learning_rate(step + 1, d_model, warmup) / peak,
+            )
+            self._created_lr_scheduler = True
+        return self.lr_scheduler
 
     def get_train_dataloader(self) -> DataLoader:
-        if self.max_tokens is None:
+        if not self.max_tokens:
             return super().get_train_dataloader()
         if self.train_dataset is None:
             raise ValueError("VaswaniTrainer: training requires a train_dataset")
@@ -40,3 +195,238 @@ class VaswaniTrainer(Seq2SeqTrainer):
         )
         # accelerate wraps the batch sampler in a BatchSamplerShard: process r takes batches r, r + n, ...
         return self.accelerator.prepare(loader)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        super()._save_checkpoint(model, trial)
+        if self.args.should_save:
+            folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            write_json(folder / COMPLETE_MARKER, {"global_step": self.state.global_step})
+
+
+def checkpoint_step(folder: Path) -> int:
+    return int(folder.name.rsplit("-", 1)[1])
+
+
+def complete_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
+    """Checkpoint folders that were written to the end, oldest first."""
+    folders = [p for p in Path(output_dir).glob(f"{PREFIX_CHECKPOINT_DIR}-*") if p.name.rsplit("-", 1)[1].isdigit()]
+    return sorted((p for p in folders if (p / COMPLETE_MARKER).is_file()), key=checkpoint_step)
+
+
+def last_complete_checkpoint(output_dir: str | os.PathLike) -> Path | None:
+    """The newest complete checkpoint; incomplete folders (a kill during a save) are removed with a warning so
+    neither the Trainer nor a reader picks them up."""
+    complete = complete_checkpoints(output_dir)
+    for folder in Path(output_dir).glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
+        if folder.is_dir() and folder not in complete:
+            logger.warning("removing %s: the save that wrote it did not finish", folder)
+            shutil.rmtree(folder)
+    return complete[-1] if complete else None
+
+
+def average_checkpoints(folders: list[str | os.PathLike]) -> dict[str, torch.Tensor]:
+    """Element-wise mean of the weights of saved models (Sec. 6.1), read from their `model.safetensors`."""
+    if not folders:
+        raise ValueError("no checkpoints to average")
+    total: dict[str, torch.Tensor] = {}
+    for folder in folders:
+        path = Path(folder) / "model.safetensors"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found: only safetensors checkpoints are averaged")
+        weights = load_file(path)
+        if total and weights.keys() != total.keys():
+            raise ValueError(f"{path} holds other weights than {Path(folders[0]) / 'model.safetensors'}")
+        for name, tensor in weights.items():
+            if name in total and tensor.shape != total[name].shape:
+                raise ValueError(f"{path}: {name} has shape {tuple(tensor.shape)}, not {tuple(total[name].shape)}")
+            total[name] = total[name] + tensor.double() if name in total else tensor.double()
+    return {name: (tensor / len(folders)).float() for name, tensor in total.items()}
+
+
+def load_averaged_model(folders: list[str | os.PathLike]) -> PreTrainedModel:
+    """The model of the last folder with the averaged weights of all; tied weights stay tied."""
+    model = AutoModelForSeq2SeqLM.from_pretrained(folders[-1])
+    averaged = average_checkpoints(folders)
+    result = model.load_state_dict({k: v.to(model.dtype) for k, v in averaged.items()}, strict=False)
+    untied_missing = set(result.missing_keys) - set(model.all_tied_weights_keys)
+    if untied_missing or result.unexpected_keys:
+        raise ValueError(f"averaged weights do not fit: missing {untied_missing}, unexpected {result.unexpected_keys}")
+    return model
+
+
+def average_checkpoint_folders(folders: list[str | os.PathLike], output_dir: str | os.PathLike) -> PreTrainedModel:
+    """Save the averaged model of `folders` to `output_dir`, with the last folder's tokenizer if it has one."""
+    model = load_averaged_model(folders)
+    model.save_pretrained(output_dir)
+    if (Path(folders[-1]) / "tokenizer.json").is_file():
+        AutoTokenizer.from_pretrained(folders[-1]).save_pretrained(output_dir)
+    return model
+
+
+def parse_overrides(text: str | None) -> dict:
+    """'dropout=0.3,decoder_layers=4' -> {'dropout': 0.3, 'decoder_layers': 4} (values read as JSON if they can)."""
+    overrides = {}
+    for item in filter(None, (part.strip() for part in (text or "").split(","))):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"config override {item!r} is not field=value")
+        try:
+            overrides[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key.strip()] = value
+    return overrides
+
+
+def plot_training_curves(log_history: list[dict], path: str | os.PathLike) -> None:
+    """A PNG of training loss, learning rate and validation BLEU against optimizer steps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series = {
+        "training loss": [(e["step"], e["loss"]) for e in log_history if "loss" in e],
+        "learning rate": [(e["step"], e["learning_rate"]) for e in log_history if "learning_rate" in e],
+        "validation BLEU": [(e["step"], e["eval_bleu"]) for e in log_history if "eval_bleu" in e],
+    }
+    figure, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for axis, (title, points) in zip(axes, series.items(), strict=True):
+        if points:
+            steps, values = zip(*points, strict=True)
+            axis.plot(steps, values, marker="." if len(points) < 30 else None)
+        axis.set_title(title)
+        axis.set_xlabel("step")
+        axis.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def build_tokenizer(data_args: DataArguments, corpus, output_dir: Path, training_args) -> PreTrainedTokenizerBase:
+    if data_args.tokenizer_name_or_path:
+        return AutoTokenizer.from_pretrained(data_args.tokenizer_name_or_path)
+    folder = output_dir / "tokenizer"
+    with training_args.main_process_first(desc="learning the shared BPE"):
+        if not (folder / "tokenizer.json").is_file():
+            texts = (text for pair in corpus[data_args.train_split]["translation"] for text in pair.values())
+            train_tokenizer(texts, vocab_size=data_args.vocab_size).save_pretrained(folder)
+    return AutoTokenizer.from_pretrained(folder)
+
+
+def build_model(model_args: ModelArguments, tokenizer) -> PreTrainedModel:
+    if model_args.model_name_or_path:
+        return AutoModelForSeq2SeqLM.from_pretrained(model_args.model_name_or_path)
+    overrides = {
+        "vocab_size": len(tokenizer),
+        "pad_token_id": tokenizer.pad_token_id,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "decoder_start_token_id": tokenizer.bos_token_id,
+        **parse_overrides(model_args.config_overrides),
+    }
+    return VaswaniForConditionalGeneration(VaswaniConfig.from_preset(model_args.preset, **overrides))
+
+
+def train(model_args: ModelArguments, data_args: DataArguments, training_args: VaswaniTrainingArguments) -> dict:
+    """The whole run: data, tokenizer, model, training (resumable), checkpoint averaging, sacreBLEU on the test
+    split, and the output folder (model, tokenizer, generation config, metrics.json, training_curves.png)."""
+    output_dir = Path(training_args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    splits = dict(p.split("=", 1) for p in data_args.file_splits.split(",")) if data_args.file_splits else None
+    corpus = load_parallel_corpus(
+        data_args.dataset, data_args.source_lang, data_args.target_lang, data_args.dataset_config, splits
+    )
+    tokenizer = build_tokenizer(data_args, corpus, output_dir, training_args)
+    set_seed(training_args.seed)  # before the model exists: its initial weights come from this seed
+    model = build_model(model_args, tokenizer)
+    with training_args.main_process_first(desc="preprocessing"):
+        data = preprocess(
+            corpus,
+            tokenizer,
+            data_args.source_lang,
+            data_args.target_lang,
+            max_source_tokens=data_args.max_source_tokens,
+            max_target_tokens=data_args.max_target_tokens,
+            max_length_ratio=data_args.max_length_ratio,
+            filter_splits=(data_args.train_split,),
+            num_proc=data_args.preprocessing_num_workers,
+        )
+    validation = data[data_args.validation_split]
+    if data_args.max_eval_samples is not None:
+        validation = validation.select(range(min(data_args.max_eval_samples, len(validation))))
+
+    marks = [float(m) for m in training_args.eval_at_minutes.split(",")] if training_args.eval_at_minutes else []
+    budget = TrainingTimeBudget(training_args.max_train_minutes, marks)
+    trainer = VaswaniTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=data[data_args.train_split],
+        eval_dataset=validation,
+        processing_class=tokenizer,
+        data_collator=DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100),
+        compute_metrics=bleu_metric_for_trainer(tokenizer),
+        callbacks=[budget],
+    )
+    resume = training_args.resume_from_checkpoint
+    if resume in ("last", "true", "True"):
+        resume = last_complete_checkpoint(output_dir)
+        resume = str(resume) if resume else None
+    started = time.perf_counter()
+    train_result = trainer.train(resume_from_checkpoint=resume)
+    metrics = {"train": {**train_result.metrics, "wall_seconds": time.perf_counter() - started}}
+    # the restored callback replaces ours on resume: read the one the trainer holds
+    budget = next(c for c in trainer.callback_handler.callbacks if isinstance(c, TrainingTimeBudget))
+    metrics["train"]["trained_minutes"] = budget.trained_seconds / 60
+    metrics["train"]["time_marks"] = budget.reached
+    trainer.save_model(str(output_dir))  # the last weights; replaced below if averaging does better
+
+    if not trainer.is_world_process_zero():
+        return metrics
+    metrics.update(_final_evaluation(trainer, data, data_args, training_args, output_dir))
+    metrics["log_history"] = trainer.state.log_history
+    write_json(output_dir / "metrics.json", metrics)
+    plot_training_curves(trainer.state.log_history, output_dir / "training_curves.png")
+    _print_summary(metrics, output_dir)
+    return metrics
+
+
+def _split_texts(dataset, data_args: DataArguments) -> tuple[list[str], list[str]]:
+    pairs = dataset["translation"]
+    return [p[data_args.source_lang] for p in pairs], [p[data_args.target_lang] for p in pairs]
+
+
+def _final_evaluation(trainer, data, data_args, training_args, output_dir: Path) -> dict:
+    """Validation BLEU of the last weights and of the average of the last N checkpoints; the better one becomes
+    the saved model; test BLEU of both is reported."""
+    candidates = {"last": trainer.model}
+    checkpoints = complete_checkpoints(output_dir)[-training_args.average_last_checkpoints :]
+    if training_args.average_last_checkpoints > 1 and len(checkpoints) > 1:
+        candidates[f"average of {len(checkpoints)}"] = load_averaged_model(checkpoints).to(trainer.model.device)
+    results = {}
+    tokenizer = trainer.processing_class
+    for name, model in candidates.items():
+        sources, references = _split_texts(data[data_args.validation_split], data_args)
+        validation, _ = evaluate_translation(model, tokenizer, sources, references)
+        results[name] = {"validation_bleu": validation}
+        if data_args.test_split and data_args.test_split in data:
+            sources, references = _split_texts(data[data_args.test_split], data_args)
+            test, hypotheses = evaluate_translation(model, tokenizer, sources, references)
+            results[name]["test_bleu"] = test
+            results[name]["test_hypotheses_head"] = hypotheses[:5]
+    best = max(results, key=lambda name: results[name]["validation_bleu"]["score"])
+    if best != "last":
+        candidates[best].save_pretrained(output_dir)
+    trainer.processing_class.save_pretrained(output_dir)
+    return {"final_model": best, "evaluation": results}
+
+
+def _print_summary(metrics: dict, output_dir: Path) -> None:
+    lines = [f"Training finished: {output_dir}", f"  final model: {metrics['final_model']}"]
+    for name, result in metrics["evaluation"].items():
+        line = f"  {name}: validation BLEU {result['validation_bleu']['score']:.2f}"
+        if "test_bleu" in result:
+            line += f", test BLEU {result['test_bleu']['score']:.2f}"
+        lines.append(line)
+    signature = next(iter(metrics["evaluation"].values()))["validation_bleu"]["signature"]
+    lines.append(f"  sacreBLEU signature: {signature}")
+    print("\n".join(lines))

@@ -1,0 +1,130 @@
+"""scripts/train.py end to end through subprocesses: two processes under accelerate, and a SIGKILL then resume."""
+
+import gzip
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = (
+    "d_model=32,encoder_layers=1,decoder_layers=1,encoder_attention_heads=2,decoder_attention_heads=2,"
+    "encoder_ffn_dim=64,decoder_ffn_dim=64"
+)
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def small_corpus(multi30k_dir, tmp_path_factory) -> Path:
+    """The first lines of Multi30k En-De: 300 training pairs, 20 validation and 20 test pairs."""
+    folder = tmp_path_factory.mktemp("multi30k_slice")
+    for stem, count in (("train", 300), ("val", 20), ("test_2016_flickr", 20)):
+        for lang in ("en", "de"):
+            with gzip.open(multi30k_dir / f"{stem}.{lang}.gz", "rt", encoding="utf-8") as f:
+                lines = [next(f) for _ in range(count)]
+            (folder / f"{stem}.{lang}").write_text("".join(lines), encoding="utf-8")
+    return folder
+
+
+def recipe(corpus: Path, output_dir: Path, **overrides) -> dict:
+    return {
+        "dataset": str(corpus),
+        "file_splits": "train=train,validation=val,test=test_2016_flickr",
+        "vocab_size": 400,
+        "config_overrides": TINY,
+        "output_dir": str(output_dir),
+        "use_cpu": True,
+        "max_tokens": 512,
+        "warmup_steps": 10,
+        "lr_scale": 4.0,
+        "logging_steps": 10,
+        "report_to": "none",
+        "seed": 3,
+        **overrides,
+    }
+
+
+def run(command: list[str], config: dict, tmp_path: Path, wait: bool = True):
+    path = tmp_path / f"recipe-{time.monotonic_ns()}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_CACHE": str(tmp_path / "ds")}
+    process = subprocess.Popen(
+        [*command, str(ROOT / "scripts" / "train.py"), str(path)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    if not wait:
+        return process
+    output, _ = process.communicate(timeout=900)
+    assert process.returncode == 0, output[-4000:]
+    return output
+
+
+def test_two_processes_under_accelerate_write_a_loadable_model(small_corpus, tmp_path):
+    output_dir = tmp_path / "out"
+    launch = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--num_processes",
+        "2",
+        "--cpu",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+    ]
+    output = run(launch, recipe(small_corpus, output_dir, max_steps=8, save_steps=4), tmp_path)
+    assert "Training finished" in output
+    model = AutoModelForSeq2SeqLM.from_pretrained(output_dir)
+    tokenizer = AutoTokenizer.from_pretrained(output_dir)
+    assert (output_dir / "generation_config.json").is_file() and (output_dir / "training_curves.png").is_file()
+    metrics = json.loads((output_dir / "metrics.json").read_text())
+    test_bleu = metrics["evaluation"][metrics["final_model"]]["test_bleu"]
+    assert 0 <= test_bleu["score"] <= 100 and test_bleu["signature"].startswith("nrefs:1|case:mixed")
+    state = json.loads((output_dir / "checkpoint-8" / "trainer_state.json").read_text())
+    assert state["global_step"] == 8
+    generated = model.generate(**tokenizer(["A dog runs."], return_tensors="pt"), max_new_tokens=5)
+    assert generated.shape[0] == 1
+
+
+def test_a_run_killed_after_a_checkpoint_resumes_to_the_same_model(small_corpus, tmp_path):
+    steps = dict(max_steps=120, save_steps=20, average_last_checkpoints=0)
+    reference_dir, killed_dir = tmp_path / "reference", tmp_path / "killed"
+    run([sys.executable], recipe(small_corpus, reference_dir, **steps), tmp_path)
+
+    process = run([sys.executable], recipe(small_corpus, killed_dir, **steps), tmp_path, wait=False)
+    marker = killed_dir / "checkpoint-40" / "checkpoint_complete"
+    deadline = time.monotonic() + 600
+    while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.communicate()
+    assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    assert not (killed_dir / "model.safetensors").exists()
+
+    run([sys.executable], recipe(small_corpus, killed_dir, resume_from_checkpoint="last", **steps), tmp_path)
+    state = json.loads((killed_dir / "checkpoint-120" / "trainer_state.json").read_text())
+    assert state["global_step"] == 120
+    # Same batches in the same order after the resume, none skipped or repeated: the same weights at the end,
+    # and the same logged training losses after the kill point.
+    reference, resumed = load_file(reference_dir / "model.safetensors"), load_file(killed_dir / "model.safetensors")
+    for name, tensor in reference.items():
+        torch.testing.assert_close(resumed[name], tensor, rtol=0, atol=1e-6, msg=name)
+    reference_log = json.loads((reference_dir / "checkpoint-120" / "trainer_state.json").read_text())["log_history"]
+    losses = {e["step"]: e["loss"] for e in reference_log if "loss" in e}
+    assert {e["step"]: e["loss"] for e in state["log_history"] if "loss" in e} == pytest.approx(losses, abs=1e-6)

@@ -1,0 +1,122 @@
+"""Translation with the paper's decoding and scoring with sacreBLEU on detokenized text (Sec. 6.1)."""
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import sacrebleu
+import torch
+from transformers import EvalPrediction, PreTrainedModel, PreTrainedTokenizerBase
+
+
+@torch.no_grad()
+def translate(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    sources: list[str],
+    batch_size: int = 64,
+    **generate_kwargs,
+) -> list[str]:
+    """Translate `sources` with `model.generate` (its generation config: beam 4, length penalty 0.6, length limit,
+    unless `generate_kwargs` say otherwise). Sentences are batched by length and returned in input order."""
+    model.eval()
+    order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
+    translations: list[str] = [""] * len(sources)
+    for start in range(0, len(order), batch_size):
+        indices = order[start : start + batch_size]
+        batch = tokenizer([sources[i] for i in indices], return_tensors="pt", padding=True).to(model.device)
+        generated = model.generate(**batch, **generate_kwargs)
+        for index, text in zip(indices, tokenizer.batch_decode(generated, skip_special_tokens=True), strict=True):
+            translations[index] = text
+    return translations
+
+
+def bleu(hypotheses: list[str], references: list[str]) -> dict:
+    """Corpus BLEU of detokenized text with sacreBLEU's defaults (13a tokenizer, cased), in the keys of the
+    `evaluate` sacrebleu metric (`score`, `counts`, `totals`, `precisions`, `bp`, `sys_len`, `ref_len`) plus the
+    `signature` to quote with the score."""
+    if len(hypotheses) != len(references):
+        raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} references")
+    metric = sacrebleu.BLEU()
+    result = metric.corpus_score(hypotheses, [references])
+    return {
+        "score": result.score,
+        "counts": result.counts,
+        "totals": result.totals,
+        "precisions": result.precisions,
+        "bp": result.bp,
+        "sys_len": result.sys_len,
+        "ref_len": result.ref_len,
+        "signature": str(metric.get_signature()),
+    }
+
+
+def evaluate_translation(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    sources: list[str],
+    references: list[str],
+    **generate_kwargs,
+) -> tuple[dict, list[str]]:
+    """Translate and score: (BLEU result, hypotheses)."""
+    hypotheses = translate(model, tokenizer, sources, **generate_kwargs)
+    return bleu(hypotheses, references), hypotheses
+
+
+def read_text_lines(path: str | os.PathLike) -> list[str]:
+    """One sentence a line, UTF-8 (a clear error names the file otherwise)."""
+    try:
+        return Path(path).read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path} is not valid UTF-8: {error}") from error
+
+
+def evaluate_files(
+    model_name_or_path: str | os.PathLike,
+    source_file: str | os.PathLike,
+    reference_file: str | os.PathLike,
+    output_file: str | os.PathLike | None = None,
+    **generate_kwargs,
+) -> dict:
+    """Translate `source_file` with a saved model and its tokenizer, score against `reference_file`, optionally
+    write the translations; returns the BLEU result."""
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    sources, references = read_text_lines(source_file), read_text_lines(reference_file)
+    if len(sources) != len(references):
+        raise ValueError(f"{source_file} has {len(sources)} lines but {reference_file} has {len(references)}")
+    model = AutoModelForSeq2SeqLM.from_pretrained(model_name_or_path)
+    tokenizer = AutoTokenizer.from_pretrained(model_name_or_path)
+    result, hypotheses = evaluate_translation(model, tokenizer, sources, references, **generate_kwargs)
+    if output_file is not None:
+        Path(output_file).write_text("\n".join(hypotheses) + "\n", encoding="utf-8")
+    return result
+
+
+def bleu_metric_for_trainer(tokenizer: PreTrainedTokenizerBase) -> Callable[[EvalPrediction], dict]:
+    """`compute_metrics` for `Seq2SeqTrainer(predict_with_generate=True)`: BLEU of the decoded generations against
+    the decoded labels (the tokenizer round-trips text exactly, so these are the references)."""
+
+    def compute_metrics(prediction: EvalPrediction) -> dict:
+        predictions = np.where(prediction.predictions < 0, tokenizer.pad_token_id, prediction.predictions)
+        labels = np.where(prediction.label_ids < 0, tokenizer.pad_token_id, prediction.label_ids)
+        hypotheses = tokenizer.batch_decode(predictions, skip_special_tokens=True)
+        references = tokenizer.batch_decode(labels, skip_special_tokens=True)
+        return {"bleu": bleu(hypotheses, references)["score"]}
+
+    return compute_metrics
+
+
+def write_json(path: str | os.PathLike, data: dict) -> None:
+    """Write JSON atomically: a reader sees the old file or the new one, never a half-written one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as f:
+        json.dump(data, f, indent=2, ensure_ascii=False)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(f.name, path)
