@@ -15,11 +15,30 @@ import yaml
 from safetensors.torch import load_file
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
+from vaswani_hf.data import TokenBatchSampler, load_parallel_corpus, preprocess
+from vaswani_hf.tokenization import train_tokenizer
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = (
     "d_model=32,encoder_layers=1,decoder_layers=1,encoder_attention_heads=2,decoder_attention_heads=2,"
     "encoder_ffn_dim=64,decoder_ffn_dim=64"
 )
+# Two processes with gloo on a CPU. In accelerate 1.15 `--cpu --num_processes 2` starts ONE process (its simple
+# launcher); `--multi_gpu` starts them through torchrun, and on a machine without GPUs they run on the CPU.
+TWO_PROCESSES = [
+    sys.executable,
+    "-m",
+    "accelerate.commands.launch",
+    "--multi_gpu",
+    "--num_processes",
+    "2",
+    "--num_machines",
+    "1",
+    "--mixed_precision",
+    "no",
+    "--dynamo_backend",
+    "no",
+]
 pytestmark = pytest.mark.slow
 
 
@@ -74,21 +93,7 @@ def run(command: list[str], config: dict, tmp_path: Path, wait: bool = True):
 
 def test_two_processes_under_accelerate_write_a_loadable_model(small_corpus, tmp_path):
     output_dir = tmp_path / "out"
-    launch = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--num_processes",
-        "2",
-        "--cpu",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-    ]
-    output = run(launch, recipe(small_corpus, output_dir, max_steps=8, save_steps=4), tmp_path)
+    output = run(TWO_PROCESSES, recipe(small_corpus, output_dir, max_steps=8, save_steps=4), tmp_path)
     assert "Training finished" in output
     model = AutoModelForSeq2SeqLM.from_pretrained(output_dir)
     tokenizer = AutoTokenizer.from_pretrained(output_dir)
@@ -96,6 +101,7 @@ def test_two_processes_under_accelerate_write_a_loadable_model(small_corpus, tmp
     metrics = json.loads((output_dir / "metrics.json").read_text())
     test_bleu = metrics["evaluation"][metrics["final_model"]]["test_bleu"]
     assert 0 <= test_bleu["score"] <= 100 and test_bleu["signature"].startswith("nrefs:1|case:mixed")
+    assert metrics["train"]["world_size"] == 2  # two processes really ran
     state = json.loads((output_dir / "checkpoint-8" / "trainer_state.json").read_text())
     assert state["global_step"] == 8
     generated = model.generate(**tokenizer(["A dog runs."], return_tensors="pt"), max_new_tokens=5)
@@ -128,3 +134,30 @@ def test_a_run_killed_after_a_checkpoint_resumes_to_the_same_model(small_corpus,
     reference_log = json.loads((reference_dir / "checkpoint-120" / "trainer_state.json").read_text())["log_history"]
     losses = {e["step"]: e["loss"] for e in reference_log if "loss" in e}
     assert {e["step"]: e["loss"] for e in state["log_history"] if "loss" in e} == pytest.approx(losses, abs=1e-6)
+
+
+def test_two_processes_match_one_process_with_the_same_global_batch(small_corpus, tmp_path):
+    """Two processes take batches 2k and 2k+1 of the same sampler; one process accumulating two batches per update
+    takes the same pairs: the updates, and so the weights, must agree (no dropout, a small learning rate)."""
+    corpus = load_parallel_corpus(small_corpus, "en", "de", splits={"train": "train"})
+    tokenizer = train_tokenizer((t for pair in corpus["train"]["translation"] for t in pair.values()), vocab_size=400)
+    tokenizer.save_pretrained(tmp_path / "tokenizer")
+    train = preprocess(corpus, tokenizer, "en", "de")["train"]
+    lengths = list(train["source_length"]), list(train["target_length"])
+    # an even number of batches, so that sharding over two processes splits none of them
+    max_tokens = next(m for m in range(512, 300, -4) if len(TokenBatchSampler(*lengths, max_tokens=m, seed=3)) % 2 == 0)
+    common = dict(
+        max_steps=8,
+        save_steps=8,
+        average_last_checkpoints=0,
+        config_overrides=TINY + ",dropout=0.0",
+        tokenizer_name_or_path=str(tmp_path / "tokenizer"),
+        max_tokens=max_tokens,
+        lr_scale=0.1,
+    )
+    single_dir, double_dir = tmp_path / "one", tmp_path / "two"
+    run([sys.executable], recipe(small_corpus, single_dir, gradient_accumulation_steps=2, **common), tmp_path)
+    run(TWO_PROCESSES, recipe(small_corpus, double_dir, **common), tmp_path)
+    one, two = load_file(single_dir / "model.safetensors"), load_file(double_dir / "model.safetensors")
+    for name, tensor in one.items():
+        torch.testing.assert_close(two[name], tensor, rtol=1e-4, atol=1e-5, msg=name)

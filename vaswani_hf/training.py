@@ -374,6 +374,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: V
     started = time.perf_counter()
     train_result = trainer.train(resume_from_checkpoint=resume)
     metrics = {"train": {**train_result.metrics, "wall_seconds": time.perf_counter() - started}}
+    metrics["train"]["world_size"] = training_args.world_size
     # the restored callback replaces ours on resume: read the one the trainer holds
     budget = next(c for c in trainer.callback_handler.callbacks if isinstance(c, TrainingTimeBudget))
     metrics["train"]["trained_minutes"] = budget.trained_seconds / 60
