@@ -103,8 +103,9 @@ class VaswaniTrainingArguments(Seq2SeqTrainingArguments):
 
 class TrainingTimeBudget(TrainerCallback, ExportableState):
     """Counts training time (time inside optimizer steps: evaluation and saving excluded), asks for an evaluation
-    and a checkpoint at each of `marks_minutes`, and stops training after `budget_minutes`. Its count is saved in
-    checkpoints, so a resumed run keeps its budget; `reached` records (minutes, step) of each mark passed."""
+    and a checkpoint at each of `marks_minutes`, and stops training with a checkpoint after `budget_minutes`. Its
+    count is saved in checkpoints, so a resumed run keeps its budget; `reached` records (minutes, step) of each mark
+    passed."""
 
     def __init__(self, budget_minutes: float | None, marks_minutes: list[float], trained_seconds: float = 0.0):
         self.budget_minutes = budget_minutes
@@ -130,7 +131,8 @@ class TrainingTimeBudget(TrainerCallback, ExportableState):
             control.should_evaluate = control.should_save = True
         if self.budget_minutes is not None and minutes >= self.budget_minutes:
             self.reached.append([self.budget_minutes, state.global_step])
-            control.should_training_stop = control.should_evaluate = control.should_save = True
+            # a checkpoint, but no evaluation here: train() evaluates the final weights right after
+            control.should_training_stop = control.should_save = True
         return control
 
 
