@@ -1,7 +1,7 @@
 """Translate sentences with a trained model (the paper's decoding: beam 4, length penalty 0.6).
 
-    python scripts/translate.py runs/quickstart_en_de "A man rides a bike." "Two dogs play in the snow."
-    python scripts/translate.py runs/quickstart_en_de < sentences.txt
+python scripts/translate.py runs/quickstart_en_de "A man rides a bike." "Two dogs play in the snow."
+python scripts/translate.py runs/quickstart_en_de < sentences.txt
 """
 
 import argparse

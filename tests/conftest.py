@@ -1,15 +1,24 @@
 """Shared fixtures: tiny models and inputs that keep the suite fast on a 2-core CPU."""
 
+import gzip
 import os
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 import vaswani_hf  # noqa: F401  (registers the Auto classes)
 from vaswani_hf import VaswaniConfig, VaswaniForConditionalGeneration
 
 MULTI30K = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "multi30k"
+ROOT = Path(__file__).resolve().parents[1]
+TINY = (
+    "d_model=32,encoder_layers=1,decoder_layers=1,encoder_attention_heads=2,decoder_attention_heads=2,"
+    "encoder_ffn_dim=64,decoder_ffn_dim=64"
+)
 
 
 def tiny_config(**overrides) -> VaswaniConfig:
@@ -95,3 +104,72 @@ def reversal_model() -> VaswaniForConditionalGeneration:
         optimizer.step()
         optimizer.zero_grad()
     return model.eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_translator(multi30k_dir):
+    """A byte-level BPE tokenizer (300 tokens) from Multi30k and a tiny model trained for a few seconds to copy
+    English sentences: real text in, varied real text out, for the pipeline and publishing tests."""
+    from vaswani_hf.tokenization import train_tokenizer
+
+    sentences = gzip.open(multi30k_dir / "val.en.gz", "rt", encoding="utf-8").read().splitlines()[:400]
+    tokenizer = train_tokenizer(sentences, vocab_size=300)
+    model = tiny_model(seed=3, vocab_size=len(tokenizer))
+    model.train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3, betas=(0.9, 0.98), eps=1e-9)
+    for step in range(60):
+        batch = tokenizer(sentences[step % 20 * 16 : step % 20 * 16 + 16], padding=True, return_tensors="pt")
+        labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+        model(**batch, labels=labels).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    return model.eval(), tokenizer
+
+
+@pytest.fixture(scope="session")
+def small_corpus(multi30k_dir, tmp_path_factory) -> Path:
+    """The first lines of Multi30k En-De: 300 training pairs, 20 validation and 20 test pairs."""
+    folder = tmp_path_factory.mktemp("multi30k_slice")
+    for stem, count in (("train", 300), ("val", 20), ("test_2016_flickr", 20)):
+        for lang in ("en", "de"):
+            with gzip.open(multi30k_dir / f"{stem}.{lang}.gz", "rt", encoding="utf-8") as f:
+                lines = [next(f) for _ in range(count)]
+            (folder / f"{stem}.{lang}").write_text("".join(lines), encoding="utf-8")
+    return folder
+
+
+def recipe(corpus: Path, output_dir: Path, **overrides) -> dict:
+    return {
+        "dataset": str(corpus),
+        "file_splits": "train=train,validation=val,test=test_2016_flickr",
+        "vocab_size": 400,
+        "config_overrides": TINY,
+        "output_dir": str(output_dir),
+        "use_cpu": True,
+        "max_tokens": 512,
+        "warmup_steps": 10,
+        "lr_scale": 4.0,
+        "logging_steps": 10,
+        "report_to": "none",
+        "seed": 3,
+        **overrides,
+    }
+
+
+def run(command: list[str], config: dict, tmp_path: Path, wait: bool = True):
+    path = tmp_path / f"recipe-{time.monotonic_ns()}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_CACHE": str(tmp_path / "ds")}
+    process = subprocess.Popen(
+        [*command, str(ROOT / "scripts" / "train.py"), str(path)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    if not wait:
+        return process
+    output, _ = process.communicate(timeout=900)
+    assert process.returncode == 0, output[-4000:]
+    return output

@@ -1,28 +1,19 @@
 """scripts/train.py end to end through subprocesses: two processes under accelerate, and a SIGKILL then resume."""
 
-import gzip
 import json
-import os
 import signal
-import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
-import yaml
+from conftest import TINY, recipe, run
 from safetensors.torch import load_file
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
 from vaswani_hf.data import TokenBatchSampler, load_parallel_corpus, preprocess
 from vaswani_hf.tokenization import train_tokenizer
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY = (
-    "d_model=32,encoder_layers=1,decoder_layers=1,encoder_attention_heads=2,decoder_attention_heads=2,"
-    "encoder_ffn_dim=64,decoder_ffn_dim=64"
-)
 # Two processes with gloo on a CPU. In accelerate 1.15 `--cpu --num_processes 2` starts ONE process (its simple
 # launcher); `--multi_gpu` starts them through torchrun, and on a machine without GPUs they run on the CPU.
 TWO_PROCESSES = [
@@ -40,55 +31,6 @@ TWO_PROCESSES = [
     "no",
 ]
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def small_corpus(multi30k_dir, tmp_path_factory) -> Path:
-    """The first lines of Multi30k En-De: 300 training pairs, 20 validation and 20 test pairs."""
-    folder = tmp_path_factory.mktemp("multi30k_slice")
-    for stem, count in (("train", 300), ("val", 20), ("test_2016_flickr", 20)):
-        for lang in ("en", "de"):
-            with gzip.open(multi30k_dir / f"{stem}.{lang}.gz", "rt", encoding="utf-8") as f:
-                lines = [next(f) for _ in range(count)]
-            (folder / f"{stem}.{lang}").write_text("".join(lines), encoding="utf-8")
-    return folder
-
-
-def recipe(corpus: Path, output_dir: Path, **overrides) -> dict:
-    return {
-        "dataset": str(corpus),
-        "file_splits": "train=train,validation=val,test=test_2016_flickr",
-        "vocab_size": 400,
-        "config_overrides": TINY,
-        "output_dir": str(output_dir),
-        "use_cpu": True,
-        "max_tokens": 512,
-        "warmup_steps": 10,
-        "lr_scale": 4.0,
-        "logging_steps": 10,
-        "report_to": "none",
-        "seed": 3,
-        **overrides,
-    }
-
-
-def run(command: list[str], config: dict, tmp_path: Path, wait: bool = True):
-    path = tmp_path / f"recipe-{time.monotonic_ns()}.yaml"
-    path.write_text(yaml.safe_dump(config))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_CACHE": str(tmp_path / "ds")}
-    process = subprocess.Popen(
-        [*command, str(ROOT / "scripts" / "train.py"), str(path)],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    if not wait:
-        return process
-    output, _ = process.communicate(timeout=900)
-    assert process.returncode == 0, output[-4000:]
-    return output
 
 
 def test_two_processes_under_accelerate_write_a_loadable_model(small_corpus, tmp_path):

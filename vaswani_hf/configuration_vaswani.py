@@ -4,6 +4,7 @@ This file is uploaded next to `modeling_vaswani.py` in published repos so that `
 without the package: it imports nothing from `vaswani_hf`.
 """
 
+import sys
 from typing import Any
 
 from transformers import PretrainedConfig
@@ -121,6 +122,23 @@ class VaswaniConfig(PretrainedConfig):
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
         return cls(**{**PRESETS[name], **overrides})
+
+    @property
+    def custom_pipelines(self) -> dict[str, Any]:
+        """The pipelines that a published repo declares for remote code (`config.json` "custom_pipelines"), minus the
+        tasks that transformers already serves in this process. Importing `vaswani_hf` registers "translation", and
+        `pipeline()` would otherwise take the repo's remote-code route for it and demand `trust_remote_code=True`
+        although the installed package has the same pipeline. The declaration itself is kept and saved as loaded."""
+        declared = self.__dict__.get("custom_pipelines", {})
+        pipelines = sys.modules.get("transformers.pipelines")  # not imported: no pipeline is being built
+        registry = getattr(pipelines, "PIPELINE_REGISTRY", None)
+        if registry is None:
+            return declared
+        return {task: info for task, info in declared.items() if task not in registry.supported_tasks}
+
+    @custom_pipelines.setter
+    def custom_pipelines(self, value: dict[str, Any]) -> None:
+        self.__dict__["custom_pipelines"] = value
 
     def _check_values(self) -> None:
         for field in (

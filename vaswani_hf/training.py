@@ -7,7 +7,7 @@ import logging
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -381,6 +381,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: V
     budget = next(c for c in trainer.callback_handler.callbacks if isinstance(c, TrainingTimeBudget))
     metrics["train"]["trained_minutes"] = budget.trained_seconds / 60
     metrics["train"]["time_marks"] = budget.reached
+    metrics["settings"] = run_settings(model_args, data_args, training_args, model)
     trainer.save_model(str(output_dir))  # the last weights; replaced below if averaging does better
 
     if not trainer.is_world_process_zero():
@@ -391,6 +392,43 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: V
     plot_training_curves(trainer.state.log_history, output_dir / "training_curves.png")
     _print_summary(metrics, output_dir)
     return metrics
+
+
+# The training arguments that define the recipe, recorded in metrics.json for the model card and for reproduction.
+RECIPE_SETTINGS = (
+    "seed",
+    "max_tokens",
+    "per_device_train_batch_size",
+    "gradient_accumulation_steps",
+    "world_size",
+    "learning_rate",
+    "lr_schedule",
+    "lr_scale",
+    "warmup_steps",
+    "adam_beta1",
+    "adam_beta2",
+    "adam_epsilon",
+    "weight_decay",
+    "label_smoothing_factor",
+    "max_grad_norm",
+    "num_train_epochs",
+    "max_steps",
+    "max_train_minutes",
+    "save_steps",
+    "average_last_checkpoints",
+    "bf16",
+    "fp16",
+)
+
+
+def run_settings(model_args: ModelArguments, data_args: DataArguments, training_args, model: PreTrainedModel) -> dict:
+    """What a reader needs to know and repeat about a run: arguments, recipe and model size."""
+    recipe = {name: getattr(training_args, name) for name in RECIPE_SETTINGS}
+    return {
+        "model": {**asdict(model_args), "num_parameters": model.num_parameters()},
+        "data": asdict(data_args),
+        "training": recipe,
+    }
 
 
 def _split_texts(dataset, data_args: DataArguments) -> tuple[list[str], list[str]]:

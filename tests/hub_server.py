@@ -1,0 +1,240 @@
+"""A loopback server speaking the part of the Hugging Face Hub HTTP API that publishing and downloading use.
+
+No installable server implements the Hub's upload API, so the tests run `huggingface_hub` against this one. It keeps
+repos in memory as commits of whole file sets and records what arrives (file contents, commit messages, who was
+authorised), so tests assert on what was really sent. Regular (non-LFS) uploads only: the preupload answer says so.
+"""
+
+import base64
+import hashlib
+import json
+import re
+import threading
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import unquote, urlparse
+
+GITATTRIBUTES = b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n"  # what the Hub puts in a new repo
+
+
+def git_blob_oid(content: bytes) -> str:
+    return hashlib.sha1(b"blob %d\0" % len(content) + content).hexdigest()
+
+
+@dataclass
+class Commit:
+    oid: str
+    message: str
+    files: dict[str, bytes]
+    added: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Repo:
+    private: bool
+    branches: dict[str, str] = field(default_factory=dict)
+    commits: dict[str, Commit] = field(default_factory=dict)
+
+    def commit(self, branch: str, message: str, files: dict[str, bytes], added: list[str]) -> Commit:
+        oid = hashlib.sha1(f"{len(self.commits)}:{message}".encode() + b"".join(files.values())).hexdigest()
+        self.commits[oid] = Commit(oid, message, files, added)
+        self.branches[branch] = oid
+        return self.commits[oid]
+
+    def head(self, revision: str) -> Commit | None:
+        oid = self.branches.get(revision, revision)
+        return self.commits.get(oid)
+
+
+class HubState:
+    """Repos by id, the accepted token, and a log of (method, path, authorised) for every request."""
+
+    def __init__(self, token: str):
+        self.token = token
+        self.repos: dict[str, Repo] = {}
+        self.requests: list[tuple[str, str, bool]] = []
+        self.validated_cards: list[str] = []
+        self.lock = threading.Lock()
+
+
+REPO = r"(?P<repo>[^/]+/[^/]+)"
+REVISION = r"(?P<revision>[^/]+)"
+
+
+class HubHandler(BaseHTTPRequestHandler):
+    state: HubState  # set on the subclass made by `serve`
+
+    def log_message(self, *args) -> None:  # keep test output clean
+        pass
+
+    # --- plumbing -------------------------------------------------------------------------------------------------
+    def authorised(self) -> bool:
+        return self.headers.get("Authorization") == f"Bearer {self.state.token}"
+
+    def reply(self, status: int, body: bytes | dict | list = b"", headers: dict | None = None) -> None:
+        if isinstance(body, (dict, list)):
+            body = json.dumps(body).encode()
+            headers = {"Content-Type": "application/json", **(headers or {})}
+        self.send_response(status)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def error(self, status: int, code: str, message: str) -> None:
+        self.reply(status, {"error": message}, {"X-Error-Code": code, "X-Error-Message": message})
+
+    def body(self) -> bytes:
+        return self.rfile.read(int(self.headers.get("Content-Length", 0)))
+
+    def route(self, routes: list[tuple[str, object]]) -> None:
+        path = unquote(urlparse(self.path).path)
+        with self.state.lock:
+            self.state.requests.append((self.command, path, self.authorised()))
+            for pattern, handler in routes:
+                match = re.fullmatch(pattern, path)
+                if match:
+                    return handler(**match.groupdict())
+        self.error(404, "NotFound", f"no route for {self.command} {path}")
+
+    def readable_repo(self, repo_id: str) -> Repo | None:
+        repo = self.state.repos.get(repo_id)
+        if repo is None or (repo.private and not self.authorised()):
+            self.error(404, "RepoNotFound", f"Repository {repo_id} not found")
+            return None
+        return repo
+
+    def writable_repo(self, repo_id: str) -> Repo | None:
+        if not self.authorised():
+            self.error(401, "Unauthorized", "Invalid credentials")
+            return None
+        return self.readable_repo(repo_id)
+
+    # --- endpoints ------------------------------------------------------------------------------------------------
+    def create_repo(self) -> None:
+        if not self.authorised():
+            return self.error(401, "Unauthorized", "Invalid credentials")
+        payload = json.loads(self.body())
+        repo_id = f"{payload['organization']}/{payload['name']}"
+        url = f"http://{self.headers['Host']}/{repo_id}"
+        if repo_id in self.state.repos:
+            return self.reply(409, {"error": "You already created this model repo", "url": url})
+        repo = Repo(private=payload.get("visibility") == "private" or bool(payload.get("private")))
+        repo.commit("main", "initial commit", {".gitattributes": GITATTRIBUTES}, [])
+        self.state.repos[repo_id] = repo
+        self.reply(200, {"url": url, "name": repo_id})
+
+    def validate_yaml(self) -> None:
+        self.state.validated_cards.append(json.loads(self.body())["content"])
+        self.reply(200, {"errors": [], "warnings": []})
+
+    def preupload(self, repo: str, revision: str) -> None:
+        if self.writable_repo(repo) is None:
+            return
+        files = json.loads(self.body())["files"]
+        self.reply(200, {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files]})
+
+    def commit(self, repo: str, revision: str) -> None:
+        target = self.writable_repo(repo)
+        if target is None:
+            return
+        parent = target.head(revision)
+        if parent is None:
+            return self.error(404, "RevisionNotFound", f"Invalid rev id: {revision}")
+        files, added, message = dict(parent.files), [], ""
+        for line in self.body().splitlines():
+            item = json.loads(line)
+            if item["key"] == "header":
+                message = item["value"]["summary"]
+            elif item["key"] == "file":
+                files[item["value"]["path"]] = base64.b64decode(item["value"]["content"])
+                added.append(item["value"]["path"])
+            elif item["key"] == "deletedFile":
+                files.pop(item["value"]["path"], None)
+            else:
+                return self.error(400, "BadRequest", f"unsupported commit operation {item['key']}")
+        new = target.commit(revision, message, files, added)
+        url = f"http://{self.headers['Host']}/{repo}/commit/{new.oid}"
+        self.reply(200, {"commitUrl": url, "commitOid": new.oid, "pullRequestUrl": None})
+
+    def create_branch(self, repo: str, branch: str) -> None:
+        target = self.writable_repo(repo)
+        if target is None:
+            return
+        if branch in target.branches:
+            return self.error(409, "BranchExists", f"Reference already exists: {branch}")
+        target.branches[branch] = target.branches["main"]
+        self.reply(200, {})
+
+    def repo_info(self, repo: str, revision: str = "main") -> None:
+        target = self.readable_repo(repo)
+        if target is None:
+            return
+        commit = target.head(revision)
+        if commit is None:
+            return self.error(404, "RevisionNotFound", f"Invalid rev id: {revision}")
+        siblings = [{"rfilename": name} for name in sorted(commit.files)]
+        info = {"id": repo, "modelId": repo, "sha": commit.oid, "private": target.private, "siblings": siblings}
+        self.reply(200, info)
+
+    def tree(self, repo: str, revision: str, path: str | None = None) -> None:
+        target = self.readable_repo(repo)
+        if target is None:
+            return
+        commit = target.head(revision)
+        if commit is None:
+            return self.error(404, "RevisionNotFound", f"Invalid rev id: {revision}")
+        entries = [
+            {"type": "file", "path": name, "size": len(content), "oid": git_blob_oid(content)}
+            for name, content in sorted(commit.files.items())
+            if name.startswith((path or "").strip("/"))
+        ]
+        self.reply(200, entries)
+
+    def resolve(self, repo: str, revision: str, filename: str) -> None:
+        target = self.readable_repo(repo)
+        if target is None:
+            return
+        commit = target.head(revision)
+        if commit is None:
+            return self.error(404, "RevisionNotFound", f"Invalid rev id: {revision}")
+        if filename not in commit.files:
+            return self.error(404, "EntryNotFound", f"{filename} does not exist at {revision}")
+        content = commit.files[filename]
+        headers = {"X-Repo-Commit": commit.oid, "ETag": f'"{git_blob_oid(content)}"'}
+        self.reply(200, content, {"Content-Type": "application/octet-stream", **headers})
+
+    # --- HTTP verbs -----------------------------------------------------------------------------------------------
+    def do_POST(self) -> None:
+        self.route(
+            [
+                (r"/api/repos/create", self.create_repo),
+                (r"/api/validate-yaml", self.validate_yaml),
+                (rf"/api/models/{REPO}/preupload/{REVISION}", self.preupload),
+                (rf"/api/models/{REPO}/commit/{REVISION}", self.commit),
+                (rf"/api/models/{REPO}/branch/(?P<branch>[^/]+)", self.create_branch),
+            ]
+        )
+
+    def do_GET(self) -> None:
+        self.route(
+            [
+                (rf"/api/models/{REPO}", self.repo_info),
+                (rf"/api/models/{REPO}/revision/{REVISION}", self.repo_info),
+                (rf"/api/models/{REPO}/tree/{REVISION}(?P<path>/.*)?", self.tree),
+                (rf"/{REPO}/resolve/{REVISION}/(?P<filename>.+)", self.resolve),
+            ]
+        )
+
+    do_HEAD = do_GET
+
+
+def serve(token: str) -> tuple[ThreadingHTTPServer, HubState]:
+    """Start a server on a free 127.0.0.1 port in a daemon thread; its endpoint is `http://127.0.0.1:{port}`."""
+    state = HubState(token)
+    handler = type("BoundHubHandler", (HubHandler,), {"state": state})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, state

@@ -1,0 +1,108 @@
+"""A translation pipeline for transformers 5, which removed its own.
+
+`pipeline("translation", model=...)` returns [`TranslationPipeline`] once `vaswani_hf` is imported (see
+`vaswani_hf/__init__.py` for the registration). Published repos carry this file and declare it in `config.json`
+under `custom_pipelines`, so `pipeline("translation", model=repo, trust_remote_code=True)` works without the package:
+it imports nothing from `vaswani_hf`.
+"""
+
+from typing import Any
+
+from transformers import Pipeline
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
+
+
+class TranslationPipeline(Pipeline):
+    """Translate text with a sequence-to-sequence model, as transformers 4's translation pipeline did.
+
+    `pipe("A text.")` returns `[{"translation_text": ...}]`; `pipe(["A text.", "Another."])` returns one dict per
+    input, in order (a list of `num_return_sequences` dicts per input when that is above 1). Decoding follows the
+    model's `generation_config` (for Vaswani models the paper's beam 4 and length penalty 0.6, Sec. 6.1); generation
+    arguments (`num_beams`, `max_new_tokens`, `generation_config`, ...) passed at creation or call time override it.
+    `batch_size=n` translates n inputs per `generate` call.
+
+    Defined results for awkward inputs:
+    - an empty or whitespace-only string translates to `""`, without running the model;
+    - a source longer than the model accepts (`max_position_embeddings`, or the tokenizer's `model_max_length` if
+      smaller) raises a `ValueError` giving both lengths, unless `truncation=True`, which cuts it with a warning;
+    - anything but a string (or a list of strings) raises a `TypeError` naming the item.
+    """
+
+    _pipeline_calls_generate = True
+    _load_tokenizer = True
+    _load_processor = False
+    _load_image_processor = False
+    _load_video_processor = False
+    _load_feature_extractor = False
+
+    def _sanitize_parameters(
+        self, truncation: bool | None = None, clean_up_tokenization_spaces: bool | None = None, **generate_kwargs
+    ) -> tuple[dict, dict, dict]:
+        preprocess_params = {} if truncation is None else {"truncation": truncation}
+        postprocess_params = {}
+        if clean_up_tokenization_spaces is not None:
+            postprocess_params["clean_up_tokenization_spaces"] = clean_up_tokenization_spaces
+        return preprocess_params, generate_kwargs, postprocess_params
+
+    def __call__(self, inputs: str | list[str], **kwargs) -> list:
+        single = isinstance(inputs, str)
+        texts = [inputs] if single else inputs
+        if not isinstance(texts, (list, tuple)):
+            raise TypeError(f"TranslationPipeline expects a string or a list of strings, got {type(inputs).__name__}")
+        for index, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise TypeError(f"TranslationPipeline expects strings, but input {index} is {type(text).__name__}")
+
+        translations = [[{"translation_text": ""}] for _ in texts]
+        to_translate = [index for index, text in enumerate(texts) if text.strip()]
+        if to_translate:
+            outputs = super().__call__([texts[index] for index in to_translate], **kwargs)
+            for index, output in zip(to_translate, outputs, strict=True):
+                translations[index] = output
+        if single:
+            return translations[0]
+        return [output[0] for output in translations] if all(len(o) == 1 for o in translations) else translations
+
+    def max_source_length(self) -> int | None:
+        """The longest source, in tokens, that the model accepts (None if neither model nor tokenizer says)."""
+        limits = [
+            getattr(self.model.config, "max_position_embeddings", None),
+            getattr(self.tokenizer, "model_max_length", None),
+        ]
+        limits = [limit for limit in limits if isinstance(limit, int) and limit < 1_000_000]
+        return min(limits) if limits else None
+
+    def preprocess(self, text: str, truncation: bool = False) -> dict[str, Any]:
+        encoded = self.tokenizer(text, return_tensors="pt")
+        limit = self.max_source_length()
+        length = encoded["input_ids"].shape[-1]
+        if limit is not None and length > limit:
+            if not truncation:
+                raise ValueError(
+                    f"The input has {length} tokens, more than the {limit} this model accepts (its "
+                    f"max_position_embeddings or the tokenizer's model_max_length). Shorten it, or pass "
+                    f"truncation=True to translate only its first {limit} tokens."
+                )
+            logger.warning(f"Input of {length} tokens truncated to the model's limit of {limit} tokens.")
+            encoded = self.tokenizer(text, return_tensors="pt", truncation=True, max_length=limit)
+        return encoded
+
+    def _forward(self, model_inputs: dict[str, Any], **generate_kwargs) -> dict[str, Any]:
+        output_ids = self.model.generate(**model_inputs, **self._prepare_generate_kwargs(generate_kwargs))
+        # One row per source, holding its num_return_sequences outputs, so that batches split back per source.
+        batch_size = model_inputs["input_ids"].shape[0]
+        return {"output_ids": output_ids.reshape(batch_size, -1, output_ids.shape[-1])}
+
+    def postprocess(
+        self, model_outputs: dict[str, Any], clean_up_tokenization_spaces: bool | None = None
+    ) -> list[dict[str, str]]:
+        return [
+            {
+                "translation_text": self.tokenizer.decode(
+                    ids, skip_special_tokens=True, clean_up_tokenization_spaces=clean_up_tokenization_spaces
+                )
+            }
+            for ids in model_outputs["output_ids"][0]
+        ]
