@@ -1,4 +1,4 @@
-"""Translate sentences with a trained model (the paper's decoding: beam 4, length penalty 0.6).
+"""Translate sentences through `pipeline("translation")` (the model's decoding: beam 4, length penalty 0.6).
 
 python scripts/translate.py runs/quickstart_en_de "A man rides a bike." "Two dogs play in the snow."
 python scripts/translate.py runs/quickstart_en_de < sentences.txt
@@ -7,22 +7,21 @@ python scripts/translate.py runs/quickstart_en_de < sentences.txt
 import argparse
 import sys
 
-from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+from transformers import pipeline
 
-import vaswani_hf  # noqa: F401  (registers the model with the Auto classes)
-from vaswani_hf.evaluation import translate
+import vaswani_hf  # noqa: F401  (registers the model and the translation pipeline)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", help="a saved model folder (with its tokenizer) or Hub id")
     parser.add_argument("sentences", nargs="*", help="sentences to translate; standard input if none")
+    parser.add_argument("--batch_size", type=int, default=32)
     args = parser.parse_args()
     sentences = args.sentences or [line.rstrip("\n") for line in sys.stdin]
-    model = AutoModelForSeq2SeqLM.from_pretrained(args.model)
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
-    for source, target in zip(sentences, translate(model, tokenizer, sentences), strict=True):
-        print(f"{source}\n  -> {target}")
+    translator = pipeline("translation", model=args.model)
+    for source, output in zip(sentences, translator(sentences, batch_size=args.batch_size), strict=True):
+        print(f"{source}\n  -> {output['translation_text']}")
 
 
 if __name__ == "__main__":
