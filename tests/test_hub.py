@@ -131,13 +131,10 @@ def test_publish_to_a_loopback_hub_then_download_the_same_files(trained_run, tmp
     env = {"HF_ENDPOINT": endpoint, "HF_TOKEN": TOKEN, "HF_HOME": str(tmp_path / "hf_home")}
     folder = tmp_path / "built"
     try:
+        publish = [sys.executable, str(ROOT / "scripts" / "publish.py"), "--run_dir", str(trained_run)]
+        publish += ["--repo_id", "org/vaswani-test", "--repo_folder", str(folder)]
         published = subprocess.run(
-            [
-                sys.executable,
-                str(ROOT / "scripts" / "publish.py"),
-                *("--run_dir", str(trained_run), "--repo_id", "org/vaswani-test", "--repo_folder", str(folder)),
-                *("--private", "--commit_message", "Vaswani small, 20 steps"),
-            ],
+            [*publish, "--private", "--commit_message", "Vaswani small, 20 steps"],
             env={**os.environ, **env},
             capture_output=True,
             text=True,
@@ -154,6 +151,18 @@ def test_publish_to_a_loopback_hub_then_download_the_same_files(trained_run, tmp
         unauthorised = {path for _, path, authorised in state.requests if not authorised}
         assert unauthorised <= {"/api/validate-yaml", "/api/agent-harnesses"}
         assert state.validated_cards and "pipeline_tag: translation" in state.validated_cards[-1]
+
+        # a second publish to a branch: the repo exists (409, accepted), the branch is made, main stays as it was
+        main_before = repo.branches["main"]
+        to_branch = subprocess.run(
+            [*publish, "--revision", "averaged", "--commit_message", "On a branch"],
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+        )
+        assert to_branch.returncode == 0, to_branch.stderr[-4000:]
+        assert repo.branches["main"] == main_before
+        assert repo.commits[repo.branches["averaged"]].message == "On a branch"
 
         run_python(
             f"""
