@@ -1,12 +1,15 @@
 """Conversion to and from MarianMTModel computes the same function, exactly."""
 
+import gzip
+
+import ctranslate2
 import pytest
 import torch
 from conftest import copy_task_batch, padded_batch, tiny_model
 from test_modeling import decoder_inputs
 from transformers import MarianConfig, MarianMTModel
 
-from vaswani_hf import convert_from_marian, convert_to_marian
+from vaswani_hf import convert_from_marian, convert_to_marian, export_ctranslate2
 
 
 def padded_decoder_batch() -> dict[str, torch.Tensor]:
@@ -106,3 +109,24 @@ def test_marian_with_logits_bias_or_separate_vocabularies_is_refused():
     )
     with pytest.raises(ValueError, match="separate source and target vocabularies"):
         convert_from_marian(separate)
+
+
+def test_ctranslate2_export_gives_our_greedy_tokens_on_multi30k(tiny_translator, multi30k_dir, tmp_path):
+    model, tokenizer = tiny_translator
+    sources = gzip.open(multi30k_dir / "test_2016_flickr.en.gz", "rt", encoding="utf-8").read().splitlines()[:100]
+    batch = tokenizer(sources, return_tensors="pt", padding=True)
+    ours = model.generate(**batch, num_beams=1, max_new_tokens=40)
+    expected = [
+        [t for t in tokenizer.convert_ids_to_tokens(ids) if t not in tokenizer.all_special_tokens]
+        for ids in ours.tolist()
+    ]
+    assert len({tuple(tokens) for tokens in expected}) > 50  # varied outputs, not one repeated answer
+
+    source_tokens = [tokenizer.convert_ids_to_tokens(ids) for ids in tokenizer(sources)["input_ids"]]
+    translator = ctranslate2.Translator(str(export_ctranslate2(model, tokenizer, tmp_path / "ct2")))
+    results = translator.translate_batch(source_tokens, beam_size=1, max_decoding_length=40)
+    assert [result.hypotheses[0] for result in results] == expected
+
+    quantized = ctranslate2.Translator(str(export_ctranslate2(model, tokenizer, tmp_path / "int8", "int8")))
+    results = quantized.translate_batch(source_tokens[:10], beam_size=1, max_decoding_length=40)
+    assert all(result.hypotheses[0] for result in results)

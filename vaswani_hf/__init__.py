@@ -10,7 +10,7 @@ import re
 from transformers import AutoConfig, AutoModel, AutoModelForSeq2SeqLM, pipelines
 
 from .configuration_vaswani import PRESETS, VaswaniConfig
-from .convert import convert_from_marian, convert_to_marian
+from .convert import convert_from_marian, convert_to_marian, export_ctranslate2
 from .modeling_vaswani import VaswaniForConditionalGeneration, VaswaniModel, VaswaniPreTrainedModel
 from .pipeline_vaswani import TranslationPipeline
 
@@ -65,4 +65,5 @@ __all__ = [
     "VaswaniForConditionalGeneration",
     "convert_to_marian",
     "convert_from_marian",
+    "export_ctranslate2",
 ]

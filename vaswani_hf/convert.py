@@ -7,13 +7,19 @@ The two are the same post-LN architecture. They differ in three places, which th
 - fused projections: ours stacks q, k, v (self-attention) and k, v (cross-attention) in one matrix;
 - Marian's `final_logits_bias` (none in the paper): zeros on export, and a non-zero one is refused on import.
 Start and special tokens are carried over as config values, so Marian's pad-as-start convention is kept.
+
+`export_ctranslate2` goes one step further, through the Marian layout, to a CTranslate2 model for fast inference.
 """
 
 import copy
+import os
+import shutil
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import torch
-from transformers import MarianConfig, MarianMTModel
+from transformers import MarianConfig, MarianMTModel, PreTrainedTokenizerBase
 
 from .configuration_vaswani import VaswaniConfig
 from .modeling_vaswani import VaswaniForConditionalGeneration
@@ -179,3 +185,54 @@ def _load_exactly(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> Non
     missing = [k for k in result.missing_keys if k not in tied and "embed_positions" not in k]
     if missing or result.unexpected_keys:
         raise RuntimeError(f"conversion left weights unset: {missing}, unexpected: {result.unexpected_keys}")
+
+
+def export_ctranslate2(
+    model: VaswaniForConditionalGeneration,
+    tokenizer: PreTrainedTokenizerBase,
+    output_dir: str | os.PathLike,
+    quantization: str | None = None,
+) -> Path:
+    """Write a CTranslate2 model that translates like `model` (same greedy tokens), with its vocabulary.
+
+    CTranslate2's converter knows `MarianMTModel` but assumes two Marian habits ours does not have: decoding starts
+    from a zero embedding (ours starts from the embedding of `<s>`), and the last vocabulary entry is a `<pad>` to
+    drop. So the Marian loader is used with the generic encoder-decoder (BART) rules for those two points, and the
+    vocabulary stays as it is. `quantization`: CTranslate2's weight types (`"int8"`, `"int8_float32"`, `"float16"`,
+    ...). Needs the `ctranslate2` package (`pip install vaswani-hf[ctranslate2]`). The folder is written atomically.
+    """
+    try:
+        from ctranslate2.converters.transformers import BartLoader, MarianMTLoader
+    except ImportError as error:
+        raise ImportError("export_ctranslate2 needs the ctranslate2 package: pip install ctranslate2") from error
+
+    class VaswaniMarianLoader(MarianMTLoader):
+        def get_model_spec(self, marian):
+            marian.config.normalize_before = False  # post-LN (Sec. 3.1)
+            marian.config.normalize_embedding = False
+            return BartLoader.get_model_spec(self, marian)  # without Marian's removal of a last <pad> row
+
+        def set_config(self, config, marian, tokenizer):
+            BartLoader.set_config(self, config, marian, tokenizer)  # decoding starts from <s>, as ours does
+
+        def set_decoder(self, spec, decoder):
+            BartLoader.set_decoder(self, spec, decoder)  # the start token's own embedding, not zeros
+
+        def get_vocabulary(self, marian, tokenizer):
+            return BartLoader.get_vocabulary(self, marian, tokenizer)
+
+    with torch.no_grad():
+        spec = VaswaniMarianLoader()(convert_to_marian(model).float().eval(), tokenizer)
+    spec.validate()
+    spec.optimize(quantization=quantization)
+    output_dir = Path(output_dir)
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}-", dir=output_dir.parent))
+    try:
+        spec.save(str(staging))
+        if output_dir.exists():
+            shutil.rmtree(output_dir)
+        os.replace(staging, output_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return output_dir
