@@ -1,5 +1,6 @@
 """Benchmarks whose figures go to files (`scripts/benchmark.py` is the command-line front)."""
 
+import copy
 import ctypes
 import gc
 import json
@@ -13,10 +14,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from transformers import GenerationConfig
+from transformers import AutoTokenizer, GenerationConfig, PreTrainedTokenizerBase
 
-from .convert import convert_to_marian
+from .configuration_vaswani import VaswaniConfig
+from .convert import convert_to_marian, export_ctranslate2
 from .data import MULTI30K_SPLITS, TokenBatchSampler, load_parallel_corpus, padded_size, preprocess
+from .evaluation import bleu, evaluate_translation
 from .modeling_vaswani import VaswaniForConditionalGeneration
 from .tokenization import train_tokenizer
 
@@ -66,17 +69,6 @@ def data_benchmark(
         "padding_share_token_batches": round(padding_share(token_batches, sources, targets), 4),
         "padding_share_shuffled_batches": round(padding_share(shuffled_batches, sources, targets), 4),
     }
-
-
-def write_results(name: str, results: dict, output_dir: str | os.PathLike) -> Path:
-    """Write `results` as `{name}.json` and a two-column `{name}.md` table; return the JSON path."""
-    output = Path(output_dir)
-    output.mkdir(parents=True, exist_ok=True)
-    rows = "\n".join(f"| {key} | {value} |" for key, value in results.items())
-    (output / f"{name}.md").write_text(f"# Benchmark: {name}\n\n| measure | value |\n| --- | --- |\n{rows}\n")
-    path = output / f"{name}.json"
-    path.write_text(json.dumps(results, indent=2) + "\n")
-    return path
 
 
 # --- model speed: ours against MarianMTModel holding the same weights -------------------------------------------
@@ -241,9 +233,16 @@ def training_benchmark(
     return results
 
 
+def quantize_dynamic_int8(model: VaswaniForConditionalGeneration) -> VaswaniForConditionalGeneration:
+    """A copy of `model` whose linear layers run in int8 with dynamic activation scales (`torch.ao`), for CPU
+    inference; the embeddings stay in float32."""
+    return torch.ao.quantization.quantize_dynamic(copy.deepcopy(model).eval(), {torch.nn.Linear}, dtype=torch.qint8)
+
+
 def translation_benchmark(
     model: VaswaniForConditionalGeneration,
     num_beams: int,
+    tokenizer: PreTrainedTokenizerBase | None = None,
     batch_size: int = 32,
     source_length: int = 30,
     new_tokens: int = 30,
@@ -251,45 +250,185 @@ def translation_benchmark(
 ) -> dict:
     """`generate` of ours and of MarianMTModel with the same weights on the same batch, exactly `new_tokens` new
     tokens per output (end of sentence suppressed until then) so both do the same work: target tokens/s, peak
-    memory, the ratio ours / Marian, and whether both produced the same tokens."""
-    models = {"ours": model.eval(), "marian": convert_to_marian(model).eval()}
+    memory, the ratio to Marian, and whether both produced the same tokens. Also ours with dynamic int8 and, given
+    the model's tokenizer, its CTranslate2 export in float32 and int8 on the same sources."""
+    engines: dict[str, Callable[[], int]] = {}
+    outputs: dict[str, torch.Tensor] = {}
     batch = _random_batch(model.config, batch_size, source_length, 1)
     inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    beam_settings = {"length_penalty": 0.6, "early_stopping": True} if num_beams > 1 else {}
     generation = GenerationConfig(
         num_beams=num_beams,
         do_sample=False,
         min_new_tokens=new_tokens,
         max_new_tokens=new_tokens,
-        length_penalty=0.6,
-        early_stopping=True,
         decoder_start_token_id=model.config.decoder_start_token_id,
         pad_token_id=model.config.pad_token_id,
         eos_token_id=model.config.eos_token_id,
+        **beam_settings,
     )
-    outputs = {}
 
-    def translate(name: str) -> Callable[[], None]:
-        def run() -> None:
+    def generate_with(name: str, engine: torch.nn.Module) -> Callable[[], int]:
+        def run() -> int:
             with torch.inference_mode():
-                outputs[name] = models[name].generate(**inputs, generation_config=generation)
+                outputs[name] = engine.generate(**inputs, generation_config=generation)
+            return batch_size * new_tokens
 
         return run
 
-    timings = side_by_side({name: translate(name) for name in models}, repeats)
-    tokens = batch_size * new_tokens
+    engines["ours"] = generate_with("ours", model.eval())
+    engines["marian"] = generate_with("marian", convert_to_marian(model).eval())
+    engines["ours_int8_dynamic"] = generate_with("ours_int8_dynamic", quantize_dynamic_int8(model))
+    if tokenizer is not None:
+        engines.update(_ctranslate2_engines(model, tokenizer, inputs["input_ids"], num_beams, new_tokens))
+
+    produced: dict[str, int] = {}
+
+    def counting(name: str) -> Callable[[], None]:
+        def run() -> None:
+            produced[name] = engines[name]()
+
+        return run
+
+    timings = side_by_side({name: counting(name) for name in engines}, repeats)
     results = {
         name: {
-            "target_tokens_per_second": round(tokens / timing["median_seconds"], 1),
+            "target_tokens_per_second": round(produced[name] / timing["median_seconds"], 1),
             "peak_memory_mb": round(timing["peak_bytes"] / 2**20, 1),
+            "speed_relative_to_marian": _ratio(timings, name),
         }
         for name, timing in timings.items()
     }
-    results["ratio_ours_to_marian"] = _ratio(timings)
-    results["same_tokens"] = torch.equal(outputs["ours"], outputs["marian"])
+    results["same_tokens_as_marian"] = torch.equal(outputs["ours"], outputs["marian"])
     return results
 
 
-def _ratio(timings: dict[str, dict]) -> float:
-    """Speed of ours over Marian: the median of the per-round ratios of alternating runs."""
-    pairs = zip(timings["marian"]["seconds"], timings["ours"]["seconds"], strict=True)
+def _ctranslate2_engines(
+    model: VaswaniForConditionalGeneration, tokenizer, input_ids: torch.Tensor, num_beams: int, new_tokens: int
+) -> dict[str, Callable[[], int]]:
+    import ctranslate2
+
+    sources = [tokenizer.convert_ids_to_tokens(ids) for ids in input_ids.tolist()]
+    engines = {}
+    with tempfile.TemporaryDirectory() as folder:
+        for quantization in ("float32", "int8"):
+            path = export_ctranslate2(model, tokenizer, Path(folder) / quantization, quantization=quantization)
+            translator = ctranslate2.Translator(str(path), device="cpu", intra_threads=torch.get_num_threads())
+
+            def run(translator=translator) -> int:
+                results = translator.translate_batch(
+                    sources,
+                    beam_size=num_beams,
+                    length_penalty=0.6 if num_beams > 1 else 1.0,
+                    min_decoding_length=new_tokens,
+                    max_decoding_length=new_tokens,
+                )
+                return sum(len(result.hypotheses[0]) for result in results)
+
+            engines[f"ctranslate2_{quantization}"] = run
+    return engines
+
+
+def _ratio(timings: dict[str, dict], name: str = "ours") -> float:
+    """Speed of `name` over Marian: the median of the per-round ratios of alternating runs."""
+    pairs = zip(timings["marian"]["seconds"], timings[name]["seconds"], strict=True)
     return round(statistics.median(marian / ours for marian, ours in pairs), 3)
+
+
+def quality_benchmark(
+    model_dir: str | os.PathLike,
+    corpus_dir: str | os.PathLike,
+    source_lang: str = "en",
+    target_lang: str = "de",
+    equal_tokens_sentences: int = 100,
+) -> dict:
+    """On a trained model and Multi30k test_2016_flickr: the BLEU cost of dynamic int8, and whether the CTranslate2
+    export gives our greedy tokens (on the first `equal_tokens_sentences` sentences) and our BLEU (beam 4)."""
+    import ctranslate2
+
+    model = VaswaniForConditionalGeneration.from_pretrained(model_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    test = load_parallel_corpus(corpus_dir, source_lang, target_lang, splits={"test": "test_2016_flickr"})["test"]
+    sources = [pair[source_lang] for pair in test["translation"]]
+    references = [pair[target_lang] for pair in test["translation"]]
+    results = {"test_sentences": len(sources)}
+    results["bleu_float32"] = round(evaluate_translation(model, tokenizer, sources, references)[0]["score"], 2)
+    quantized = quantize_dynamic_int8(model)
+    results["bleu_int8_dynamic"] = round(evaluate_translation(quantized, tokenizer, sources, references)[0]["score"], 2)
+
+    head = sources[:equal_tokens_sentences]
+    batch = tokenizer(head, return_tensors="pt", padding=True)
+    with torch.inference_mode():
+        greedy = model.generate(**batch, num_beams=1, max_new_tokens=80)
+    ours = [
+        [t for t in tokenizer.convert_ids_to_tokens(ids) if t not in tokenizer.all_special_tokens]
+        for ids in greedy.tolist()
+    ]
+    source_tokens = [tokenizer.convert_ids_to_tokens(ids) for ids in tokenizer(sources)["input_ids"]]
+    with tempfile.TemporaryDirectory() as folder:
+        for quantization in ("float32", "int8"):
+            path = export_ctranslate2(model, tokenizer, Path(folder) / quantization, quantization=quantization)
+            translator = ctranslate2.Translator(str(path), device="cpu", intra_threads=torch.get_num_threads())
+            hypotheses = translator.translate_batch(source_tokens[: len(head)], beam_size=1, max_decoding_length=80)
+            same = sum(h.hypotheses[0] == o for h, o in zip(hypotheses, ours, strict=True))
+            results[f"ctranslate2_{quantization}_same_greedy_tokens"] = f"{same}/{len(head)}"
+            beam = translator.translate_batch(source_tokens, beam_size=4, length_penalty=0.6, max_batch_size=64)
+            texts = [tokenizer.convert_tokens_to_string(h.hypotheses[0]) for h in beam]
+            results[f"bleu_ctranslate2_{quantization}"] = round(bleu(texts, references)["score"], 2)
+    return results
+
+
+def speed_benchmark(trained_model_dir: str | os.PathLike | None = None, repeats: int = 5) -> dict:
+    """Ours against MarianMTModel with the same weights: training steps at the base preset (37,000 vocabulary) and
+    the small preset, translation at the base preset and, given a trained small model, with CTranslate2 beside."""
+    bf16 = _cpu_has_native_bfloat16()
+    results: dict = {
+        "machine": {"threads": torch.get_num_threads(), "native_bfloat16": bf16, "torch": torch.__version__},
+    }
+    for preset in ("small", "base"):
+        config = VaswaniConfig.from_preset(preset, vocab_size=37000 if preset == "base" else 8000)
+        results[f"training_{preset}_float32"] = training_benchmark(config, repeats=repeats)
+        if bf16:
+            results[f"training_{preset}_bfloat16"] = training_benchmark(
+                config, repeats=repeats, autocast_dtype=torch.bfloat16
+            )
+    base, _ = _same_weights_pair(VaswaniConfig.from_preset("base", vocab_size=37000))
+    for beams, name in ((1, "greedy"), (4, "beam4")):
+        results[f"translation_base_{name}"] = translation_benchmark(base, beams, repeats=repeats)
+    if trained_model_dir is not None:
+        trained = VaswaniForConditionalGeneration.from_pretrained(trained_model_dir).eval()
+        tokenizer = AutoTokenizer.from_pretrained(trained_model_dir)
+        for beams, name in ((1, "greedy"), (4, "beam4")):
+            results[f"translation_trained_small_{name}"] = translation_benchmark(
+                trained, beams, tokenizer, repeats=repeats
+            )
+    return results
+
+
+def _cpu_has_native_bfloat16() -> bool:
+    """bfloat16 matrix units (AVX512-BF16 or AMX); without them PyTorch emulates bfloat16 and autocast is slower."""
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def write_tables(name: str, results: dict, output_dir: str | os.PathLike, command: str) -> Path:
+    """Write `results` (sections of engine -> measures) as `{name}.json` and one markdown table per section."""
+    output = Path(output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    lines = [f"# Benchmark: {name}", "", f"Command: `{command}`", ""]
+    for section, rows in results.items():
+        lines += [f"## {section}", ""]
+        engines = {key: value for key, value in rows.items() if isinstance(value, dict)}
+        scalars = {key: value for key, value in rows.items() if not isinstance(value, dict)}
+        if engines:
+            columns = list(next(iter(engines.values())))
+            lines += ["| | " + " | ".join(columns) + " |", "| --- " * (len(columns) + 1) + "|"]
+            lines += [
+                f"| {engine} | " + " | ".join(str(v.get(c)) for c in columns) + " |" for engine, v in engines.items()
+            ]
+            lines.append("")
+        lines += [f"- {key}: {value}" for key, value in scalars.items()] + [""]
+    (output / f"{name}.md").write_text("\n".join(lines))
+    path = output / f"{name}.json"
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    return path

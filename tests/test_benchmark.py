@@ -1,0 +1,64 @@
+"""The speed benchmark measures what it claims: same work for both models, same outputs, sane figures."""
+
+import torch
+from conftest import tiny_config
+
+from vaswani_hf.benchmark import (
+    PeakMemory,
+    quantize_dynamic_int8,
+    side_by_side,
+    training_benchmark,
+    training_step_flops,
+    translation_benchmark,
+)
+from vaswani_hf.modeling_vaswani import VaswaniForConditionalGeneration
+
+
+def test_peak_memory_sees_a_temporary_allocation():
+    with PeakMemory() as peak:
+        block = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
+        del block
+    assert peak.increase >= 48 * 2**20
+
+
+def test_side_by_side_alternates_and_reports_every_run():
+    calls = []
+    timings = side_by_side({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=4)
+    assert calls == ["a", "b", "a", "b", "b", "a", "a", "b", "b", "a"]  # warm-up, then alternating order
+    assert len(timings["a"]["seconds"]) == 4 and timings["b"]["median_seconds"] >= 0
+
+
+def test_training_flops_formula_counts_the_output_layer_and_attention():
+    config = tiny_config(vocab_size=1000)
+    base = training_step_flops(config, batch_size=1, source_length=10, target_length=10)
+    assert training_step_flops(config, 2, 10, 10) == 2 * base
+    # one more vocabulary entry costs 3 passes x 2 FLOPs x d_model per target token
+    bigger = training_step_flops(tiny_config(vocab_size=1001), 1, 10, 10)
+    assert bigger - base == 3 * 2 * config.d_model * 10
+
+
+def test_training_benchmark_compares_the_same_step():
+    results = training_benchmark(tiny_config(vocab_size=300), batch_size=4, source_length=8, target_length=8, repeats=2)
+    for name in ("ours", "marian"):
+        assert results[name]["target_tokens_per_second"] > 0
+        assert 0 < results[name]["model_flops_utilisation"] < 1
+    assert results["ratio_ours_to_marian"] > 0 and results["matmul_peak_gflops"] > 0
+
+
+def test_translation_benchmark_gives_marians_tokens_with_exact_lengths():
+    torch.manual_seed(0)
+    model = VaswaniForConditionalGeneration(tiny_config(vocab_size=300)).eval()
+    results = translation_benchmark(model, num_beams=2, batch_size=3, source_length=6, new_tokens=4, repeats=2)
+    assert results["same_tokens_as_marian"] is True
+    assert set(results) >= {"ours", "marian", "ours_int8_dynamic"}
+
+
+def test_dynamic_int8_stays_close_to_float32():
+    torch.manual_seed(0)
+    model = VaswaniForConditionalGeneration(tiny_config(vocab_size=300)).eval()
+    batch = {"input_ids": torch.randint(4, 300, (2, 7)), "decoder_input_ids": torch.randint(4, 300, (2, 5))}
+    with torch.inference_mode():
+        reference = model(**batch).logits
+        quantized = quantize_dynamic_int8(model)(**batch).logits
+    assert (quantized - reference).abs().max() < 0.1 * reference.abs().max()
+    assert any(type(m).__module__.startswith("torch.ao") for m in quantize_dynamic_int8(model).modules())
