@@ -193,3 +193,20 @@ def test_time_budget_marks_and_stop_count_only_step_time(monkeypatch):
     for name, value in budget.state()["attributes"].items():
         setattr(restored, name, value)
     assert restored.trained_seconds == 200 and restored.marks_minutes == []
+
+
+def test_bf16_mixed_precision_trains_with_float32_master_weights(tmp_path):
+    """`bf16: true` (the 8-GPU recipes) runs the forward under bfloat16 autocast; the weights and Adam stay float32
+    and the loss falls like in float32. (On a CPU without bfloat16 units it is emulated and slow; see README.)"""
+    losses = {}
+    for bf16 in (False, True):
+        model = tiny_model(seed=5)
+        trainer = trainer_for(tmp_path / str(bf16), model, bf16=bf16, max_steps=60, lr_scale=0.2, warmup_steps=10)
+        trainer.train()
+        assert all(p.dtype == torch.float32 for p in model.parameters())
+        batch = pad([reversal_dataset()[i] for i in range(32)])
+        with torch.no_grad():
+            losses[bf16] = model.eval()(**batch).loss.item()
+    initial = tiny_model(seed=5)(**batch).loss.item()
+    assert losses[True] < 0.9 * initial and losses[False] < 0.9 * initial, (initial, losses)
+    assert losses[True] == pytest.approx(losses[False], rel=0.05)
