@@ -82,6 +82,23 @@ def build_position_encoding(config: VaswaniConfig) -> nn.Module | None:
     return None
 
 
+def check_token_inputs(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor | None, vocab_size: int, name: str, mask_name: str
+) -> None:
+    """Refuse what would otherwise fail deep in the model with an unnamed error (an id outside the embedding table)
+    or, worse, run silently wrong (a mask of another shape is broadcast or cut by the mask functions)."""
+    if input_ids.dim() != 2:
+        raise ValueError(f"{name} must be (batch, length), got shape {tuple(input_ids.shape)}")
+    if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= vocab_size):
+        bad = input_ids[(input_ids < 0) | (input_ids >= vocab_size)][0].item()
+        raise ValueError(f"{name} holds id {bad}, outside the vocabulary of {vocab_size} tokens (0-{vocab_size - 1})")
+    if attention_mask is not None and attention_mask.shape != input_ids.shape:
+        raise ValueError(
+            f"{mask_name} has shape {tuple(attention_mask.shape)} but {name} has {tuple(input_ids.shape)}: "
+            "they must match"
+        )
+
+
 def eager_attention_forward(
     module: nn.Module,
     query: torch.Tensor,
@@ -298,6 +315,7 @@ class VaswaniEncoder(VaswaniPreTrainedModel):
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds to the encoder")
         if inputs_embeds is None:
+            check_token_inputs(input_ids, attention_mask, self.config.vocab_size, "input_ids", "attention_mask")
             inputs_embeds = self.embed_tokens(input_ids)
         hidden_states = inputs_embeds * self.embed_scale
         if self.embed_positions is not None:
@@ -350,6 +368,9 @@ class VaswaniDecoder(VaswaniPreTrainedModel):
         if past_key_values is not None and not isinstance(past_key_values, EncoderDecoderCache):
             raise TypeError(f"past_key_values must be an EncoderDecoderCache, got {type(past_key_values).__name__}")
         if inputs_embeds is None:
+            # during cached generation the mask covers the past too: only the ids can be checked then
+            mask = attention_mask if past_key_values is None or past_key_values.get_seq_length() == 0 else None
+            check_token_inputs(input_ids, mask, self.config.vocab_size, "decoder_input_ids", "decoder_attention_mask")
             inputs_embeds = self.embed_tokens(input_ids)
         hidden_states = inputs_embeds * self.embed_scale
         past_length = past_key_values.get_seq_length() if past_key_values is not None else 0

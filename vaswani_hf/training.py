@@ -99,6 +99,10 @@ class VaswaniTrainingArguments(Seq2SeqTrainingArguments):
     )
     average_last_checkpoints: int = field(default=5, metadata={"help": "Sec. 6.1: average the last N (0: off)"})
     restore_callback_states_from_checkpoint: bool = True  # the time budget continues across a resume
+    nonfinite_gradients: str = field(
+        default="stop",
+        metadata={"help": "on a NaN/inf gradient: 'stop' (an error naming the step) or 'skip' the update"},
+    )
 
 
 class TrainingTimeBudget(TrainerCallback, ExportableState):
@@ -136,6 +140,34 @@ class TrainingTimeBudget(TrainerCallback, ExportableState):
         return control
 
 
+class NonFiniteGradientGuard(TrainerCallback):
+    """Before each optimizer step, check the gradients: a NaN or inf (a diverging run, a bad batch, an overflow) would
+    otherwise be written into every weight by Adam. `policy="stop"` raises an error naming the update; `"skip"`
+    drops that update (the optimizer skips parameters without gradients), logs a warning and records the step."""
+
+    def __init__(self, policy: str = "stop"):
+        if policy not in ("stop", "skip"):
+            raise ValueError(f"nonfinite_gradients must be 'stop' or 'skip', got {policy!r}")
+        self.policy = policy
+        self.skipped_steps: list[int] = []
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        gradients = [p.grad for p in model.parameters() if p.grad is not None]
+        if not gradients or torch.isfinite(torch.nn.utils.get_total_norm(gradients)):
+            return control
+        update = state.global_step + 1
+        if self.policy == "stop":
+            raise FloatingPointError(
+                f"non-finite gradient (NaN or inf) at update {update}: training stopped before the weights were "
+                "changed; resume from the last checkpoint with a lower learning rate, or set nonfinite_gradients=skip"
+            )
+        logger.warning("non-finite gradient at update %d: update skipped", update)
+        self.skipped_steps.append(update)
+        for parameter in model.parameters():
+            parameter.grad = None
+        return control
+
+
 class VaswaniTrainer(Seq2SeqTrainer):
     """`Seq2SeqTrainer` with the paper's batching and learning rate, and checkpoints marked complete.
 
@@ -145,10 +177,13 @@ class VaswaniTrainer(Seq2SeqTrainer):
     - With `args.lr_schedule == "eq3"` the learning rate follows Eq. 3 exactly (peak at `warmup_steps`).
     - Each checkpoint gets a marker written atomically after everything else; `last_complete_checkpoint` ignores
       folders a kill left without it.
+    - A NaN or inf gradient stops training or skips the update (`args.nonfinite_gradients`), never reaching the
+      weights.
     """
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        self.add_callback(NonFiniteGradientGuard(getattr(self.args, "nonfinite_gradients", "stop")))
         self.max_tokens = getattr(self.args, "max_tokens", None)
         if getattr(self.args, "lr_schedule", "hf") == "eq3":
             d_model = self.model.config.d_model

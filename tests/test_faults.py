@@ -1,0 +1,73 @@
+"""Faults: non-finite gradients during training, and bad model inputs, get a defined outcome with a clear message."""
+
+import pytest
+import torch
+from conftest import padded_batch, tiny_model
+from test_training import trainer_for
+
+from vaswani_hf.training import NonFiniteGradientGuard
+
+
+def poison_forward(model, at_calls: set[int]) -> None:
+    """Make the logits (so the loss and every gradient) NaN on the given forward calls, counted from 1."""
+    calls = {"n": 0}
+
+    def hook(module, args, output):
+        calls["n"] += 1
+        return output * float("nan") if calls["n"] in at_calls else output
+
+    model.lm_head.register_forward_hook(hook)
+
+
+def test_a_nan_gradient_stops_training_naming_the_update_before_the_weights_change(tmp_path):
+    model = tiny_model(seed=7)
+    poison_forward(model, at_calls=set(range(4, 100)))
+    trainer = trainer_for(tmp_path, model, max_steps=10)
+    with pytest.raises(FloatingPointError, match="at update 4"):
+        trainer.train()
+    assert trainer.state.global_step == 3
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_skip_policy_drops_only_the_bad_update(tmp_path):
+    model = tiny_model(seed=7)
+    poison_forward(model, at_calls={4})
+    trainer = trainer_for(tmp_path, model, max_steps=10, nonfinite_gradients="skip")
+    trainer.train()
+    guard = next(c for c in trainer.callback_handler.callbacks if isinstance(c, NonFiniteGradientGuard))
+    assert guard.skipped_steps == [4] and trainer.state.global_step == 10
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_unknown_nonfinite_policy_is_refused():
+    with pytest.raises(ValueError, match="nonfinite_gradients must be 'stop' or 'skip'"):
+        NonFiniteGradientGuard("ignore")
+
+
+def test_ids_outside_the_vocabulary_are_named():
+    model = tiny_model()
+    with pytest.raises(ValueError, match="input_ids holds id 200, outside the vocabulary of 97 tokens"):
+        model(input_ids=torch.tensor([[5, 200]]), decoder_input_ids=torch.tensor([[1]]))
+    with pytest.raises(ValueError, match="decoder_input_ids holds id -1"):
+        model(input_ids=torch.tensor([[5, 6]]), decoder_input_ids=torch.tensor([[1, -1]]))
+
+
+def test_a_mask_of_another_shape_is_refused_instead_of_broadcast():
+    model = tiny_model()
+    with pytest.raises(ValueError, match=r"attention_mask has shape \(1, 3\) but input_ids has \(1, 2\)"):
+        model(input_ids=torch.tensor([[5, 6]]), attention_mask=torch.ones(1, 3), decoder_input_ids=torch.tensor([[1]]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("attn_implementation", ["eager", "sdpa"])
+def test_all_padding_rows_give_finite_outputs_in_every_dtype(dtype, attn_implementation):
+    """Fully masked rows use the dtype's minimum in the mask, never -inf arithmetic: no NaN even in half precision."""
+    model = tiny_model(attn_implementation=attn_implementation).to(dtype)
+    batch = padded_batch()
+    batch["attention_mask"][1] = 0  # a source that is all padding
+    decoder_attention_mask = torch.tensor([[1, 1, 1], [1, 1, 1], [1, 0, 0]])
+    with torch.no_grad():
+        logits = model(
+            **batch, decoder_input_ids=torch.tensor([[1, 5, 6]] * 3), decoder_attention_mask=decoder_attention_mask
+        ).logits
+    assert torch.isfinite(logits).all()
