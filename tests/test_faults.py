@@ -1,10 +1,14 @@
-"""Faults: non-finite gradients during training, and bad model inputs, get a defined outcome with a clear message."""
+"""Faults: non-finite gradients, bad model inputs and broken files get a defined outcome with a clear message."""
+
+import shutil
 
 import pytest
 import torch
 from conftest import padded_batch, tiny_model
 from test_training import trainer_for
+from transformers import AutoModelForSeq2SeqLM
 
+from vaswani_hf.tokenization import load_tokenizer, train_tokenizer
 from vaswani_hf.training import NonFiniteGradientGuard
 
 
@@ -71,3 +75,28 @@ def test_all_padding_rows_give_finite_outputs_in_every_dtype(dtype, attn_impleme
             **batch, decoder_input_ids=torch.tensor([[1, 5, 6]] * 3), decoder_attention_mask=decoder_attention_mask
         ).logits
     assert torch.isfinite(logits).all()
+
+
+def test_a_truncated_or_corrupted_checkpoint_fails_at_load_naming_the_file(tmp_path):
+    tiny_model().save_pretrained(tmp_path)
+    weights = tmp_path / "model.safetensors"
+    content = weights.read_bytes()
+    for broken in (content[: len(content) // 2], b"\0" * 100):
+        weights.write_bytes(broken)
+        with pytest.raises(ValueError, match=f"{tmp_path}: model.safetensors cannot be read, it is truncated"):
+            AutoModelForSeq2SeqLM.from_pretrained(tmp_path)
+
+
+def test_weights_of_another_vocabulary_size_fail_naming_the_shapes(tmp_path):
+    tiny_model().save_pretrained(tmp_path / "ours")
+    tiny_model(vocab_size=120).save_pretrained(tmp_path / "other")
+    shutil.copyfile(tmp_path / "other" / "model.safetensors", tmp_path / "ours" / "model.safetensors")
+    with pytest.raises(ValueError, match=r"model.shared.weight: checkpoint \(120, 32\) vs config \(97, 32\)"):
+        AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "ours")
+
+
+def test_a_tokenizer_folder_without_its_vocabulary_fails_naming_it(tmp_path):
+    train_tokenizer(["a man rides a bike", "zwei hunde spielen"] * 20, vocab_size=300).save_pretrained(tmp_path)
+    (tmp_path / "tokenizer.json").unlink()
+    with pytest.raises(FileNotFoundError, match=r"has no tokenizer.json .* it holds \['tokenizer_config.json'\]"):
+        load_tokenizer(tmp_path)

@@ -14,14 +14,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from transformers import AutoTokenizer, GenerationConfig, PreTrainedTokenizerBase
+from transformers import GenerationConfig, PreTrainedTokenizerBase
 
 from .configuration_vaswani import VaswaniConfig
 from .convert import convert_to_marian, export_ctranslate2
 from .data import MULTI30K_SPLITS, TokenBatchSampler, load_parallel_corpus, padded_size, preprocess
 from .evaluation import bleu, evaluate_translation
 from .modeling_vaswani import VaswaniForConditionalGeneration
-from .tokenization import train_tokenizer
+from .tokenization import load_tokenizer, train_tokenizer
 
 
 def padding_share(batches: list[list[int]], source_lengths: list[int], target_lengths: list[int]) -> float:
@@ -347,7 +347,7 @@ def quality_benchmark(
     import ctranslate2
 
     model = VaswaniForConditionalGeneration.from_pretrained(model_dir).eval()
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer = load_tokenizer(model_dir)
     test = load_parallel_corpus(corpus_dir, source_lang, target_lang, splits={"test": "test_2016_flickr"})["test"]
     sources = [pair[source_lang] for pair in test["translation"]]
     references = [pair[target_lang] for pair in test["translation"]]
@@ -397,7 +397,7 @@ def speed_benchmark(trained_model_dir: str | os.PathLike | None = None, repeats:
         results[f"translation_base_{name}"] = translation_benchmark(base, beams, repeats=repeats)
     if trained_model_dir is not None:
         trained = VaswaniForConditionalGeneration.from_pretrained(trained_model_dir).eval()
-        tokenizer = AutoTokenizer.from_pretrained(trained_model_dir)
+        tokenizer = load_tokenizer(trained_model_dir)
         for beams, name in ((1, "greedy"), (4, "beam4")):
             results[f"translation_trained_small_{name}"] = translation_benchmark(
                 trained, beams, tokenizer, repeats=repeats

@@ -11,6 +11,8 @@ import sacrebleu
 import torch
 from transformers import EvalPrediction, PreTrainedModel, PreTrainedTokenizerBase
 
+from .tokenization import load_tokenizer
+
 
 @torch.no_grad()
 def translate(
@@ -83,13 +85,13 @@ def evaluate_files(
 ) -> dict:
     """Translate `source_file` with a saved model and its tokenizer, score against `reference_file`, optionally
     write the translations; returns the BLEU result."""
-    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+    from transformers import AutoModelForSeq2SeqLM
 
     sources, references = read_text_lines(source_file), read_text_lines(reference_file)
     if len(sources) != len(references):
         raise ValueError(f"{source_file} has {len(sources)} lines but {reference_file} has {len(references)}")
     model = AutoModelForSeq2SeqLM.from_pretrained(model_name_or_path)
-    tokenizer = AutoTokenizer.from_pretrained(model_name_or_path)
+    tokenizer = load_tokenizer(model_name_or_path)
     result, hypotheses = evaluate_translation(model, tokenizer, sources, references, **generate_kwargs)
     if output_file is not None:
         Path(output_file).write_text("\n".join(hypotheses) + "\n", encoding="utf-8")

@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
-from transformers import AutoTokenizer, GenerationConfig
+from transformers import GenerationConfig
 
 from .modeling_vaswani import VaswaniForConditionalGeneration
 from .pipeline_vaswani import TranslationPipeline
+from .tokenization import load_tokenizer
 
 DEFAULT_CARD_TEMPLATE = Path(__file__).resolve().parents[1] / "model_cards" / "vaswani_translation.md"
 
@@ -152,7 +153,7 @@ def build_repo_folder(
     metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
     model = VaswaniForConditionalGeneration.from_pretrained(run_dir, use_safetensors=True)
     model.generation_config = GenerationConfig.from_pretrained(run_dir)
-    tokenizer = AutoTokenizer.from_pretrained(run_dir)
+    tokenizer = load_tokenizer(run_dir)
 
     repo_folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{repo_folder.name}-", dir=repo_folder.parent))

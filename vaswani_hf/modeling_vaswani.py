@@ -3,14 +3,15 @@
 Read top to bottom: positions (Sec. 3.5), attention (Sec. 3.2), feed-forward (Sec. 3.3), the post-LN encoder and
 decoder layers (Sec. 3.1), the stacks, then the encoder-decoder with its tied output projection (Sec. 3.4).
 
-This file is uploaded with published models for `trust_remote_code=True`: it imports only `transformers`, `torch`
-and its sibling `configuration_vaswani`, through a relative import.
+This file is uploaded with published models for `trust_remote_code=True`: it imports only `transformers`, `torch`,
+`safetensors` (a dependency of transformers) and its sibling `configuration_vaswani`, through a relative import.
 """
 
 import math
 from collections.abc import Callable
 
 import torch
+from safetensors import SafetensorError, safe_open
 from torch import nn
 from transformers import GenerationConfig, GenerationMixin, LogitsProcessor, LogitsProcessorList, PreTrainedModel
 from transformers import initialization as init
@@ -25,6 +26,7 @@ from transformers.modeling_outputs import (
     Seq2SeqModelOutput,
 )
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, slice_logits_to_keep
+from transformers.utils import cached_file
 from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
@@ -80,6 +82,20 @@ def build_position_encoding(config: VaswaniConfig) -> nn.Module | None:
     if config.position_encoding == "learned":
         return VaswaniLearnedPositionalEmbedding(config.max_position_embeddings, config.d_model)
     return None
+
+
+def _shape_mismatches(path, config: VaswaniConfig | None, model_class: type) -> str:
+    """'name: checkpoint (a, b) vs config (c, d)' for each weight whose stored shape differs from the config's."""
+    config = config if isinstance(config, VaswaniConfig) else VaswaniConfig.from_pretrained(path)
+    with torch.device("meta"):
+        expected = model_class(config).state_dict()
+    with safe_open(cached_file(path, "model.safetensors"), framework="pt") as stored:
+        found = {name: tuple(stored.get_slice(name).get_shape()) for name in stored.keys()}
+    return "; ".join(
+        f"{name}: checkpoint {found[name]} vs config {tuple(tensor.shape)}"
+        for name, tensor in expected.items()
+        if name in found and found[name] != tuple(tensor.shape)
+    )
 
 
 def check_token_inputs(
@@ -263,6 +279,25 @@ class VaswaniPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _supports_sdpa = True
     _no_split_modules = ["VaswaniEncoderLayer", "VaswaniDecoderLayer"]
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """`PreTrainedModel.from_pretrained`, with load failures that name the file and the problem: a truncated or
+        corrupted `model.safetensors`, or weights whose shapes do not fit `config.json` (another vocabulary size)."""
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        except SafetensorError as error:
+            raise ValueError(
+                f"{pretrained_model_name_or_path}: model.safetensors cannot be read, it is truncated or corrupted "
+                f"({error})"
+            ) from error
+        except RuntimeError as error:
+            if "ignore_mismatched_sizes" not in str(error):
+                raise
+            raise ValueError(
+                f"{pretrained_model_name_or_path}: the weights in model.safetensors do not fit config.json: "
+                + _shape_mismatches(pretrained_model_name_or_path, kwargs.get("config"), cls)
+            ) from error
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:

@@ -5,10 +5,12 @@ normalisation applied on the way in), so BLEU is computed on exactly detokenized
 transformers fast tokenizer (`tokenizer.json`), which `AutoTokenizer` loads with no custom code.
 """
 
+import os
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-from transformers import PreTrainedTokenizerFast
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 # Ids 0-3, in this order, match VaswaniConfig's pad/bos(decoder start)/eos defaults.
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")
@@ -69,3 +71,15 @@ def _non_empty(texts: Iterable[str]) -> Iterator[str]:
             yield text
     if not seen:
         raise ValueError("cannot train a tokenizer on no text: every input string was empty")
+
+
+def load_tokenizer(name_or_path: str | os.PathLike) -> PreTrainedTokenizerBase:
+    """`AutoTokenizer.from_pretrained`, but a local folder without `tokenizer.json` fails naming the folder and what it
+    holds (transformers would say only that no backend tokenizer could be built)."""
+    folder = Path(name_or_path)
+    if folder.is_dir() and not (folder / "tokenizer.json").is_file():
+        present = sorted(p.name for p in folder.iterdir())
+        raise FileNotFoundError(
+            f"{folder} has no tokenizer.json (the BPE vocabulary and merges); it holds {present or 'nothing'}"
+        )
+    return AutoTokenizer.from_pretrained(name_or_path)

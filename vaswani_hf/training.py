@@ -16,7 +16,6 @@ from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader
 from transformers import (
     AutoModelForSeq2SeqLM,
-    AutoTokenizer,
     DataCollatorForSeq2Seq,
     PreTrainedModel,
     PreTrainedTokenizerBase,
@@ -32,7 +31,7 @@ from .configuration_vaswani import VaswaniConfig
 from .data import TokenBatchSampler, load_parallel_corpus, preprocess
 from .evaluation import bleu_metric_for_trainer, evaluate_translation, write_json
 from .modeling_vaswani import VaswaniForConditionalGeneration
-from .tokenization import train_tokenizer
+from .tokenization import load_tokenizer, train_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -296,7 +295,7 @@ def average_checkpoint_folders(folders: list[str | os.PathLike], output_dir: str
     model = load_averaged_model(folders)
     model.save_pretrained(output_dir)
     if (Path(folders[-1]) / "tokenizer.json").is_file():
-        AutoTokenizer.from_pretrained(folders[-1]).save_pretrained(output_dir)
+        load_tokenizer(folders[-1]).save_pretrained(output_dir)
     return model
 
 
@@ -341,13 +340,13 @@ def plot_training_curves(log_history: list[dict], path: str | os.PathLike) -> No
 
 def build_tokenizer(data_args: DataArguments, corpus, output_dir: Path, training_args) -> PreTrainedTokenizerBase:
     if data_args.tokenizer_name_or_path:
-        return AutoTokenizer.from_pretrained(data_args.tokenizer_name_or_path)
+        return load_tokenizer(data_args.tokenizer_name_or_path)
     folder = output_dir / "tokenizer"
     with training_args.main_process_first(desc="learning the shared BPE"):
         if not (folder / "tokenizer.json").is_file():
             texts = (text for pair in corpus[data_args.train_split]["translation"] for text in pair.values())
             train_tokenizer(texts, vocab_size=data_args.vocab_size).save_pretrained(folder)
-    return AutoTokenizer.from_pretrained(folder)
+    return load_tokenizer(folder)
 
 
 def build_model(model_args: ModelArguments, tokenizer) -> PreTrainedModel:
