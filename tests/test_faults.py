@@ -1,15 +1,27 @@
 """Faults: non-finite gradients, bad model inputs and broken files get a defined outcome with a clear message."""
 
+import errno
+import json
+import random
 import shutil
+import signal
+import sys
+import time
 
 import pytest
 import torch
-from conftest import padded_batch, tiny_model
+from conftest import padded_batch, recipe, run, tiny_model
+from safetensors.torch import load_file
 from test_training import trainer_for
-from transformers import AutoModelForSeq2SeqLM
+from transformers import AutoModelForSeq2SeqLM, modeling_utils
 
 from vaswani_hf.tokenization import load_tokenizer, train_tokenizer
-from vaswani_hf.training import NonFiniteGradientGuard
+from vaswani_hf.training import (
+    COMPLETE_MARKER,
+    NonFiniteGradientGuard,
+    complete_checkpoints,
+    last_complete_checkpoint,
+)
 
 
 def poison_forward(model, at_calls: set[int]) -> None:
@@ -100,3 +112,56 @@ def test_a_tokenizer_folder_without_its_vocabulary_fails_naming_it(tmp_path):
     (tmp_path / "tokenizer.json").unlink()
     with pytest.raises(FileNotFoundError, match=r"has no tokenizer.json .* it holds \['tokenizer_config.json'\]"):
         load_tokenizer(tmp_path)
+
+
+def test_a_full_disk_during_a_save_fails_loudly_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    saves = {"n": 0}
+    real_save = modeling_utils.safe_save_file
+
+    def save_until_the_disk_is_full(*args, **kwargs):
+        saves["n"] += 1
+        if saves["n"] > 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(*args, **kwargs)
+
+    monkeypatch.setattr(modeling_utils, "safe_save_file", save_until_the_disk_is_full)
+    trainer = trainer_for(tmp_path, tiny_model(seed=8), max_steps=6, save_strategy="steps", save_steps=2)
+    with pytest.raises(OSError, match="No space left on device"):
+        trainer.train()
+    assert not (tmp_path / "checkpoint-4" / COMPLETE_MARKER).exists()  # the failed save is not marked complete
+    assert last_complete_checkpoint(tmp_path) == tmp_path / "checkpoint-2"
+    assert not (tmp_path / "checkpoint-4").exists()  # removed, so nothing resumes from it
+    AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "checkpoint-2")  # the previous one is whole
+
+
+@pytest.mark.slow
+def test_kills_at_random_moments_and_during_a_save_lose_nothing(small_corpus, tmp_path):
+    """Kill a real run three times (once while a checkpoint is being written, twice at random moments), resume it
+    each time, and end with exactly the weights of an uninterrupted run."""
+    steps = dict(max_steps=60, save_steps=2, average_last_checkpoints=0, resume_from_checkpoint="last")
+    reference_dir, killed_dir = tmp_path / "reference", tmp_path / "killed"
+    run([sys.executable], recipe(small_corpus, reference_dir, **steps), tmp_path)
+    chance = random.Random(0)
+    for attempt in range(3):
+        process = run([sys.executable], recipe(small_corpus, killed_dir, **steps), tmp_path, wait=False)
+        started = len(complete_checkpoints(killed_dir)) if killed_dir.exists() else 0
+        deadline = time.monotonic() + 600
+        while process.poll() is None and time.monotonic() < deadline:
+            done = complete_checkpoints(killed_dir) if killed_dir.exists() else []
+            in_progress = [f for f in killed_dir.glob("checkpoint-*") if f not in done] if done else []
+            if attempt == 0 and in_progress:
+                break  # a save has begun and not finished: kill now
+            if attempt > 0 and len(done) > started:
+                time.sleep(chance.uniform(0.0, 1.0))
+                break
+            time.sleep(0.001)
+        process.send_signal(signal.SIGKILL)
+        process.communicate()
+        assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+        if attempt == 0:
+            assert [f for f in killed_dir.glob("checkpoint-*") if not (f / COMPLETE_MARKER).exists()]
+    run([sys.executable], recipe(small_corpus, killed_dir, **steps), tmp_path)
+    assert json.loads((killed_dir / "checkpoint-60" / "trainer_state.json").read_text())["global_step"] == 60
+    reference, resumed = load_file(reference_dir / "model.safetensors"), load_file(killed_dir / "model.safetensors")
+    for name, tensor in reference.items():
+        torch.testing.assert_close(resumed[name], tensor, rtol=0, atol=1e-6, msg=name)
