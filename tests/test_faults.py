@@ -1,7 +1,11 @@
 """Faults: non-finite gradients, bad model inputs and broken files get a defined outcome with a clear message."""
 
+import ast
 import errno
+import importlib
+import inspect
 import json
+import pkgutil
 import random
 import shutil
 import signal
@@ -15,6 +19,7 @@ from safetensors.torch import load_file
 from test_training import trainer_for
 from transformers import AutoModelForSeq2SeqLM, modeling_utils
 
+from vaswani_hf.evaluation import read_text_lines
 from vaswani_hf.tokenization import load_tokenizer, train_tokenizer
 from vaswani_hf.training import (
     COMPLETE_MARKER,
@@ -165,3 +170,33 @@ def test_kills_at_random_moments_and_during_a_save_lose_nothing(small_corpus, tm
     reference, resumed = load_file(reference_dir / "model.safetensors"), load_file(killed_dir / "model.safetensors")
     for name, tensor in reference.items():
         torch.testing.assert_close(resumed[name], tensor, rtol=0, atol=1e-6, msg=name)
+
+
+def test_every_torch_load_on_the_training_and_loading_paths_is_weights_only():
+    """No pickle code runs from a checkpoint: the package never calls torch.load, and every torch.load of the Trainer
+    (which resumes optimizer, scheduler and RNG states) passes weights_only=True."""
+    import transformers.trainer
+
+    import vaswani_hf
+
+    modules = [
+        transformers.trainer,
+        *(importlib.import_module(f"vaswani_hf.{m.name}") for m in pkgutil.iter_modules(vaswani_hf.__path__)),
+    ]
+    calls = 0
+    for module in modules:
+        for node in ast.walk(ast.parse(inspect.getsource(module))):
+            if isinstance(node, ast.Call) and ast.unparse(node.func) == "torch.load":
+                calls += 1
+                keywords = {k.arg: k.value for k in node.keywords}
+                assert (
+                    isinstance(keywords.get("weights_only"), ast.Constant) and keywords["weights_only"].value is True
+                ), f"{module.__name__}: {ast.unparse(node)}"
+    assert calls >= 5  # the Trainer's resume loads were found
+
+
+def test_a_text_file_that_is_not_utf8_is_named(tmp_path):
+    source = tmp_path / "source.en"
+    source.write_bytes(b"A dog runs.\n\xff\xfe broken\n")
+    with pytest.raises(ValueError, match=f"{source} is not valid UTF-8"):
+        read_text_lines(source)
