@@ -2,6 +2,7 @@
 
 import unicodedata
 
+import pytest
 import torch
 from conftest import tiny_model
 from hypothesis import HealthCheck, given, settings
@@ -69,3 +70,21 @@ def test_pipeline_answers_any_text_with_a_string(tiny_translator, texts):
         assert isinstance(output["translation_text"], str)
         if not text.strip():
             assert output["translation_text"] == ""
+
+
+@SETTINGS
+@given(batch=padded_batches(), num_beams=st.sampled_from([1, 2]), new_tokens=st.integers(1, 6))
+def test_generate_gives_in_vocabulary_ids_within_the_length_for_any_padded_batch(batch, num_beams, new_tokens):
+    input_ids, attention_mask, _ = batch
+    generated = MODEL.generate(
+        input_ids=input_ids, attention_mask=attention_mask, num_beams=num_beams, max_new_tokens=new_tokens
+    )
+    assert generated.shape[0] == input_ids.shape[0] and generated.shape[1] <= new_tokens + 1
+    assert generated.min() >= 0 and generated.max() < 97
+
+
+@pytest.mark.parametrize("bad", [None, 3, ["fine", None], b"bytes"])
+def test_tokenizer_refuses_non_text_with_a_value_or_type_error(tiny_translator, bad):
+    _, tokenizer = tiny_translator
+    with pytest.raises((ValueError, TypeError)):
+        tokenizer(bad)
