@@ -200,3 +200,19 @@ def test_a_text_file_that_is_not_utf8_is_named(tmp_path):
     source.write_bytes(b"A dog runs.\n\xff\xfe broken\n")
     with pytest.raises(ValueError, match=f"{source} is not valid UTF-8"):
         read_text_lines(source)
+
+
+@pytest.mark.slow
+def test_resuming_a_finished_run_keeps_its_final_weights(small_corpus, tmp_path):
+    """Trainer takes one step past max_steps when resumed from the final checkpoint; train() must not."""
+    steps = dict(max_steps=12, save_steps=6, average_last_checkpoints=0, resume_from_checkpoint="last")
+    run([sys.executable], recipe(small_corpus, tmp_path / "done", **steps), tmp_path)
+    shutil.copytree(tmp_path / "done" / "checkpoint-12", tmp_path / "again" / "checkpoint-12")
+    shutil.copytree(tmp_path / "done" / "tokenizer", tmp_path / "again" / "tokenizer")
+    run([sys.executable], recipe(small_corpus, tmp_path / "again", **steps), tmp_path)
+    final, checkpoint = (
+        load_file(tmp_path / "again" / "model.safetensors"),
+        load_file(tmp_path / "done" / "model.safetensors"),
+    )
+    for name, tensor in checkpoint.items():
+        torch.testing.assert_close(final[name], tensor, rtol=0, atol=0, msg=name)

@@ -22,6 +22,7 @@ from transformers import (
     Seq2SeqTrainer,
     Seq2SeqTrainingArguments,
     TrainerCallback,
+    TrainerState,
     set_seed,
 )
 from transformers.trainer_callback import ExportableState
@@ -408,8 +409,15 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: V
         resume = last_complete_checkpoint(output_dir)
         resume = str(resume) if resume else None
     started = time.perf_counter()
-    train_result = trainer.train(resume_from_checkpoint=resume)
-    metrics = {"train": {**train_result.metrics, "wall_seconds": time.perf_counter() - started}}
+    if resume is not None and _finished(Path(resume), training_args):
+        # Trainer would take one more step past max_steps when resumed from the final checkpoint (measured:
+        # tests/test_faults.py); the run is over, so its weights and state are taken as they are.
+        trainer._load_from_checkpoint(resume)
+        trainer.state = TrainerState.load_from_json(str(Path(resume) / "trainer_state.json"))
+        train_metrics = {"resumed_from_final_checkpoint": resume}
+    else:
+        train_metrics = trainer.train(resume_from_checkpoint=resume).metrics
+    metrics = {"train": {**train_metrics, "wall_seconds": time.perf_counter() - started}}
     metrics["train"]["world_size"] = training_args.world_size
     # the restored callback replaces ours on resume: read the one the trainer holds
     budget = next(c for c in trainer.callback_handler.callbacks if isinstance(c, TrainingTimeBudget))
@@ -463,6 +471,17 @@ def run_settings(model_args: ModelArguments, data_args: DataArguments, training_
         "data": asdict(data_args),
         "training": recipe,
     }
+
+
+def _finished(checkpoint: Path, training_args: VaswaniTrainingArguments) -> bool:
+    """Whether `checkpoint` ends the run: it holds max_steps updates, or the time budget was spent."""
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    if training_args.max_steps > 0 and state["global_step"] >= training_args.max_steps:
+        return True
+    budget = state.get("stateful_callbacks", {}).get("TrainingTimeBudget", {})
+    budget = budget[0] if isinstance(budget, list) and budget else budget
+    minutes = budget.get("args", {}).get("budget_minutes")
+    return minutes is not None and budget.get("attributes", {}).get("trained_seconds", 0) / 60 >= minutes
 
 
 def _split_texts(dataset, data_args: DataArguments) -> tuple[list[str], list[str]]:
