@@ -216,3 +216,13 @@ def test_resuming_a_finished_run_keeps_its_final_weights(small_corpus, tmp_path)
     )
     for name, tensor in checkpoint.items():
         torch.testing.assert_close(final[name], tensor, rtol=0, atol=0, msg=name)
+
+
+def test_default_length_limit_stays_within_a_learned_position_table():
+    """Source length + 50 may exceed a learned table; generate's default limit stops at the table's end instead of
+    failing in the middle of decoding."""
+    model = tiny_model(position_encoding="learned", max_position_embeddings=12)
+    generated = model.generate(**padded_batch(), num_beams=1)
+    assert generated.shape[1] <= 12 + 1  # the start token, then at most 12 positions
+    with pytest.raises(ValueError, match="longer than max_position_embeddings=12"):
+        model.generate(**padded_batch(), num_beams=1, max_new_tokens=20)

@@ -642,6 +642,8 @@ class VaswaniForConditionalGeneration(VaswaniPreTrainedModel, GenerationMixin):
         if attention_mask is None:
             attention_mask = input_ids.ne(self.config.pad_token_id)
         max_target_lengths = attention_mask.sum(-1) + offset
+        if self.config.position_encoding == "learned":  # the decoder has no position beyond its table
+            max_target_lengths = max_target_lengths.clamp(max=self.config.max_position_embeddings - 1)
         num_beams = kwargs.get("num_beams") or config.num_beams or 1
         # generate() repeats each source num_beams times for beam search, num_return_sequences times otherwise
         expansion = (
