@@ -106,6 +106,16 @@ class HubHandler(BaseHTTPRequestHandler):
             return None
         return repo
 
+    def readable_commit(self, repo_id: str, revision: str) -> tuple[Repo | None, Commit | None]:
+        """The repo and its commit at `revision`, or (None, None) after answering 404."""
+        repo = self.readable_repo(repo_id)
+        if repo is None:
+            return None, None
+        commit = repo.head(revision)
+        if commit is None:
+            self.error(404, "RevisionNotFound", f"Invalid rev id: {revision}")
+        return repo, commit
+
     def writable_repo(self, repo_id: str) -> Repo | None:
         if not self.authorised():
             self.error(401, "Unauthorized", "Invalid credentials")
@@ -169,23 +179,17 @@ class HubHandler(BaseHTTPRequestHandler):
         self.reply(200, {})
 
     def repo_info(self, repo: str, revision: str = "main") -> None:
-        target = self.readable_repo(repo)
-        if target is None:
-            return
-        commit = target.head(revision)
+        target, commit = self.readable_commit(repo, revision)
         if commit is None:
-            return self.error(404, "RevisionNotFound", f"Invalid rev id: {revision}")
+            return
         siblings = [{"rfilename": name} for name in sorted(commit.files)]
         info = {"id": repo, "modelId": repo, "sha": commit.oid, "private": target.private, "siblings": siblings}
         self.reply(200, info)
 
     def tree(self, repo: str, revision: str, path: str | None = None) -> None:
-        target = self.readable_repo(repo)
-        if target is None:
-            return
-        commit = target.head(revision)
+        _, commit = self.readable_commit(repo, revision)
         if commit is None:
-            return self.error(404, "RevisionNotFound", f"Invalid rev id: {revision}")
+            return
         entries = [
             {"type": "file", "path": name, "size": len(content), "oid": git_blob_oid(content)}
             for name, content in sorted(commit.files.items())
@@ -194,12 +198,9 @@ class HubHandler(BaseHTTPRequestHandler):
         self.reply(200, entries)
 
     def resolve(self, repo: str, revision: str, filename: str) -> None:
-        target = self.readable_repo(repo)
-        if target is None:
-            return
-        commit = target.head(revision)
+        _, commit = self.readable_commit(repo, revision)
         if commit is None:
-            return self.error(404, "RevisionNotFound", f"Invalid rev id: {revision}")
+            return
         if filename not in commit.files:
             return self.error(404, "EntryNotFound", f"{filename} does not exist at {revision}")
         content = commit.files[filename]

@@ -13,8 +13,6 @@ Start and special tokens are carried over as config values, so Marian's pad-as-s
 
 import copy
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +20,7 @@ import torch
 from transformers import MarianConfig, MarianMTModel, PreTrainedTokenizerBase
 
 from .configuration_vaswani import VaswaniConfig
+from .evaluation import atomic_folder
 from .modeling_vaswani import VaswaniForConditionalGeneration
 
 # Which axis of a weight lies along d_model (the residual stream) and must be permuted: 1 for inputs, 0 for outputs.
@@ -225,14 +224,6 @@ def export_ctranslate2(
         spec = VaswaniMarianLoader()(convert_to_marian(model).float().eval(), tokenizer)
     spec.validate()
     spec.optimize(quantization=quantization)
-    output_dir = Path(output_dir)
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}-", dir=output_dir.parent))
-    try:
+    with atomic_folder(output_dir) as staging:
         spec.save(str(staging))
-        if output_dir.exists():
-            shutil.rmtree(output_dir)
-        os.replace(staging, output_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return output_dir
+    return Path(output_dir)

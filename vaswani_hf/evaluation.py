@@ -2,8 +2,10 @@
 
 import json
 import os
+import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -110,6 +112,22 @@ def bleu_metric_for_trainer(tokenizer: PreTrainedTokenizerBase) -> Callable[[Eva
         return {"bleu": bleu(hypotheses, references)["score"]}
 
     return compute_metrics
+
+
+@contextmanager
+def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty staging folder beside `path`; on success it replaces `path` in one rename, on failure it is
+    removed, so a reader never sees a half-built folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
+    try:
+        yield staging
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(staging, path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def write_json(path: str | os.PathLike, data: dict) -> None:

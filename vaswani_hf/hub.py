@@ -9,13 +9,13 @@ tokenizer files, the code files for `trust_remote_code`, the model card, the met
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 from transformers import GenerationConfig
 
+from .evaluation import atomic_folder
 from .modeling_vaswani import VaswaniForConditionalGeneration
 from .pipeline_vaswani import TranslationPipeline
 from .tokenization import load_tokenizer
@@ -143,7 +143,7 @@ def build_repo_folder(
     template_path: str | os.PathLike = DEFAULT_CARD_TEMPLATE,
 ) -> Path:
     """Write the folder a published repo holds, from a training output folder, and validate it. The folder is built
-    beside `repo_folder` and renamed into place, so a failure never leaves a half-built one."""
+    beside `repo_folder` and renamed into place (`atomic_folder`), so a failure never leaves a half-built one."""
     run_dir, repo_folder = Path(run_dir), Path(repo_folder)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"training output folder {run_dir} does not exist")
@@ -155,9 +155,7 @@ def build_repo_folder(
     model.generation_config = GenerationConfig.from_pretrained(run_dir)
     tokenizer = load_tokenizer(run_dir)
 
-    repo_folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{repo_folder.name}-", dir=repo_folder.parent))
-    try:
+    with atomic_folder(repo_folder) as staging:
         # Saving through the pipeline writes `custom_pipelines` into config.json and copies pipeline_vaswani.py;
         # the model's save adds `auto_map` and the two model files.
         TranslationPipeline(model=model, tokenizer=tokenizer, task="translation").save_pretrained(staging)
@@ -167,11 +165,6 @@ def build_repo_folder(
         card = render_model_card(metrics, model, repo_id, license=license, template_path=template_path)
         card.save(staging / "README.md")
         validate_repo_folder(staging)
-        if repo_folder.exists():
-            shutil.rmtree(repo_folder)
-        os.replace(staging, repo_folder)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return repo_folder
 
 

@@ -402,13 +402,14 @@ class VaswaniDecoder(VaswaniPreTrainedModel):
             past_key_values = EncoderDecoderCache(DynamicCache(config=self.config), DynamicCache(config=self.config))
         if past_key_values is not None and not isinstance(past_key_values, EncoderDecoderCache):
             raise TypeError(f"past_key_values must be an EncoderDecoderCache, got {type(past_key_values).__name__}")
+        past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
         if inputs_embeds is None:
-            # during cached generation the mask covers the past too: only the ids can be checked then
-            mask = attention_mask if past_key_values is None or past_key_values.get_seq_length() == 0 else None
-            check_token_inputs(input_ids, mask, self.config.vocab_size, "decoder_input_ids", "decoder_attention_mask")
+            if past_length == 0:  # the caller's ids; later steps of generation feed back the model's own
+                check_token_inputs(
+                    input_ids, attention_mask, self.config.vocab_size, "decoder_input_ids", "decoder_attention_mask"
+                )
             inputs_embeds = self.embed_tokens(input_ids)
         hidden_states = inputs_embeds * self.embed_scale
-        past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
         if self.embed_positions is not None:
             hidden_states = hidden_states + self.embed_positions(past_length, hidden_states.shape[1], hidden_states)
         hidden_states = self.dropout(hidden_states)  # Sec. 5.4
