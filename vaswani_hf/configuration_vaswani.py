@@ -79,7 +79,7 @@ class VaswaniConfig(PretrainedConfig):
     """
 
     model_type = "vaswani"
-    keys_to_ignore_at_inference = ["past_key_values"]
+    keys_to_ignore_at_inference = ["cache"]
     # `generate()` and the cache classes read these generic names; the decoder is the stack they size.
     attribute_map = {
         "hidden_size": "d_model",
