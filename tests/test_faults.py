@@ -17,7 +17,7 @@ import torch
 from conftest import padded_batch, recipe, run, tiny_model
 from safetensors.torch import load_file
 from test_training import trainer_for
-from transformers import AutoModelForSeq2SeqLM, modeling_utils
+from transformers import AutoModelForSeq2SeqLM, modeling_utils, pipeline
 
 from vaswani_hf.evaluation import read_text_lines
 from vaswani_hf.tokenization import load_tokenizer, train_tokenizer
@@ -216,6 +216,9 @@ def test_resuming_a_finished_run_keeps_its_final_weights(small_corpus, tmp_path)
     )
     for name, tensor in checkpoint.items():
         torch.testing.assert_close(final[name], tensor, rtol=0, atol=0, msg=name)
+    # the resumed run reports the training time its checkpoint recorded, not the nothing it added
+    done, again = (json.loads((tmp_path / folder / "metrics.json").read_text())["train"] for folder in ("done", "again"))
+    assert again["trained_minutes"] > 0 and again["trained_minutes"] <= done["trained_minutes"]
 
 
 def test_default_length_limit_stays_within_a_learned_position_table():
@@ -226,3 +229,19 @@ def test_default_length_limit_stays_within_a_learned_position_table():
     assert generated.shape[1] <= 12 + 1  # the start token, then at most 12 positions
     with pytest.raises(ValueError, match="longer than max_position_embeddings=12"):
         model.generate(**padded_batch(), num_beams=1, max_new_tokens=20)
+
+
+def test_undecodable_bytes_from_a_file_get_a_defined_result_or_a_named_error(tiny_translator, tmp_path):
+    model, tokenizer = tiny_translator
+    translator = pipeline("translation", model=model, tokenizer=tokenizer, max_new_tokens=5)
+    source = tmp_path / "source.en"
+    source.write_bytes(b"A dog \xff\xfe runs.\n")
+    # replaced: U+FFFD is ordinary text, translated like any other
+    replaced = source.read_text(encoding="utf-8", errors="replace").strip()
+    assert "\ufffd" in replaced and isinstance(translator(replaced)[0]["translation_text"], str)
+    # kept as lone surrogates: not Unicode text, refused naming the input and the character
+    escaped = source.read_text(encoding="utf-8", errors="surrogateescape").strip()
+    with pytest.raises(ValueError, match=r"input 1 is not valid Unicode text: surrogates not allowed at character 6"):
+        translator(["A dog runs.", escaped])
+    with pytest.raises(TypeError):  # the tokenizer alone refuses them too (tokenizers' own TypeError)
+        tokenizer(escaped)

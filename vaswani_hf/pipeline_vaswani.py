@@ -27,7 +27,9 @@ class TranslationPipeline(Pipeline):
     - an empty or whitespace-only string translates to `""`, without running the model;
     - a source longer than the model accepts (`max_position_embeddings`, or the tokenizer's `model_max_length` if
       smaller) raises a `ValueError` giving both lengths, unless `truncation=True`, which cuts it with a warning;
-    - anything but a string (or a list of strings) raises a `TypeError` naming the item.
+    - anything but a string (or a list of strings) raises a `TypeError` naming the item;
+    - a string that is not valid Unicode (lone surrogates, as from bytes decoded with `errors="surrogateescape"`)
+      raises a `ValueError` naming the item and the character.
     """
 
     _pipeline_calls_generate = True
@@ -54,6 +56,13 @@ class TranslationPipeline(Pipeline):
         for index, text in enumerate(texts):
             if not isinstance(text, str):
                 raise TypeError(f"TranslationPipeline expects strings, but input {index} is {type(text).__name__}")
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as error:  # lone surrogates: bytes decoded with errors="surrogateescape"
+                raise ValueError(
+                    f"input {index} is not valid Unicode text: {error.reason} at character {error.start} "
+                    f"({text[error.start]!r}); undecodable bytes read from a file? Decode them with errors='replace'"
+                ) from None
 
         translations = [[{"translation_text": ""}] for _ in texts]
         to_translate = [index for index, text in enumerate(texts) if text.strip()]

@@ -414,6 +414,8 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: V
         # tests/test_faults.py); the run is over, so its weights and state are taken as they are.
         trainer._load_from_checkpoint(resume)
         trainer.state = TrainerState.load_from_json(str(Path(resume) / "trainer_state.json"))
+        for name, value in _stored_budget(Path(resume)).get("attributes", {}).items():
+            setattr(budget, name, value)
         train_metrics = {"resumed_from_final_checkpoint": resume}
     else:
         train_metrics = trainer.train(resume_from_checkpoint=resume).metrics
@@ -473,13 +475,19 @@ def run_settings(model_args: ModelArguments, data_args: DataArguments, training_
     }
 
 
+def _stored_budget(checkpoint: Path) -> dict:
+    """The `TrainingTimeBudget` state saved in a checkpoint's trainer_state.json: {"args": ..., "attributes": ...}."""
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    budget = state.get("stateful_callbacks", {}).get("TrainingTimeBudget", {})
+    return budget[0] if isinstance(budget, list) and budget else budget
+
+
 def _finished(checkpoint: Path, training_args: VaswaniTrainingArguments) -> bool:
     """Whether `checkpoint` ends the run: it holds max_steps updates, or the time budget was spent."""
     state = json.loads((checkpoint / "trainer_state.json").read_text())
     if training_args.max_steps > 0 and state["global_step"] >= training_args.max_steps:
         return True
-    budget = state.get("stateful_callbacks", {}).get("TrainingTimeBudget", {})
-    budget = budget[0] if isinstance(budget, list) and budget else budget
+    budget = _stored_budget(checkpoint)
     minutes = budget.get("args", {}).get("budget_minutes")
     return minutes is not None and budget.get("attributes", {}).get("trained_seconds", 0) / 60 >= minutes
 
