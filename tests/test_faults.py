@@ -217,7 +217,7 @@ def test_resuming_a_finished_run_keeps_its_final_weights(small_corpus, tmp_path)
     for name, tensor in checkpoint.items():
         torch.testing.assert_close(final[name], tensor, rtol=0, atol=0, msg=name)
     # the resumed run reports the training time its checkpoint recorded, not the nothing it added
-    done, again = (json.loads((tmp_path / folder / "metrics.json").read_text())["train"] for folder in ("done", "again"))
+    done, again = (json.loads((tmp_path / f / "metrics.json").read_text())["train"] for f in ("done", "again"))
     assert again["trained_minutes"] > 0 and again["trained_minutes"] <= done["trained_minutes"]
 
 
