@@ -16,6 +16,8 @@ from datasets import Dataset, DatasetDict, Features, Translation, load_dataset
 from torch.utils.data import Sampler
 from transformers import PreTrainedTokenizerBase
 
+from .treebank import SPLIT_FILES, load_treebank_corpus
+
 TABULAR_SUFFIXES = (".tsv", ".jsonl", ".json")
 # Output split names -> file stems of Multi30k task 1 (../shared/data/multi30k), named like the Hub's splits.
 MULTI30K_SPLITS = {"train": "train", "validation": "val", "test": "test_2016_flickr"}
@@ -37,6 +39,8 @@ def load_parallel_corpus(
       files for both languages becomes a split of its own name;
     - a mapping of split name to a TSV file (a header row naming the two languages) or a JSON-lines file (objects
       `{"translation": {lang: text}}` or `{lang: text}`); a single such file is the `train` split;
+    - a zip or folder of Penn Treebank `.mrg` files: sentences and their linearized trees for parsing (Sec. 6.3),
+      split by file (`treebank.load_treebank_corpus`; `splits` must be None);
     - otherwise the name of a Hub dataset with a `translation` column, with `config_name` (e.g. `wmt14`, `de-en`).
     """
     if source_lang == target_lang:
@@ -47,6 +51,10 @@ def load_parallel_corpus(
             {split: _tabular_split(path, source_lang, target_lang, cache_dir) for split, path in files.items()}
         )
     path = Path(source)
+    if path.suffix == ".zip" or (path.is_dir() and next(path.rglob("*.mrg"), None) is not None):
+        if splits is not None:
+            raise ValueError(f"{path}: a treebank's splits are fixed by file number ({SPLIT_FILES}), give no splits")
+        return load_treebank_corpus(path, source_lang, target_lang)
     if path.is_dir():
         return _moses_folder(path, source_lang, target_lang, splits, cache_dir)
     if path.suffix in TABULAR_SUFFIXES:

@@ -1,0 +1,180 @@
+"""Parsing as translation (Sec. 6.3): the treebank loader, linearization, repair, EVALB-convention scoring, the
+right-branching baseline, and decoding with the paper's parsing settings."""
+
+import os
+
+import pytest
+import torch
+from conftest import ROOT, tiny_model
+
+from vaswani_hf.data import load_parallel_corpus, preprocess
+from vaswani_hf.parsing import bracket_scores, evaluate_parser, labeled_brackets, right_branching_tree
+from vaswani_hf.tokenization import train_tokenizer
+from vaswani_hf.treebank import (
+    Tree,
+    clean_tree,
+    delinearize,
+    linearize,
+    read_treebank,
+    read_trees,
+    tree_from_linearized,
+)
+
+TREEBANK = ROOT.parent / "shared" / "data" / "ptb-sample" / "treebank.zip"
+# "The cat sat on the mat ." with gold brackets S 0-6, NP 0-2, VP 2-6, PP 3-6, NP 4-6 (the final "." is deleted).
+GOLD = "(S (NP (DT The) (NN cat)) (VP (VBD sat) (PP (IN on) (NP (DT the) (NN mat)))) (. .))"
+WORDS = "The cat sat on the mat .".split()
+
+
+@pytest.fixture(scope="module")
+def treebank_zip():
+    if not TREEBANK.is_file():
+        if os.environ.get("CI"):
+            pytest.fail(f"the treebank sample is not at {TREEBANK}")
+        pytest.skip(f"the treebank sample is not at {TREEBANK}")
+    return TREEBANK
+
+
+@pytest.fixture(scope="module")
+def treebank(treebank_zip):
+    return read_treebank(treebank_zip)
+
+
+def tree(text: str) -> Tree:
+    (result,) = read_trees(text)
+    return result
+
+
+def with_placeholder_tags(node: Tree) -> Tree:
+    """The tree with every part-of-speech tag replaced by XX: what a linearization keeps."""
+    if node.is_preterminal:
+        return Tree("XX", node.children)
+    return Tree(node.label, tuple(with_placeholder_tags(child) for child in node.children))
+
+
+def predicted(linearized: str) -> Tree:
+    return delinearize(linearized, WORDS)
+
+
+def test_splits_by_file_have_the_documented_sentence_counts(treebank):
+    # wsj_0001-0159 train, 0160-0179 validation, 0180-0199 test: 3,914 sentences of the NLTK sample
+    assert {split: len(trees) for split, trees in treebank.items()} == {"train": 3396, "validation": 273, "test": 245}
+
+
+def test_every_test_tree_survives_linearize_then_delinearize(treebank):
+    for gold in treebank["test"]:
+        assert delinearize(linearize(gold), gold.words()) == with_placeholder_tags(gold)
+
+
+def test_cleaning_removes_traces_empty_constituents_and_function_tags():
+    raw = tree(
+        "( (S (NP-SBJ-1 (-NONE- *T*-1)) (NP-SBJ=2 (PRP It)) (VP (VBZ is) (ADJP-PRD (-LRB- -LRB-) (JJ odd) "
+        "(-RRB- -RRB-)) (SBAR (-NONE- 0) (S (-NONE- *T*-2)))) (. .)) )"
+    )
+    assert str(clean_tree(raw)) == "(S (NP (PRP It)) (VP (VBZ is) (ADJP (-LRB- -LRB-) (JJ odd) (-RRB- -RRB-))) (. .))"
+
+
+def test_linearization_replaces_words_by_xx_with_unlabeled_closing_brackets():
+    assert linearize(tree(GOLD)) == "(S (NP XX XX ) (VP XX (PP XX (NP XX XX ) ) ) XX )"
+
+
+def test_the_loader_gives_translation_pairs_through_load_parallel_corpus(treebank_zip):
+    corpus = load_parallel_corpus(treebank_zip, "en", "tree")
+    assert {split: len(data) for split, data in corpus.items()} == {"train": 3396, "validation": 273, "test": 245}
+    pair = corpus["test"][0]["translation"]
+    words = pair["en"].split()
+    assert delinearize(pair["tree"], words).words() == words
+    tokenizer = train_tokenizer((text for p in corpus["validation"]["translation"] for text in p.values()), 500)
+    data = preprocess(corpus, tokenizer, "en", "tree", max_target_tokens=400, max_length_ratio=5.0)
+    assert len(data["train"]) >= 3390 and data["train"][0]["labels"][-1] == tokenizer.eos_token_id
+    with pytest.raises(ValueError, match="fixed by file number"):
+        load_parallel_corpus(treebank_zip, "en", "tree", splits={"train": "train"})
+
+
+def test_scores_of_a_parse_with_one_wrong_constituent_and_one_missing():
+    # predicted S 0-6, NP 0-3, VP 3-6, NP 4-6: 2 of 4 match the 5 gold brackets -> P 50, R 40, F1 4/9
+    scores = bracket_scores([predicted("(S (NP XX XX XX ) (VP XX (NP XX XX ) ) XX )")], [tree(GOLD)])
+    assert (scores["matched_brackets"], scores["predicted_brackets"], scores["gold_brackets"]) == (2, 4, 5)
+    assert scores["precision"] == pytest.approx(50.0)
+    assert scores["recall"] == pytest.approx(40.0)
+    assert scores["f1"] == pytest.approx(100 * 4 / 9)
+    assert scores["exact_match"] == 0.0
+
+
+def test_punctuation_is_deleted_before_spans_are_compared():
+    # the "." inside the VP and PP: with it deleted, VP 2-6 and PP 3-6 match, so the parse is exact
+    scores = bracket_scores([predicted("(S (NP XX XX ) (VP XX (PP XX (NP XX XX ) XX ) ) )")], [tree(GOLD)])
+    assert (scores["f1"], scores["exact_match"]) == (100.0, 100.0)
+    # a constituent of punctuation only is no bracket
+    only_punctuation = predicted("(S (NP XX XX ) (VP XX (PP XX (NP XX XX ) ) ) (X XX ) )")
+    assert "X" not in {label for label, _, _ in labeled_brackets(only_punctuation, tree(GOLD))}
+    assert bracket_scores([only_punctuation], [tree(GOLD)])["f1"] == 100.0
+
+
+def test_advp_and_prt_are_the_same_label_and_brackets_match_as_multisets():
+    gold = tree("(S (NP (NP (PRP He))) (VP (VBD gave) (PRT (RP up))))")
+    # one NP of the gold's unary NP-NP chain, ADVP for PRT: 4 predicted, all matched, of 5 gold
+    scores = bracket_scores([delinearize("(S (NP XX ) (VP XX (ADVP XX ) ) )", ["He", "gave", "up"])], [gold])
+    assert (scores["matched_brackets"], scores["predicted_brackets"], scores["gold_brackets"]) == (4, 4, 5)
+    assert scores["precision"] == 100.0 and scores["recall"] == 80.0
+
+
+def test_corpus_scores_sum_brackets_over_sentences():
+    gold = [tree(GOLD), tree("(S (NP (PRP He)) (VP (VBD left)))")]
+    parses = [predicted("(S (NP XX XX XX ) (VP XX (NP XX XX ) ) XX )"), delinearize("(S XX XX )", ["He", "left"])]
+    # sentence 1: 2 of 4 predicted, 5 gold; sentence 2: 1 of 1 predicted, 3 gold -> P 3/5, R 3/8
+    scores = bracket_scores(parses, gold)
+    assert scores["precision"] == pytest.approx(60.0) and scores["recall"] == pytest.approx(37.5)
+    assert scores["f1"] == pytest.approx(2 * 60 * 37.5 / 97.5)
+
+
+@pytest.mark.parametrize(
+    ("generated", "repaired"),
+    [
+        ("(S (NP XX XX ) (VP XX (PP XX (NP XX XX", "(S (NP XX XX ) (VP XX (PP XX (NP XX XX ) ) ) XX )"),  # open
+        ("(S (NP XX XX ) ) ) (VP XX XX XX XX )", "(S (S (NP XX XX ) ) (VP XX XX XX XX ) XX )"),  # extra ")", 2 trees
+        ("(S (NP XX XX XX XX XX XX XX XX ) )", "(S (NP XX XX XX XX XX XX XX ) )"),  # more slots than words
+        ("(S (NP XX XX ) (VP XX ) )", "(S (NP XX XX ) (VP XX ) XX XX XX XX )"),  # fewer slots than words
+        ("(S (NP XX XX ) (VP ) (PP word XX XX XX XX ) )", "(S (NP XX XX ) (PP XX XX XX XX XX ) )"),  # empty VP
+        (") )", "(S XX XX XX XX XX XX XX )"),  # nothing usable
+    ],
+)
+def test_malformed_output_is_repaired_into_a_tree_over_the_words(generated, repaired):
+    result, well_formed = tree_from_linearized(generated, WORDS)
+    assert not well_formed
+    assert linearize(result) == repaired and result.words() == WORDS
+
+
+def test_well_formed_output_is_recognised():
+    result, well_formed = tree_from_linearized("(S  (NP XX XX )\t(VP XX (PP XX (NP XX XX ) ) ) XX )", WORDS)
+    assert well_formed and result == with_placeholder_tags(tree(GOLD))
+    with pytest.raises(ValueError, match="not a well-formed"):
+        delinearize("(S (NP XX XX ) )", WORDS)
+
+
+def test_right_branching_baseline_shape():
+    baseline = right_branching_tree(["a", "b", "c", "d"], "NP")
+    assert linearize(baseline) == "(S XX (NP XX (NP XX XX ) ) )"
+    assert baseline.words() == ["a", "b", "c", "d"]
+    assert linearize(right_branching_tree(["a"], "NP")) == "(S XX )"
+
+
+def test_evaluate_parser_decodes_with_the_papers_parsing_settings(treebank):
+    gold = treebank["test"][:3]
+    sentences = [" ".join(t.words()) for t in gold]
+    tokenizer = train_tokenizer(sentences + [linearize(t) for t in gold], vocab_size=300)
+    model = tiny_model(vocab_size=len(tokenizer))
+    used = []
+    generate = model.generate
+
+    def recording_generate(*args, **kwargs):
+        used.append(kwargs["generation_config"])
+        return generate(*args, **kwargs)
+
+    model.generate = recording_generate
+    torch.manual_seed(0)
+    scores, generated = evaluate_parser(model, tokenizer, sentences, gold, batch_size=2)
+    assert [(c.num_beams, c.length_penalty, c.max_new_tokens_offset) for c in used] == [(21, 0.3, 300)] * 2
+    assert model.generation_config.num_beams == 4  # the model's own translation defaults are untouched
+    assert len(generated) == 3 and 0.0 <= scores["well_formed"] <= 100.0
+    assert scores["sentences"] == 3 and scores["gold_brackets"] == bracket_scores(gold, gold)["matched_brackets"]
