@@ -124,6 +124,17 @@ def test_cached_and_uncached_greedy_decoding_agree(reversal_model):
     assert sum(until_eos(row) == reversed_source(batch, i) for i, row in enumerate(cached)) >= 4
 
 
+@pytest.mark.parametrize("num_beams", [1, 4])
+def test_a_static_cache_decodes_like_the_dynamic_one(reversal_model, num_beams):
+    """generate() with cache_implementation="static" (preallocated, what torch.compile needs) passes prepared 4D
+    masks; the model takes them and gives the same tokens."""
+    batch = copy_task_batch(torch.Generator().manual_seed(7), batch_size=8)
+    del batch["labels"]
+    dynamic = reversal_model.generate(**batch, num_beams=num_beams, max_new_tokens=12)
+    static = reversal_model.generate(**batch, num_beams=num_beams, max_new_tokens=12, cache_implementation="static")
+    assert torch.equal(dynamic, static)
+
+
 def test_default_generation_follows_section_6_1(reversal_model):
     config = reversal_model.generation_config
     assert (config.num_beams, config.length_penalty, config.max_new_tokens_offset) == (4, 0.6, 50)

@@ -109,10 +109,15 @@ def check_token_inputs(
     if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= vocab_size):
         bad = input_ids[(input_ids < 0) | (input_ids >= vocab_size)][0].item()
         raise ValueError(f"{name} holds id {bad}, outside the vocabulary of {vocab_size} tokens (0-{vocab_size - 1})")
-    if attention_mask is not None and attention_mask.shape != input_ids.shape:
+    if attention_mask is None:
+        return
+    # a 2D padding mask matches the ids; a prepared 4D mask (batch, 1, query, key), as generate() builds for a static
+    # cache, matches them in batch and query length
+    prepared = attention_mask.dim() == 4 and attention_mask.shape[::2] == input_ids.shape
+    if attention_mask.shape != input_ids.shape and not prepared:
         raise ValueError(
             f"{mask_name} has shape {tuple(attention_mask.shape)} but {name} has {tuple(input_ids.shape)}: "
-            "they must match"
+            "they must match, or be a prepared (batch, 1, query, key) mask"
         )
 
 
