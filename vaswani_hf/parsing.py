@@ -25,7 +25,7 @@ from transformers import AutoModelForSeq2SeqLM, PreTrainedModel, PreTrainedToken
 
 from .evaluation import translate, write_json
 from .tokenization import load_tokenizer
-from .treebank import PLACEHOLDER, Tree, read_treebank, tree_from_linearized
+from .treebank import UNKNOWN_TAG, Tree, read_treebank, tree_from_linearized
 
 EVALB_DELETED_TAGS = frozenset({",", ":", "``", "''", "."})
 EVALB_EQUAL_LABELS = {"PRT": "ADVP"}
@@ -88,7 +88,7 @@ def bracket_scores(predicted: list[Tree], gold: list[Tree]) -> dict:
 def right_branching_tree(words: list[str], label: str, root_label: str = "S") -> Tree:
     """The right-branching tree: a `root_label` root over all n words, then `label` brackets over words 2..n,
     3..n, ..., (n-1)..n (none for a single word)."""
-    leaves = [Tree(PLACEHOLDER, (word,)) for word in words]
+    leaves = [Tree(UNKNOWN_TAG, (word,)) for word in words]
     tail = leaves[-1]
     for leaf in reversed(leaves[1:-1]):
         tail = Tree(label, (leaf, tail))
