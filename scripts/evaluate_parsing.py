@@ -7,7 +7,7 @@ python scripts/evaluate_parsing.py runs/ptb_parsing ../shared/data/ptb-sample/tr
 import argparse
 import json
 
-from vaswani_hf.parsing import evaluate_parsing_run
+from vaswani_hf.parsing import PARSING_LENGTH_PENALTY, PARSING_NUM_BEAMS, evaluate_parsing_run
 
 
 def main() -> None:
@@ -17,10 +17,19 @@ def main() -> None:
     parser.add_argument("--split", default="test", choices=["train", "validation", "test"])
     parser.add_argument("--metrics_file", help="write the scores as JSON here")
     parser.add_argument("--limit", type=int, help="score only the first N sentences of the split")
-    parser.add_argument("--batch_size", type=int, default=16, help="sentences decoded together (times 21 beams)")
+    parser.add_argument("--batch_size", type=int, default=16, help="sentences decoded together (times the beams)")
+    parser.add_argument("--num_beams", type=int, default=PARSING_NUM_BEAMS, help="Sec. 6.3: 21")
+    parser.add_argument("--length_penalty", type=float, default=PARSING_LENGTH_PENALTY, help="Sec. 6.3: 0.3")
     args = parser.parse_args()
     metrics = evaluate_parsing_run(
-        args.model, args.treebank, args.split, args.metrics_file, limit=args.limit, batch_size=args.batch_size
+        args.model,
+        args.treebank,
+        args.split,
+        args.metrics_file,
+        limit=args.limit,
+        batch_size=args.batch_size,
+        num_beams=args.num_beams,
+        length_penalty=args.length_penalty,
     )
     print(json.dumps({name: metrics[name] for name in ("parser", "right_branching")}, indent=2))
 

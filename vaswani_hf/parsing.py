@@ -111,13 +111,18 @@ def most_common_label(trees: list[Tree]) -> str:
 
 
 def parse(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, sentences: list[str], batch_size: int = 16
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    sentences: list[str],
+    batch_size: int = 16,
+    num_beams: int = PARSING_NUM_BEAMS,
+    length_penalty: float = PARSING_LENGTH_PENALTY,
 ) -> list[str]:
-    """Linearized trees generated with the paper's parsing settings (Sec. 6.3): beam 21, length penalty 0.3,
-    each output at most its source length + 300 tokens (the model's per-sentence length limit)."""
+    """Linearized trees generated with the paper's parsing settings (Sec. 6.3) unless told otherwise: beam 21,
+    length penalty 0.3, each output at most its source length + 300 tokens (the model's per-sentence length limit)."""
     config = copy.deepcopy(model.generation_config)
-    config.num_beams = PARSING_NUM_BEAMS
-    config.length_penalty = PARSING_LENGTH_PENALTY
+    config.num_beams = num_beams
+    config.length_penalty = length_penalty
     config.max_new_tokens_offset = PARSING_LENGTH_OFFSET
     return translate(model, tokenizer, sentences, batch_size=batch_size, generation_config=config)
 
@@ -128,10 +133,12 @@ def evaluate_parser(
     sentences: list[str],
     gold_trees: list[Tree],
     batch_size: int = 16,
+    **decoding,
 ) -> tuple[dict, list[str]]:
-    """Parse `sentences` (words separated by spaces, as in the gold trees), repair malformed outputs, and score
-    them: (bracket scores plus `well_formed` percent, generated linearizations)."""
-    generated = parse(model, tokenizer, sentences, batch_size)
+    """Parse `sentences` (words separated by spaces, as in the gold trees; `decoding`: `num_beams`, `length_penalty`
+    of `parse`), repair malformed outputs, and score them: (bracket scores plus `well_formed` percent, generated
+    linearizations)."""
+    generated = parse(model, tokenizer, sentences, batch_size, **decoding)
     repaired = [tree_from_linearized(text, gold.words()) for text, gold in zip(generated, gold_trees, strict=True)]
     scores = bracket_scores([tree for tree, _ in repaired], gold_trees)
     scores["well_formed"] = 100 * sum(well_formed for _, well_formed in repaired) / len(repaired)
@@ -145,6 +152,8 @@ def evaluate_parsing_run(
     metrics_file: str | os.PathLike | None = None,
     limit: int | None = None,
     batch_size: int = 16,
+    num_beams: int = PARSING_NUM_BEAMS,
+    length_penalty: float = PARSING_LENGTH_PENALTY,
 ) -> dict:
     """Score a saved parser on a treebank split beside the right-branching baseline; optionally write the metrics
     JSON (numbers only: no treebank text)."""
@@ -154,13 +163,16 @@ def evaluate_parsing_run(
     baseline = bracket_scores([right_branching_tree(t.words(), label) for t in gold], gold)
     model = AutoModelForSeq2SeqLM.from_pretrained(model_name_or_path)
     tokenizer = load_tokenizer(model_name_or_path)
-    scores, _ = evaluate_parser(model, tokenizer, [" ".join(t.words()) for t in gold], gold, batch_size)
+    sentences = [" ".join(t.words()) for t in gold]
+    scores, _ = evaluate_parser(
+        model, tokenizer, sentences, gold, batch_size, num_beams=num_beams, length_penalty=length_penalty
+    )
     metrics = {
         "model": str(model_name_or_path),
         "split": split,
         "decoding": {
-            "num_beams": PARSING_NUM_BEAMS,
-            "length_penalty": PARSING_LENGTH_PENALTY,
+            "num_beams": num_beams,
+            "length_penalty": length_penalty,
             "max_new_tokens": f"source length + {PARSING_LENGTH_OFFSET}",
         },
         "parser": scores,
