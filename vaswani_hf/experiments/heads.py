@@ -52,8 +52,8 @@ def run_heads(budget: Budget, output_dir: str | Path, task: Multi30kTask) -> dic
     findings = [
         f"d_model {d_model}, {budget.train_steps} training steps per model. Lowest validation loss "
         f"{results[best]['validation_loss']:.3f} with {best} heads; one head {results[1]['validation_loss']:.3f}, "
-        f"{HEADS[-1]} heads {results[HEADS[-1]]['validation_loss']:.3f}. Greedy BLEU: "
-        + ", ".join(f"{h} heads {r['bleu']:.2f}" for h, r in results.items())
+        f"{HEADS[-1]} heads {results[HEADS[-1]]['validation_loss']:.3f}. Greedy BLEU by number of heads: "
+        + ", ".join(f"{h}: {r['bleu']:.2f}" for h, r in results.items())
         + ".",
     ]
     disagreements = []

@@ -15,22 +15,30 @@ from .measures import ATTENTION_KINDS, attention_entropy, attention_weights, sav
 from .multi30k import Multi30kTask
 
 MAX_SOURCE_TOKENS = 14  # a sentence whose tokens fit as readable tick labels
+EXTRA_OUTPUT_TOKENS = 6  # an output at most this much longer than its source, for the same reason
 
 
 def _labels(tokenizer, ids: list[int]) -> list[str]:
-    # byte-level BPE marks a leading space with "Ġ"; show it as the paper's figures show word starts
-    return [token.replace("Ġ", "_") for token in tokenizer.convert_ids_to_tokens(ids)]
+    # each token decoded alone: readable text rather than byte-level symbols (a character split over two tokens
+    # shows as a replacement mark)
+    return [tokenizer.decode([token]).strip() or "_" for token in ids]
 
 
 def run_pictures(budget: Budget, output_dir: str | Path, task: Multi30kTask) -> dict:
-    """Writes `pictures.json` and `pictures_{encoder,decoder,cross}.png`; returns the JSON's content."""
+    """Writes `pictures.json` and `pictures_{encoder,decoder,cross}.png`; returns the JSON's content. The output is
+    greedy, cut at the source length + `EXTRA_OUTPUT_TOKENS` tokens."""
     output_dir = Path(output_dir)
     model = task.trained().model.eval()
     test = task.data["test"]
     index = next((i for i, n in enumerate(test["source_length"]) if n <= MAX_SOURCE_TOKENS), 0)
     source = test[index]["input_ids"]
     input_ids = torch.tensor([source])
-    generated = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), num_beams=1)
+    generated = model.generate(
+        input_ids=input_ids,
+        attention_mask=torch.ones_like(input_ids),
+        num_beams=1,
+        max_new_tokens=len(source) + EXTRA_OUTPUT_TOKENS,
+    )
     output = generated[0, 1:].tolist()  # without the start token, ending in </s>
     weights = attention_weights(
         model, {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "labels": torch.tensor([output])}
@@ -49,12 +57,14 @@ def run_pictures(budget: Budget, output_dir: str | Path, task: Multi30kTask) -> 
         entropies[kind] = [
             attention_entropy(layer, torch.ones(layer.shape[:1] + layer.shape[2:3])).tolist() for layer in layers
         ]
-        figure, axes = plt.subplots(len(layers), heads, figsize=(3.2 * heads, 3.2 * len(layers)), squeeze=False)
+        figure, axes = plt.subplots(
+            len(layers), heads, figsize=(3.2 * heads, 3.4 * len(layers)), squeeze=False, layout="constrained"
+        )
         rows, columns = axes_labels[kind]
         for layer, layer_weights in enumerate(layers):
             for head in range(heads):
                 axis = axes[layer][head]
-                axis.imshow(layer_weights[0, head].numpy(), cmap="Blues", vmin=0, vmax=1)
+                axis.imshow(layer_weights[0, head].numpy(), cmap="Blues", vmin=0, vmax=1, aspect="auto")
                 axis.set_title(f"layer {layer + 1} head {head + 1}", fontsize=8)
                 axis.set_xticks(range(len(columns)), columns, rotation=90, fontsize=6)
                 axis.set_yticks(range(len(rows)), rows, fontsize=6)
@@ -75,7 +85,8 @@ def run_pictures(budget: Budget, output_dir: str | Path, task: Multi30kTask) -> 
         "paper": "Heads learn distinct behaviours: long-distance dependencies, anaphora resolution, heads "
         "related to sentence structure (Figures 3-5, layer 5 of 6 of a trained base model).",
         "findings": [
-            f'Test sentence {index}: "{pair["en"]}" -> greedy "{translation}" (reference "{pair["de"]}").',
+            f'Test sentence {index}: "{pair["en"]}" -> greedy, cut at {EXTRA_OUTPUT_TOKENS} tokens more than the '
+            f'source: "{translation}" (reference "{pair["de"]}").',
             "Most-attended source token of each output token, last decoder layer, mean over heads: "
             + ", ".join(f"{t}->{s}" for t, s in alignment)
             + ".",
