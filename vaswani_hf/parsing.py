@@ -25,7 +25,7 @@ from transformers import AutoModelForSeq2SeqLM, PreTrainedModel, PreTrainedToken
 
 from .evaluation import translate, write_json
 from .tokenization import load_tokenizer
-from .treebank import UNKNOWN_TAG, Tree, read_treebank, tree_from_linearized
+from .treebank import UNKNOWN_TAG, Tree, linearized_words, read_treebank, tree_from_linearized
 
 EVALB_DELETED_TAGS = frozenset({",", ":", "``", "''", "."})
 EVALB_EQUAL_LABELS = {"PRT": "ADVP"}
@@ -136,12 +136,14 @@ def evaluate_parser(
     **decoding,
 ) -> tuple[dict, list[str]]:
     """Parse `sentences` (words separated by spaces, as in the gold trees; `decoding`: `num_beams`, `length_penalty`
-    of `parse`), repair malformed outputs, and score them: (bracket scores plus `well_formed` percent, generated
-    linearizations)."""
+    of `parse`), repair malformed outputs, and score them: (bracket scores plus the percent of `well_formed` outputs
+    and of outputs whose leaves are exactly the sentence's words, `words_copied`; generated linearizations)."""
     generated = parse(model, tokenizer, sentences, batch_size, **decoding)
     repaired = [tree_from_linearized(text, gold.words()) for text, gold in zip(generated, gold_trees, strict=True)]
     scores = bracket_scores([tree for tree, _ in repaired], gold_trees)
     scores["well_formed"] = 100 * sum(well_formed for _, well_formed in repaired) / len(repaired)
+    copied = [linearized_words(text) == gold.words() for text, gold in zip(generated, gold_trees, strict=True)]
+    scores["words_copied"] = 100 * sum(copied) / len(copied)
     return scores, generated
 
 

@@ -109,8 +109,9 @@ def tree_from_linearized(text: str, words: list[str]) -> tuple[Tree, bool]:
     a `)` with nothing open is dropped, brackets left open are closed at the end, several top-level trees are
     joined under an `S` root, any leaf token counts as a word slot, slots beyond the sentence's words are dropped,
     constituents left without words are dropped, and words without a slot are attached to the root. The text is
-    well formed when it is, token for token, the linearization of the tree returned (preterminals get the tag `XX`):
-    balanced, one root, no empty constituent, and exactly the sentence's words in order.
+    well formed when its brackets are, token for token, those of the tree returned (preterminals get the tag `XX`):
+    balanced, one root, no empty constituent, and as many leaves as words. The leaves' text is not checked (the
+    tree takes the sentence's words; `linearized_words` gives the generated ones).
     """
     if not words:
         raise ValueError("a tree needs at least one word")
@@ -138,7 +139,16 @@ def tree_from_linearized(text: str, words: list[str]) -> tuple[Tree, bool]:
         root = Tree(REPAIR_ROOT_LABEL, missing)
     elif missing:
         root = Tree(root.label, root.children + missing)
-    return root, linearize(root) == " ".join(tokens)
+    return root, _shape(linearize(root).split()) == _shape(tokens)
+
+
+def _shape(tokens: list[str]) -> list[str]:
+    return [token if token.startswith("(") or token == ")" else "" for token in tokens]
+
+
+def linearized_words(text: str) -> list[str]:
+    """The leaves of a linearized tree, in order: the words a model generated."""
+    return [token for token in _BRACKET_TOKEN.findall(text) if not token.startswith("(") and token != ")"]
 
 
 def _build(label: str, children: list, words: Iterator[str]) -> Tree | None:
@@ -156,7 +166,8 @@ def _build(label: str, children: list, words: Iterator[str]) -> Tree | None:
 
 
 def delinearize(text: str, words: list[str]) -> Tree:
-    """The tree of a well-formed linearization over `words` (preterminals tagged `XX`); a ValueError otherwise."""
+    """The tree of a well-formed linearization over `words` (preterminals tagged `XX`, leaves taken from `words`); a
+    ValueError otherwise."""
     tree, well_formed = tree_from_linearized(text, words)
     if not well_formed:
         raise ValueError(f"not a well-formed linearized tree over {len(words)} words: {text!r}")
