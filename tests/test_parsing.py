@@ -168,6 +168,7 @@ def test_evaluate_parser_decodes_with_the_papers_parsing_settings(treebank):
     sentences = [" ".join(t.words()) for t in gold]
     tokenizer = train_tokenizer(sentences + [linearize(t) for t in gold], vocab_size=300)
     model = tiny_model(vocab_size=len(tokenizer))
+    model.generation_config.max_length = 20  # as Seq2SeqTrainer's evaluation leaves it: not the parsing limit
     used = []
     generate = model.generate
 
@@ -177,7 +178,12 @@ def test_evaluate_parser_decodes_with_the_papers_parsing_settings(treebank):
 
     model.generate = recording_generate
     scores, generated = evaluate_parser(model, tokenizer, sentences, gold)
-    assert [(c.num_beams, c.length_penalty, c.max_new_tokens_offset) for c in used] == [(21, 0.3, 300)]
+    assert [(c.num_beams, c.length_penalty, c.max_new_tokens_offset, c.max_length) for c in used] == [
+        (21, 0.3, 300, None)
+    ]
+    sources = [len(ids) for ids in tokenizer(sentences)["input_ids"]]
+    outputs = [len(ids) for ids in tokenizer(generated)["input_ids"]]
+    assert max(outputs) > max(sources) + 50  # a random model decodes past the translation limit (source + 50)
     assert model.generation_config.num_beams == 4  # the model's own translation defaults are untouched
     assert len(generated) == 2 and 0.0 <= scores["well_formed"] <= 100.0 and 0.0 <= scores["words_copied"] <= 100.0
     assert scores["sentences"] == 2 and scores["gold_brackets"] == bracket_scores(gold, gold)["matched_brackets"]

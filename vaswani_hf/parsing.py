@@ -124,6 +124,9 @@ def parse(
     config.num_beams = num_beams
     config.length_penalty = length_penalty
     config.max_new_tokens_offset = PARSING_LENGTH_OFFSET
+    # A saved generation config may hold a fixed length (Seq2SeqTrainer's evaluation wrote max_length=20 into ours);
+    # any fixed length would replace the per-sentence limit in generate.
+    config.max_length = config.max_new_tokens = None
     return translate(model, tokenizer, sentences, batch_size=batch_size, generation_config=config)
 
 
