@@ -210,3 +210,16 @@ def test_bf16_mixed_precision_trains_with_float32_master_weights(tmp_path):
     initial = tiny_model(seed=5)(**batch).loss.item()
     assert losses[True] < 0.9 * initial and losses[False] < 0.9 * initial, (initial, losses)
     assert losses[True] == pytest.approx(losses[False], rel=0.05)
+
+
+def test_evaluation_leaves_the_generation_config_as_it_was(tmp_path):
+    """Seq2SeqTrainer fills the model's generation config with defaults (max_length 20) when it evaluates with
+    generate; that would replace the per-sentence length limit (source + 50, Sec. 6.1) in every later generate()
+    and in the saved model."""
+    model = tiny_model()
+    before = model.generation_config.to_dict()
+    trainer = trainer_for(tmp_path, model, per_device_eval_batch_size=8)
+    trainer.compute_metrics = lambda prediction: {}  # with metrics to compute, evaluation generates
+    trainer.evaluate(eval_dataset=reversal_dataset(16).remove_columns(["source_length", "target_length"]))
+    assert model.generation_config.max_length is None
+    assert model.generation_config.to_dict() == before

@@ -2,6 +2,7 @@
 Eq. 3, label smoothing, checkpoints written so that a kill never leaves one that loads but is wrong, checkpoint
 averaging (Sec. 6.1), sacreBLEU evaluation, and a JSON / PNG record of the run."""
 
+import copy
 import json
 import logging
 import os
@@ -232,6 +233,16 @@ class VaswaniTrainer(Seq2SeqTrainer):
         )
         # accelerate wraps the batch sampler in a BatchSamplerShard: process r takes batches r, r + n, ...
         return self.accelerator.prepare(loader)
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None, **gen_kwargs):
+        # Seq2SeqTrainer fills the model's generation config with transformers' defaults after generating, max_length
+        # 20 among them; that fixed length would then replace the per-sentence limit (Sec. 6.1) in every later
+        # generate() and in the saved model. The config is kept as it was.
+        kept = copy.deepcopy(self.model.generation_config)
+        try:
+            return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys, **gen_kwargs)
+        finally:
+            self.model.generation_config = kept
 
     def _save_checkpoint(self, model, trial) -> None:
         super()._save_checkpoint(model, trial)
