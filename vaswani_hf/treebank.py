@@ -8,7 +8,7 @@ higher than keeping them, and EVALB does not score them). Two changes, both for 
   which tells its cross-attention where in the sentence it is; with `XX` it must count words, and our small model
   trained on this data produced trees that ignored the sentence (docs/parsing/report.md);
 - closing brackets are unlabeled (`)` rather than `)NP`): the label is implied by the matching opening bracket.
-`Pierre Vinken , 61 years old ,` -> `(NP (NP Pierre Vinken ) , (ADJP (NP 61 years ) old ) , )`.
+`The cat sat on the mat .` -> `(S (NP The cat ) (VP sat (PP on (NP the mat ) ) ) . )`.
 Scoring needs no word from the output: the k-th leaf of a generated tree is the sentence's k-th word.
 """
 
