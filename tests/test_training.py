@@ -167,7 +167,9 @@ def test_shipped_recipes_parse(recipe):
     values = {**values, "use_cpu": True, "bf16": False}
     model_args, data_args, training_args = parser.parse_dict(values)
     assert training_args.lr_schedule == "eq3" and training_args.label_smoothing_factor == 0.1
-    assert data_args.source_lang == "en" and data_args.target_lang in {"de", "fr"}
+    # translation into German or French, or parsing into linearized trees (Sec. 6.3)
+    assert data_args.source_lang == "en" and data_args.target_lang in {"de", "fr", "tree"}
+    assert (data_args.target_lang == "tree") == data_args.dataset.endswith("treebank.zip")
     VaswaniConfig.from_preset(model_args.preset, **parse_overrides(model_args.config_overrides))
 
 
