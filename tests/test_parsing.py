@@ -168,7 +168,7 @@ def test_evaluate_parser_decodes_with_the_papers_parsing_settings(treebank):
     sentences = [" ".join(t.words()) for t in gold]
     tokenizer = train_tokenizer(sentences + [linearize(t) for t in gold], vocab_size=300)
     model = tiny_model(vocab_size=len(tokenizer))
-    model.generation_config.max_length = 20  # as Seq2SeqTrainer's evaluation leaves it: not the parsing limit
+    model.generation_config.max_length = 20  # as older runs saved it: not the parsing limit
     used = []
     generate = model.generate
 

@@ -124,8 +124,8 @@ def parse(
     config.num_beams = num_beams
     config.length_penalty = length_penalty
     config.max_new_tokens_offset = PARSING_LENGTH_OFFSET
-    # A saved generation config may hold a fixed length (Seq2SeqTrainer's evaluation wrote max_length=20 into ours);
-    # any fixed length would replace the per-sentence limit in generate.
+    # Sec. 6.3's per-sentence limit replaces any fixed length a saved generation config holds (models trained before
+    # VaswaniTrainer kept Seq2SeqTrainer from writing max_length=20 into it hold one).
     config.max_length = config.max_new_tokens = None
     return translate(model, tokenizer, sentences, batch_size=batch_size, generation_config=config)
 
