@@ -32,7 +32,7 @@ RUN_FILES = {
     "metrics.json": "the evaluation results written by train()",
 }
 OPTIONAL_RUN_FILES = ("training_curves.png",)
-CODE_FILES = ("configuration_vaswani.py", "modeling_vaswani.py", "pipeline_vaswani.py")
+CODE_FILES = ("configuration_vaswani.py", "generation_vaswani.py", "modeling_vaswani.py", "pipeline_vaswani.py")
 REPO_FILES = (*RUN_FILES, "README.md", *CODE_FILES)
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 # Hub license identifiers a translation model is likely to carry; the Hub rejects free text like "Apache 2.0".

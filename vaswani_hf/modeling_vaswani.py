@@ -4,7 +4,8 @@ Read top to bottom: positions (Sec. 3.5), attention (Sec. 3.2), feed-forward (Se
 decoder layers (Sec. 3.1), the stacks, then the encoder-decoder with its tied output projection (Sec. 3.4).
 
 This file is uploaded with published models for `trust_remote_code=True`: it imports only `transformers`, `torch`,
-`safetensors` (a dependency of transformers) and its sibling `configuration_vaswani`, through a relative import.
+`safetensors` (a dependency of transformers) and its siblings `configuration_vaswani` and `generation_vaswani`,
+through relative imports.
 """
 
 import math
@@ -13,7 +14,14 @@ from collections.abc import Callable
 import torch
 from safetensors import SafetensorError, safe_open
 from torch import nn
-from transformers import GenerationConfig, GenerationMixin, LogitsProcessor, LogitsProcessorList, PreTrainedModel
+from transformers import (
+    GenerationConfig,
+    GenerationMixin,
+    LogitsProcessor,
+    LogitsProcessorList,
+    PreTrainedModel,
+    StoppingCriteriaList,
+)
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
@@ -32,6 +40,7 @@ from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
 from .configuration_vaswani import VaswaniConfig
+from .generation_vaswani import beam_search, fast_decoding_applies, greedy_search
 
 
 class VaswaniSinusoidalPositionalEncoding(nn.Module):
@@ -193,6 +202,11 @@ class VaswaniAttention(nn.Module):
             query, key, value = self._heads(self.qkv_proj(hidden_states), 3)
             if cache is not None:
                 key, value = cache.self_attention_cache.update(key, value, self.layer_idx)
+
+        sources = key.shape[0]
+        if sources != batch:  # beam search stores each source once for all its beams (generation_vaswani.py)
+            query = query.reshape(sources, batch // sources, self.num_heads, length, self.head_dim).transpose(1, 2)
+            query = query.reshape(sources, self.num_heads, -1, self.head_dim)
 
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention_forward
@@ -667,6 +681,39 @@ class VaswaniForConditionalGeneration(VaswaniPreTrainedModel, GenerationMixin):
         )
         kwargs["max_new_tokens"] = int(max_target_lengths.max()) + 1
         return super().generate(inputs, generation_config, processors, **kwargs)
+
+    def _sample(
+        self,
+        input_ids: torch.LongTensor,
+        logits_processor: LogitsProcessorList,
+        stopping_criteria: StoppingCriteriaList,
+        generation_config: GenerationConfig,
+        synced_gpus: bool = False,
+        streamer=None,
+        **model_kwargs,
+    ):
+        """Greedy decoding through generation_vaswani.py when it applies, else `GenerationMixin`'s (sampling, ...)."""
+        if fast_decoding_applies(generation_config, model_kwargs, synced_gpus, streamer):
+            return greedy_search(self, input_ids, logits_processor, stopping_criteria, generation_config, model_kwargs)
+        return super()._sample(
+            input_ids, logits_processor, stopping_criteria, generation_config, synced_gpus, streamer, **model_kwargs
+        )
+
+    def _beam_search(
+        self,
+        input_ids: torch.LongTensor,
+        logits_processor: LogitsProcessorList,
+        stopping_criteria: StoppingCriteriaList,
+        generation_config: GenerationConfig,
+        synced_gpus: bool = False,
+        **model_kwargs,
+    ):
+        """Beam search through generation_vaswani.py when it applies, else `GenerationMixin`'s."""
+        if fast_decoding_applies(generation_config, model_kwargs, synced_gpus, None):
+            return beam_search(self, input_ids, logits_processor, stopping_criteria, generation_config, model_kwargs)
+        return super()._beam_search(
+            input_ids, logits_processor, stopping_criteria, generation_config, synced_gpus, **model_kwargs
+        )
 
 
 __all__ = [

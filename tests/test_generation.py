@@ -1,0 +1,131 @@
+"""generation_vaswani.py: greedy and beam search give transformers' own results while doing less work."""
+
+from unittest import mock
+
+import pytest
+import torch
+from conftest import padded_batch, tiny_model
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from transformers import GenerationMixin
+from transformers.generation.logits_process import MinLengthLogitsProcessor, MinNewTokensLengthLogitsProcessor
+
+import vaswani_hf.modeling_vaswani as modeling
+from vaswani_hf.generation_vaswani import SuppressEndOfSentenceLogitsProcessor
+
+
+def generate_with_each_loop(model, batch: dict, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same call through our loops and through GenerationMixin's; fails if ours did not run."""
+    decided = []
+
+    def applies(*args):
+        decided.append(fast_decoding_applies(*args))
+        return decided[-1]
+
+    fast_decoding_applies = modeling.fast_decoding_applies
+    with mock.patch.object(modeling, "fast_decoding_applies", applies):
+        ours = model.generate(**batch, **kwargs)
+    assert decided == [True], "generate did not take the fast loop"
+    with mock.patch.object(modeling, "fast_decoding_applies", lambda *args: False):
+        theirs = model.generate(**batch, **kwargs)
+    return ours, theirs
+
+
+decoding_settings = st.fixed_dictionaries(
+    {
+        "num_beams": st.integers(1, 5),
+        "max_new_tokens": st.sampled_from([1, 4, 12]),
+        "min_new_tokens": st.sampled_from([0, 3]),
+        "length_penalty": st.sampled_from([0.6, 1.0, 0.0, -0.5]),
+        "early_stopping": st.sampled_from([True, False, "never"]),
+        "no_repeat_ngram_size": st.sampled_from([0, 2]),
+        "return_fraction": st.floats(0.0, 1.0),
+    }
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(decoding_settings, st.integers(0, 3))
+def test_greedy_and_beam_search_give_the_tokens_of_transformers_loops(reversal_model, options, batch_seed):
+    options = dict(options)
+    num_return = 1 + int(options.pop("return_fraction") * (options["num_beams"] - 1))
+    if options["num_beams"] == 1:
+        for beam_only in ("length_penalty", "early_stopping"):
+            options.pop(beam_only)
+    ours, theirs = generate_with_each_loop(
+        reversal_model, padded_batch(batch_seed), num_return_sequences=num_return, **options
+    )
+    assert torch.equal(ours, theirs)
+
+
+@pytest.mark.parametrize("num_beams", [1, 4])
+def test_the_default_decoding_with_its_source_length_limit_matches_transformers(reversal_model, num_beams):
+    # Sec. 6.1 defaults: beam 4, length penalty 0.6, source length + 50 (our own logits processor), ends with </s>.
+    ours, theirs = generate_with_each_loop(reversal_model, padded_batch(5), num_beams=num_beams)
+    assert torch.equal(ours, theirs)
+    assert (ours == reversal_model.config.eos_token_id).any(dim=1).all()
+
+
+def test_a_random_model_with_a_tiny_vocabulary_matches_transformers_even_when_beams_tie():
+    # Twelve tokens: beams collide on equal hypotheses and end-of-sentence often wins early.
+    model = tiny_model(seed=4, vocab_size=12)
+    batch = padded_batch(1, vocab_size=12)
+    for num_beams in (1, 2, 5):
+        ours, theirs = generate_with_each_loop(model, batch, num_beams=num_beams, max_new_tokens=15)
+        assert torch.equal(ours, theirs)
+
+
+def test_beam_search_projects_each_source_once_for_all_its_beams(reversal_model):
+    rows_projected = []
+    hook = reversal_model.model.decoder.layers[0].cross_attn.kv_proj.register_forward_hook(
+        lambda module, args, output: rows_projected.append(args[0].shape[0])
+    )
+    try:
+        reversal_model.generate(**padded_batch(0), num_beams=4, max_new_tokens=5)
+    finally:
+        hook.remove()
+    assert rows_projected == [3], "cross-attention keys/values: once, one row per sentence"
+
+
+def test_the_first_beam_step_runs_once_per_sentence(reversal_model):
+    rows_decoded = []
+    hook = reversal_model.lm_head.register_forward_hook(lambda module, args, output: rows_decoded.append(len(args[0])))
+    try:
+        reversal_model.generate(**padded_batch(0), num_beams=4, min_new_tokens=3, max_new_tokens=3)
+    finally:
+        hook.remove()
+    assert rows_decoded == [3, 12, 12]
+
+
+@pytest.mark.parametrize(
+    ("options", "num_beams"),
+    [
+        ({"do_sample": True, "top_k": 5}, 1),
+        ({"return_dict_in_generate": True, "output_scores": True}, 1),
+        ({"return_dict_in_generate": True, "output_scores": True}, 3),
+        ({"cache_implementation": "static"}, 1),
+        ({"cache_implementation": "static"}, 3),
+        ({"use_cache": False}, 3),
+    ],
+    ids=["sampling", "scores-greedy", "scores-beam", "static-greedy", "static-beam", "no-cache-beam"],
+)
+def test_other_requests_run_through_transformers_loops(reversal_model, options, num_beams):
+    generic = {1: "_sample", 3: "_beam_search"}[num_beams]
+    original = getattr(GenerationMixin, generic)
+    with mock.patch.object(GenerationMixin, generic, autospec=True, side_effect=original) as spy:
+        reversal_model.generate(**padded_batch(0), num_beams=num_beams, max_new_tokens=4, **options)
+    assert spy.call_count == 1
+
+
+def test_in_place_end_of_sentence_suppression_equals_transformers_processors():
+    eos = torch.tensor([2, 5])
+    scores = torch.randn(6, 11)
+    for prompt_length in (3, 4, 6):
+        input_ids = torch.ones(6, prompt_length, dtype=torch.long)
+        for theirs, min_length in (
+            (MinLengthLogitsProcessor(5, eos), 5),
+            (MinNewTokensLengthLogitsProcessor(1, 4, eos), 1 + 4),
+        ):
+            expected = theirs(input_ids, scores)
+            ours = SuppressEndOfSentenceLogitsProcessor(min_length, eos)(input_ids, scores.clone())
+            assert torch.equal(ours, expected)

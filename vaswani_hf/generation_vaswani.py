@@ -1,0 +1,245 @@
+"""Greedy and beam search for the Transformer as `generate()` runs them (Sec. 6.1: beam 4, length penalty 0.6).
+
+`GenerationMixin`'s loops serve every model; for an encoder-decoder they do work whose result is known in advance.
+These loops skip it and change no result (tests compare them token for token with transformers' own loops):
+- the beams of a sentence share its source, so the cross-attention keys and values are computed and stored once per
+  sentence, not once per beam, and never reordered (beam search reorders only the decoder's self-attention cache);
+- before the first step every beam of a sentence is the same hypothesis, so the first step runs once per sentence;
+- suppressing end-of-sentence below a minimum length writes one column, instead of copying all scores twice;
+- the decoder runs on the new token only and the output projection on its position, with no per-step bookkeeping
+  of model arguments.
+Which beams survive, the length penalty, early stopping and the finished hypotheses are decided by transformers' own
+beam-search helpers, so the search itself is theirs. Anything else (sampling, returned scores or attentions, static
+caches, several devices, streamers) runs through `GenerationMixin` unchanged.
+
+This file is uploaded with published models for `trust_remote_code=True`, beside `modeling_vaswani.py`.
+"""
+
+import math
+
+import torch
+from torch import nn
+from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, StoppingCriteriaList
+from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+from transformers.generation.logits_process import MinLengthLogitsProcessor, MinNewTokensLengthLogitsProcessor
+
+
+class SuppressEndOfSentenceLogitsProcessor(LogitsProcessor):
+    """End-of-sentence impossible while hypotheses are shorter than `min_length` (prompt included), written in place:
+    the same scores as transformers' `MinLengthLogitsProcessor` / `MinNewTokensLengthLogitsProcessor`."""
+
+    def __init__(self, min_length: int, eos_token_id: torch.Tensor):
+        self.min_length = min_length
+        self.eos_token_id = eos_token_id
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if input_ids.shape[-1] < self.min_length:
+            scores[:, self.eos_token_id] = -math.inf
+        return scores
+
+
+def _in_place_processors(processors: LogitsProcessorList) -> LogitsProcessorList:
+    """The same processors, with the minimum-length ones replaced by their in-place equivalent."""
+    replaced = LogitsProcessorList()
+    for processor in processors:
+        if type(processor) is MinLengthLogitsProcessor:
+            processor = SuppressEndOfSentenceLogitsProcessor(processor.min_length, processor.eos_token_id)
+        elif type(processor) is MinNewTokensLengthLogitsProcessor:
+            processor = SuppressEndOfSentenceLogitsProcessor(
+                processor.prompt_length_to_skip + processor.min_new_tokens, processor.eos_token_id
+            )
+        replaced.append(processor)
+    return replaced
+
+
+def fast_decoding_applies(generation_config: GenerationConfig, model_kwargs: dict, synced_gpus: bool, streamer) -> bool:
+    """Whether these loops can run this `generate` call: deterministic search over a fresh dynamic cache, returning
+    only the token ids, on one device."""
+    cache = model_kwargs.get("cache")
+    return (
+        not generation_config.do_sample
+        and not generation_config.return_dict_in_generate
+        and not generation_config.is_assistant
+        and not synced_gpus
+        and streamer is None
+        and bool(model_kwargs.get("use_cache"))
+        and "encoder_outputs" in model_kwargs
+        and model_kwargs.get("decoder_attention_mask") is None
+        and isinstance(cache, EncoderDecoderCache)
+        and type(cache.self_attention_cache) is DynamicCache
+        and type(cache.cross_attention_cache) is DynamicCache
+        and cache.get_seq_length() == 0
+    )
+
+
+def _next_token_scores(
+    model: nn.Module,
+    decoder_input_ids: torch.LongTensor,
+    encoder_hidden_states: torch.Tensor,
+    source_mask: torch.Tensor | None,
+    cache: EncoderDecoderCache,
+) -> torch.Tensor:
+    """Float32 logits of the next token per row: the decoder on the tokens not yet in the cache, the output projection
+    (Sec. 3.4) on the last position only."""
+    hidden_states = model.get_decoder()(
+        input_ids=decoder_input_ids,
+        encoder_hidden_states=encoder_hidden_states,
+        encoder_attention_mask=source_mask,
+        cache=cache,
+        use_cache=True,
+    ).last_hidden_state
+    return model.lm_head(hidden_states[:, -1]).float()
+
+
+def _sources(model_kwargs: dict, rows: torch.Tensor | slice) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The encoder output and source padding mask of the given rows of `generate`'s (expanded) batch."""
+    source_mask = model_kwargs.get("attention_mask")
+    return model_kwargs["encoder_outputs"].last_hidden_state[rows], None if source_mask is None else source_mask[rows]
+
+
+def greedy_search(
+    model: nn.Module,
+    input_ids: torch.LongTensor,
+    logits_processor: LogitsProcessorList,
+    stopping_criteria: StoppingCriteriaList,
+    generation_config: GenerationConfig,
+    model_kwargs: dict,
+) -> torch.LongTensor:
+    """Greedy decoding with `GenerationMixin._sample`'s results: the highest-scoring token each step, padding after
+    a row has finished."""
+    processors = _in_place_processors(logits_processor)
+    encoder_hidden_states, source_mask = _sources(model_kwargs, slice(None))
+    cache = model_kwargs["cache"]
+    pad_token_id = generation_config._pad_token_tensor
+    has_eos_stopping_criteria = any(hasattr(criteria, "eos_token_id") for criteria in stopping_criteria)
+    unfinished = torch.ones(input_ids.shape[0], dtype=torch.long, device=input_ids.device)
+    new_ids = input_ids
+    while True:
+        scores = _next_token_scores(model, new_ids, encoder_hidden_states, source_mask, cache)
+        next_tokens = processors(input_ids, scores).argmax(dim=-1)
+        if has_eos_stopping_criteria:
+            next_tokens = next_tokens * unfinished + pad_token_id * (1 - unfinished)
+        input_ids = torch.cat([input_ids, next_tokens[:, None]], dim=-1)
+        unfinished = unfinished & ~stopping_criteria(input_ids, None)
+        if unfinished.max() == 0:
+            return input_ids
+        new_ids = next_tokens[:, None]
+
+
+def beam_search(
+    model: nn.Module,
+    input_ids: torch.LongTensor,
+    logits_processor: LogitsProcessorList,
+    stopping_criteria: StoppingCriteriaList,
+    generation_config: GenerationConfig,
+    model_kwargs: dict,
+) -> torch.LongTensor:
+    """Beam search with `GenerationMixin._beam_search`'s results. `input_ids` holds each sentence's prompt repeated
+    once per beam, as `generate` passes it; the selection steps are transformers' own helpers."""
+    num_beams = generation_config.num_beams
+    length_penalty = generation_config.length_penalty
+    early_stopping = generation_config.early_stopping
+    max_length = generation_config.max_length
+    eos_token_id = generation_config._eos_token_tensor
+    pad_token_id = generation_config._pad_token_tensor
+    batch_size = input_ids.shape[0] // num_beams
+    cur_len = prompt_len = input_ids.shape[1]
+    device = input_ids.device
+    # As transformers: keep (EOS count + 1) x num_beams candidates, so num_beams unfinished ones remain.
+    beams_to_keep = max(2, 1 + (eos_token_id.shape[0] if eos_token_id is not None else 0)) * num_beams
+    top_num_beam_mask = torch.arange(beams_to_keep, device=device) < num_beams
+    fill_value = pad_token_id or eos_token_id[0] if eos_token_id is not None else -1
+    running_sequences = torch.full((batch_size, num_beams, max_length), fill_value, dtype=torch.int64, device=device)
+    running_sequences[:, :, :cur_len] = input_ids.view(batch_size, num_beams, -1)
+    sequences = running_sequences.clone()
+    running_beam_scores = torch.zeros((batch_size, num_beams), device=device)
+    running_beam_scores[:, 1:] = -1e9  # only the first copy of each prompt is extended at the first step
+    beam_scores = torch.full((batch_size, num_beams), -1e9, device=device)
+    is_sent_finished = torch.zeros((batch_size, num_beams), dtype=torch.bool, device=device)
+    is_early_stop_heuristic_unsatisfied = torch.ones((batch_size, 1), dtype=torch.bool, device=device)
+    running_beam_indices = torch.full(
+        (batch_size, num_beams, max_length - cur_len), -1, dtype=torch.int32, device=device
+    )
+    beam_indices = running_beam_indices.clone()
+
+    processors = _in_place_processors(logits_processor)
+    cache = model_kwargs["cache"]
+    first_beams = torch.arange(batch_size, device=device) * num_beams
+    encoder_hidden_states, source_mask = _sources(model_kwargs, first_beams)
+    # The first step once per sentence: its beams are copies of one prompt, with the same scores.
+    scores = _next_token_scores(model, input_ids[first_beams], encoder_hidden_states, source_mask, cache)
+    log_probs = nn.functional.log_softmax(scores, dim=-1).repeat_interleave(num_beams, dim=0)
+    while True:
+        flat_running_sequences = running_sequences[:, :, :cur_len].reshape(batch_size * num_beams, cur_len)
+        if cur_len > prompt_len:
+            scores = _next_token_scores(
+                model, flat_running_sequences[:, -1:], encoder_hidden_states, source_mask, cache
+            )
+            log_probs = nn.functional.log_softmax(scores, dim=-1)
+        log_probs = processors(flat_running_sequences, log_probs)
+        log_probs = (log_probs.view(batch_size, num_beams, -1) + running_beam_scores[:, :, None]).view(batch_size, -1)
+
+        topk_log_probs, topk_running_sequences, topk_running_beam_indices = model._get_top_k_continuations(
+            accumulated_log_probs=log_probs,
+            running_sequences=running_sequences,
+            running_beam_indices=running_beam_indices,
+            cur_len=cur_len,
+            decoder_prompt_len=prompt_len,
+            do_sample=False,
+            beams_to_keep=beams_to_keep,
+            num_beams=num_beams,
+            batch_size=batch_size,
+        )
+        next_token_hits_stopping_criteria = stopping_criteria(
+            topk_running_sequences[:, :, : cur_len + 1].reshape(batch_size * beams_to_keep, -1), None
+        ).view(batch_size, beams_to_keep)
+        running_sequences, running_beam_scores, running_beam_indices = model._get_running_beams_for_next_iteration(
+            topk_log_probs=topk_log_probs,
+            topk_running_sequences=topk_running_sequences,
+            topk_running_beam_indices=topk_running_beam_indices,
+            next_token_hits_stopping_criteria=next_token_hits_stopping_criteria,
+            num_beams=num_beams,
+        )
+        sequences, beam_scores, beam_indices, is_sent_finished = model._update_finished_beams(
+            sequences=sequences,
+            topk_running_sequences=topk_running_sequences,
+            beam_scores=beam_scores,
+            topk_log_probs=topk_log_probs,
+            beam_indices=beam_indices,
+            topk_running_beam_indices=topk_running_beam_indices,
+            is_early_stop_heuristic_unsatisfied=is_early_stop_heuristic_unsatisfied,
+            is_sent_finished=is_sent_finished,
+            next_token_hits_stopping_criteria=next_token_hits_stopping_criteria,
+            top_num_beam_mask=top_num_beam_mask,
+            num_beams=num_beams,
+            cur_len=cur_len,
+            decoder_prompt_len=prompt_len,
+            length_penalty=length_penalty,
+            early_stopping=early_stopping,
+        )
+        beam_idx = running_beam_indices[..., cur_len - prompt_len].reshape(-1)
+        first_step = cur_len == prompt_len
+        cur_len += 1
+        is_early_stop_heuristic_unsatisfied = model._check_early_stop_heuristic(
+            is_early_stop_heuristic_unsatisfied=is_early_stop_heuristic_unsatisfied,
+            running_beam_scores=running_beam_scores,
+            beam_scores=beam_scores,
+            is_sent_finished=is_sent_finished,
+            cur_len=cur_len,
+            max_length=max_length,
+            decoder_prompt_len=prompt_len,
+            early_stopping=early_stopping,
+            length_penalty=length_penalty,
+        )
+        if not model._beam_search_has_unfinished_sequences(
+            is_early_stop_heuristic_unsatisfied, is_sent_finished, next_token_hits_stopping_criteria, early_stopping
+        ):
+            break
+        # The surviving beams' self-attention states; after the first step the cache holds one row per sentence.
+        cache.self_attention_cache.reorder_cache(beam_idx // num_beams if first_step else beam_idx)
+
+    num_return_sequences = generation_config.num_return_sequences
+    sequences = sequences[:, :num_return_sequences].reshape(batch_size * num_return_sequences, -1)
+    beam_indices = beam_indices[:, :num_return_sequences].reshape(batch_size * num_return_sequences, -1)
+    generated_length = (beam_indices + 1).bool().sum(dim=1).max()  # transformers' crop of the unused positions
+    return sequences[:, : prompt_len + generated_length]
