@@ -78,17 +78,23 @@ def _next_token_scores(
     encoder_hidden_states: torch.Tensor,
     source_mask: torch.Tensor | None,
     cache: EncoderDecoderCache,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Float32 logits of the next token per row: the decoder on the tokens not yet in the cache, the output projection
-    (Sec. 3.4) on the last position only."""
+    (Sec. 3.4) on the last position only. Given `out` (rows x vocabulary, float32), a float32 projection writes into
+    it: a fresh score matrix every step costs as much as the softmax over it."""
     hidden_states = model.get_decoder()(
         input_ids=decoder_input_ids,
         encoder_hidden_states=encoder_hidden_states,
         encoder_attention_mask=source_mask,
         cache=cache,
         use_cache=True,
-    ).last_hidden_state
-    return model.lm_head(hidden_states[:, -1]).float()
+    ).last_hidden_state[:, -1]
+    projection = model.lm_head
+    plain = type(projection) is nn.Linear and projection.bias is None  # not quantized, say
+    if out is not None and plain and projection.weight.dtype == hidden_states.dtype == out.dtype:
+        return torch.mm(hidden_states, projection.weight.t(), out=out)
+    return projection(hidden_states).float()
 
 
 def _sources(model_kwargs: dict, rows: torch.Tensor | slice) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -114,8 +120,9 @@ def greedy_search(
     has_eos_stopping_criteria = any(hasattr(criteria, "eos_token_id") for criteria in stopping_criteria)
     unfinished = torch.ones(input_ids.shape[0], dtype=torch.long, device=input_ids.device)
     new_ids = input_ids
+    scores_buffer = torch.empty(input_ids.shape[0], model.config.vocab_size, device=input_ids.device)
     while True:
-        scores = _next_token_scores(model, new_ids, encoder_hidden_states, source_mask, cache)
+        scores = _next_token_scores(model, new_ids, encoder_hidden_states, source_mask, cache, out=scores_buffer)
         next_tokens = processors(input_ids, scores).argmax(dim=-1)
         if has_eos_stopping_criteria:
             next_tokens = next_tokens * unfinished + pad_token_id * (1 - unfinished)
@@ -169,15 +176,16 @@ def beam_search(
     # The first step once per sentence: its beams are copies of one prompt, with the same scores.
     scores = _next_token_scores(model, input_ids[first_beams], encoder_hidden_states, source_mask, cache)
     log_probs = nn.functional.log_softmax(scores, dim=-1).repeat_interleave(num_beams, dim=0)
+    scores_buffer = torch.empty_like(log_probs)
     while True:
         flat_running_sequences = running_sequences[:, :, :cur_len].reshape(batch_size * num_beams, cur_len)
         if cur_len > prompt_len:
             scores = _next_token_scores(
-                model, flat_running_sequences[:, -1:], encoder_hidden_states, source_mask, cache
+                model, flat_running_sequences[:, -1:], encoder_hidden_states, source_mask, cache, out=scores_buffer
             )
-            log_probs = nn.functional.log_softmax(scores, dim=-1)
+            log_probs = torch.log_softmax(scores, dim=-1, out=scores)
         log_probs = processors(flat_running_sequences, log_probs)
-        log_probs = (log_probs.view(batch_size, num_beams, -1) + running_beam_scores[:, :, None]).view(batch_size, -1)
+        log_probs = log_probs.view(batch_size, num_beams, -1).add_(running_beam_scores[:, :, None]).view(batch_size, -1)
 
         topk_log_probs, topk_running_sequences, topk_running_beam_indices = model._get_top_k_continuations(
             accumulated_log_probs=log_probs,
