@@ -89,7 +89,9 @@ def test_beam_search_projects_each_source_once_for_all_its_beams(reversal_model)
 
 def test_the_first_beam_step_runs_once_per_sentence(reversal_model):
     rows_decoded = []
-    hook = reversal_model.lm_head.register_forward_hook(lambda module, args, output: rows_decoded.append(len(args[0])))
+    hook = reversal_model.model.decoder.layers[0].ffn.register_forward_hook(
+        lambda module, args, output: rows_decoded.append(len(args[0]))
+    )
     try:
         reversal_model.generate(**padded_batch(0), num_beams=4, min_new_tokens=3, max_new_tokens=3)
     finally:
