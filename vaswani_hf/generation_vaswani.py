@@ -6,8 +6,11 @@ These loops skip it and change no result (tests compare them token for token wit
   sentence, not once per beam, and never reordered (beam search reorders only the decoder's self-attention cache);
 - before the first step every beam of a sentence is the same hypothesis, so the first step runs once per sentence;
 - suppressing end-of-sentence below a minimum length writes one column, instead of copying all scores twice;
-- the decoder runs on the new token only and the output projection on its position, with no per-step bookkeeping
-  of model arguments.
+- the decoder's self-attention keys and values are written into buffers sized for the whole generation and
+  reordered between two of them: on a CPU, allocating fresh multi-megabyte tensors every step (concatenation, then
+  the reorder) costs more than the copies themselves;
+- the decoder runs on the new token only and the output projection on its position, into one reused score buffer,
+  with no per-step bookkeeping of model arguments.
 Which beams survive, the length penalty, early stopping and the finished hypotheses are decided by transformers' own
 beam-search helpers, so the search itself is theirs. Anything else (sampling, returned scores or attentions, static
 caches, several devices, streamers) runs through `GenerationMixin` unchanged.
@@ -20,7 +23,7 @@ import math
 import torch
 from torch import nn
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, StoppingCriteriaList
-from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+from transformers.cache_utils import Cache, DynamicCache, DynamicLayer, EncoderDecoderCache
 from transformers.generation.logits_process import MinLengthLogitsProcessor, MinNewTokensLengthLogitsProcessor
 
 
@@ -36,6 +39,50 @@ class SuppressEndOfSentenceLogitsProcessor(LogitsProcessor):
         if input_ids.shape[-1] < self.min_length:
             scores[:, self.eos_token_id] = -math.inf
         return scores
+
+
+class PreallocatedSelfAttentionLayer(DynamicLayer):
+    """A decoder self-attention cache layer whose keys and values live in buffers of `capacity` positions: each new
+    position is written in place, and a beam reorder copies into a second pair of buffers, which then swap."""
+
+    def __init__(self, capacity: int):
+        super().__init__()
+        self.capacity = capacity
+        self.spares: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def _buffers_like(self, states: torch.Tensor, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+        shape = (rows, states.shape[1], self.capacity, states.shape[3])
+        return tuple(torch.empty(shape, dtype=states.dtype, device=states.device) for _ in range(2))
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        self.device = key_states.device
+        self.buffers = self._buffers_like(key_states, key_states.shape[0])
+        self.keys, self.values = (buffer[:, :, :0] for buffer in self.buffers)
+        self.is_initialized = True
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        start = self.keys.shape[-2]
+        end = start + key_states.shape[-2]
+        self.buffers[0][:, :, start:end] = key_states
+        self.buffers[1][:, :, start:end] = value_states
+        self.keys, self.values = (buffer[:, :, :end] for buffer in self.buffers)
+        return self.keys, self.values
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        length = self.get_seq_length()
+        if length == 0:
+            return
+        if self.spares is None or self.spares[0].shape[0] != beam_idx.shape[0]:  # first use, or rows per sentence
+            self.spares = self._buffers_like(self.keys, beam_idx.shape[0])
+        targets, self.spares = self.spares, self.buffers
+        torch.index_select(self.keys, 0, beam_idx, out=targets[0][:, :, :length])
+        torch.index_select(self.values, 0, beam_idx, out=targets[1][:, :, :length])
+        self.buffers = targets
+        self.keys, self.values = (buffer[:, :, :length] for buffer in targets)
+        if self.spares[0].shape[0] != beam_idx.shape[0]:
+            self.spares = None
 
 
 def _in_place_processors(processors: LogitsProcessorList) -> LogitsProcessorList:
@@ -170,7 +217,10 @@ def beam_search(
     beam_indices = running_beam_indices.clone()
 
     processors = _in_place_processors(logits_processor)
-    cache = model_kwargs["cache"]
+    self_attention_cache = Cache(
+        layers=[PreallocatedSelfAttentionLayer(max_length) for _ in range(model.config.decoder_layers)]
+    )
+    cache = EncoderDecoderCache(self_attention_cache, model_kwargs["cache"].cross_attention_cache)
     first_beams = torch.arange(batch_size, device=device) * num_beams
     encoder_hidden_states, source_mask = _sources(model_kwargs, first_beams)
     # The first step once per sentence: its beams are copies of one prompt, with the same scores.
