@@ -6,9 +6,9 @@ These loops skip it and change no result (tests compare them token for token wit
   sentence, not once per beam, and never reordered (beam search reorders only the decoder's self-attention cache);
 - before the first step every beam of a sentence is the same hypothesis, so the first step runs once per sentence;
 - suppressing end-of-sentence below a minimum length writes one column, instead of copying all scores twice;
-- the decoder's self-attention keys and values are written into buffers sized for the whole generation and
-  reordered between two of them: on a CPU, allocating fresh multi-megabyte tensors every step (concatenation, then
-  the reorder) costs more than the copies themselves;
+- the decoder's self-attention keys and values are written into buffers sized for the whole generation, and beam
+  search reorders them between two such buffers: on a CPU, allocating fresh multi-megabyte tensors every step
+  (concatenation, then the reorder) costs more than the copies themselves;
 - the decoder runs on the new token only and the output projection on its position, into one reused score buffer,
   with no per-step bookkeeping of model arguments.
 Which beams survive, the length penalty, early stopping and the finished hypotheses are decided by transformers' own
@@ -144,6 +144,12 @@ def _next_token_scores(
     return projection(hidden_states).float()
 
 
+def _preallocated_cache(model: nn.Module, model_kwargs: dict, max_length: int) -> EncoderDecoderCache:
+    """`generate`'s cache with the decoder self-attention layers replaced by preallocated ones."""
+    layers = [PreallocatedSelfAttentionLayer(max_length) for _ in range(model.config.decoder_layers)]
+    return EncoderDecoderCache(Cache(layers=layers), model_kwargs["cache"].cross_attention_cache)
+
+
 def _sources(model_kwargs: dict, rows: torch.Tensor | slice) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The encoder output and source padding mask of the given rows of `generate`'s (expanded) batch."""
     source_mask = model_kwargs.get("attention_mask")
@@ -162,7 +168,7 @@ def greedy_search(
     a row has finished."""
     processors = _in_place_processors(logits_processor)
     encoder_hidden_states, source_mask = _sources(model_kwargs, slice(None))
-    cache = model_kwargs["cache"]
+    cache = _preallocated_cache(model, model_kwargs, generation_config.max_length)
     pad_token_id = generation_config._pad_token_tensor
     has_eos_stopping_criteria = any(hasattr(criteria, "eos_token_id") for criteria in stopping_criteria)
     unfinished = torch.ones(input_ids.shape[0], dtype=torch.long, device=input_ids.device)
@@ -217,10 +223,7 @@ def beam_search(
     beam_indices = running_beam_indices.clone()
 
     processors = _in_place_processors(logits_processor)
-    self_attention_cache = Cache(
-        layers=[PreallocatedSelfAttentionLayer(max_length) for _ in range(model.config.decoder_layers)]
-    )
-    cache = EncoderDecoderCache(self_attention_cache, model_kwargs["cache"].cross_attention_cache)
+    cache = _preallocated_cache(model, model_kwargs, max_length)
     first_beams = torch.arange(batch_size, device=device) * num_beams
     encoder_hidden_states, source_mask = _sources(model_kwargs, first_beams)
     # The first step once per sentence: its beams are copies of one prompt, with the same scores.
