@@ -11,7 +11,7 @@ from transformers import GenerationMixin
 from transformers.generation.logits_process import MinLengthLogitsProcessor, MinNewTokensLengthLogitsProcessor
 
 import vaswani_hf.modeling_vaswani as modeling
-from vaswani_hf.generation_vaswani import SuppressEndOfSentenceLogitsProcessor
+from vaswani_hf.generation_vaswani import PreallocatedSelfAttentionLayer, SuppressEndOfSentenceLogitsProcessor
 
 
 def generate_with_each_loop(model, batch: dict, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
@@ -131,3 +131,22 @@ def test_in_place_end_of_sentence_suppression_equals_transformers_processors():
             expected = theirs(input_ids, scores)
             ours = SuppressEndOfSentenceLogitsProcessor(min_length, eos)(input_ids, scores.clone())
             assert torch.equal(ours, expected)
+
+
+def test_the_preallocated_cache_appends_and_reorders_without_new_buffers():
+    layer = PreallocatedSelfAttentionLayer(capacity=6)
+    steps = [torch.randn(2, 3, 1, 4) for _ in range(3)]  # two sentences at first, one row each
+    layer.update(steps[0], -steps[0])
+    layer.reorder_cache(torch.tensor([0, 0, 1, 1]))  # two beams per sentence after the first step
+    keys, values = layer.update(steps[1].repeat_interleave(2, 0), -steps[1].repeat_interleave(2, 0))
+    assert keys.shape == (4, 3, 2, 4) and torch.equal(values, -keys)
+    assert torch.equal(keys[:, :, 0], steps[0].repeat_interleave(2, 0)[:, :, 0])
+    expected = keys.clone()
+    buffers = {buffer.data_ptr() for buffer in layer.buffers}
+    for step in range(4):
+        layer.reorder_cache(torch.tensor([1, 0, 3, 2]))  # swap the two beams of each sentence
+        assert torch.equal(layer.keys, expected[[1, 0, 3, 2]] if step % 2 == 0 else expected)
+        if step == 0:
+            buffers |= {buffer.data_ptr() for buffer in layer.buffers}
+        assert {buffer.data_ptr() for buffer in layer.buffers} <= buffers, "a reorder allocated new buffers"
+    assert layer.get_seq_length() == 2
