@@ -76,13 +76,11 @@ class PreallocatedSelfAttentionLayer(DynamicLayer):
             return
         if self.spares is None or self.spares[0].shape[0] != beam_idx.shape[0]:  # first use, or rows per sentence
             self.spares = self._buffers_like(self.keys, beam_idx.shape[0])
-        targets, self.spares = self.spares, self.buffers
+        targets = self.spares
         torch.index_select(self.keys, 0, beam_idx, out=targets[0][:, :, :length])
         torch.index_select(self.values, 0, beam_idx, out=targets[1][:, :, :length])
-        self.buffers = targets
+        self.spares, self.buffers = self.buffers, targets
         self.keys, self.values = (buffer[:, :, :length] for buffer in targets)
-        if self.spares[0].shape[0] != beam_idx.shape[0]:
-            self.spares = None
 
 
 def _in_place_processors(processors: LogitsProcessorList) -> LogitsProcessorList:
@@ -128,8 +126,7 @@ def _next_token_scores(
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Float32 logits of the next token per row: the decoder on the tokens not yet in the cache, the output projection
-    (Sec. 3.4) on the last position only. Given `out` (rows x vocabulary, float32), a float32 projection writes into
-    it: a fresh score matrix every step costs as much as the softmax over it."""
+    (Sec. 3.4) on the last position only, written into `out` when given (see `_score_buffer`)."""
     hidden_states = model.get_decoder()(
         input_ids=decoder_input_ids,
         encoder_hidden_states=encoder_hidden_states,
@@ -137,11 +134,18 @@ def _next_token_scores(
         cache=cache,
         use_cache=True,
     ).last_hidden_state[:, -1]
+    if out is not None:
+        return torch.mm(hidden_states, model.lm_head.weight.t(), out=out)
+    return model.lm_head(hidden_states).float()
+
+
+def _score_buffer(model: nn.Module, rows: int, device: torch.device) -> torch.Tensor | None:
+    """One score matrix for every step, when the output projection is a plain float32 one (not quantized, say): on a
+    CPU a fresh score matrix every step costs as much as the softmax over it."""
     projection = model.lm_head
-    plain = type(projection) is nn.Linear and projection.bias is None  # not quantized, say
-    if out is not None and plain and projection.weight.dtype == hidden_states.dtype == out.dtype:
-        return torch.mm(hidden_states, projection.weight.t(), out=out)
-    return projection(hidden_states).float()
+    if type(projection) is not nn.Linear or projection.bias is not None or projection.weight.dtype != torch.float32:
+        return None
+    return torch.empty(rows, projection.out_features, device=device)
 
 
 def _preallocated_cache(model: nn.Module, model_kwargs: dict, max_length: int) -> EncoderDecoderCache:
@@ -173,7 +177,7 @@ def greedy_search(
     has_eos_stopping_criteria = any(hasattr(criteria, "eos_token_id") for criteria in stopping_criteria)
     unfinished = torch.ones(input_ids.shape[0], dtype=torch.long, device=input_ids.device)
     new_ids = input_ids
-    scores_buffer = torch.empty(input_ids.shape[0], model.config.vocab_size, device=input_ids.device)
+    scores_buffer = _score_buffer(model, input_ids.shape[0], input_ids.device)
     while True:
         scores = _next_token_scores(model, new_ids, encoder_hidden_states, source_mask, cache, out=scores_buffer)
         next_tokens = processors(input_ids, scores).argmax(dim=-1)
@@ -229,7 +233,7 @@ def beam_search(
     # The first step once per sentence: its beams are copies of one prompt, with the same scores.
     scores = _next_token_scores(model, input_ids[first_beams], encoder_hidden_states, source_mask, cache)
     log_probs = nn.functional.log_softmax(scores, dim=-1).repeat_interleave(num_beams, dim=0)
-    scores_buffer = torch.empty_like(log_probs)
+    scores_buffer = _score_buffer(model, batch_size * num_beams, device)
     while True:
         flat_running_sequences = running_sequences[:, :, :cur_len].reshape(batch_size * num_beams, cur_len)
         if cur_len > prompt_len:
