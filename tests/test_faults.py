@@ -73,6 +73,18 @@ def test_ids_outside_the_vocabulary_are_named():
         model(input_ids=torch.tensor([[5, 6]]), decoder_input_ids=torch.tensor([[1, -1]]))
 
 
+@pytest.mark.parametrize("training", [True, False])
+def test_bad_labels_and_label_smoothing_are_named(training):
+    model = tiny_model().train(training)  # both loss paths: fused in training, from the logits otherwise
+    batch = {"input_ids": torch.tensor([[5, 6, 2]]), "decoder_input_ids": torch.tensor([[1, 7, 8]])}
+    with pytest.raises(ValueError, match="labels hold id 97, neither -100 .ignored. nor in the vocabulary of 97"):
+        model(**batch, labels=torch.tensor([[7, 97, 2]]))
+    with pytest.raises(ValueError, match=r"labels of shape \(1, 2\) do not match the decoder output's \(1, 3\)"):
+        model(**batch, labels=torch.tensor([[7, 2]]))
+    with pytest.raises(ValueError, match="label_smoothing must be in .0, 1., got 1.5"):
+        model(**batch, labels=torch.tensor([[7, 8, 2]]), label_smoothing=1.5)
+
+
 def test_a_mask_of_another_shape_is_refused_instead_of_broadcast():
     model = tiny_model()
     with pytest.raises(ValueError, match=r"attention_mask has shape \(1, 3\) but input_ids has \(1, 2\)"):

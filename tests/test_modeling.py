@@ -5,9 +5,10 @@ import pytest
 import torch
 from conftest import copy_task_batch, padded_batch, tiny_config, tiny_model
 from transformers import AutoModelForSeq2SeqLM
+from transformers.trainer_pt_utils import LabelSmoother
 
 from vaswani_hf import VaswaniForConditionalGeneration
-from vaswani_hf.modeling_vaswani import VaswaniSinusoidalPositionalEncoding
+from vaswani_hf.modeling_vaswani import LinearCrossEntropy, VaswaniSinusoidalPositionalEncoding
 
 ATTENTION_IMPLEMENTATIONS = ["eager", "sdpa"]
 
@@ -226,3 +227,45 @@ def test_save_and_load_round_trip_keeps_logits_and_ties(tmp_path):
     )
     assert loaded.generation_config.max_new_tokens_offset == 50
     assert tiny_config().to_dict()["model_type"] == "vaswani"
+
+
+def test_label_smoothing_matches_the_trainers_label_smoother():
+    model = tiny_model()
+    batch = copy_task_batch(torch.Generator().manual_seed(4), batch_size=4)
+    out = model(**batch, label_smoothing=0.1)
+    total = (batch["labels"] != -100).sum()
+    smoother = LabelSmoother(epsilon=0.1)
+    torch.testing.assert_close(out.loss, smoother(out, batch["labels"]))
+    summed = model(**batch, label_smoothing=0.1, num_items_in_batch=2 * total).loss
+    torch.testing.assert_close(summed, smoother(out, batch["labels"], num_items_in_batch=2 * total))
+
+
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
+def test_training_loss_fused_with_the_output_projection_equals_the_plain_path(label_smoothing):
+    # Dropout 0: training and evaluation mode compute the same function; only the loss path differs.
+    model = tiny_model()
+    batch = copy_task_batch(torch.Generator().manual_seed(5), batch_size=6)
+    results = {}
+    for training in (True, False):
+        model.train(training)
+        model.zero_grad()
+        out = model(**batch, label_smoothing=label_smoothing, num_items_in_batch=50)
+        out.loss.backward()
+        results[training] = (out, {name: p.grad.clone() for name, p in model.named_parameters()})
+    (fused, fused_grads), (plain, plain_grads) = results[True], results[False]
+    assert fused.logits is None and plain.logits is not None
+    torch.testing.assert_close(fused.loss, plain.loss, atol=1e-6, rtol=1e-5)
+    for name, grad in plain_grads.items():
+        torch.testing.assert_close(fused_grads[name], grad, atol=1e-6, rtol=1e-4, msg=name)
+
+
+def test_fused_loss_gradients_match_finite_differences_across_chunks():
+    generator = torch.Generator().manual_seed(6)
+    hidden = torch.randn(7, 5, dtype=torch.float64, generator=generator, requires_grad=True)
+    weight = torch.randn(11, 5, dtype=torch.float64, generator=generator, requires_grad=True)
+    labels = torch.tensor([3, -100, 0, 10, 4, -100, 7])
+    # chunks of 3 rows: 3 + 3 + 1, the last one partial
+    assert torch.autograd.gradcheck(lambda h, w: LinearCrossEntropy.apply(h, w, labels, 0.1, 5, 3), (hidden, weight))
+    fused = LinearCrossEntropy.apply(hidden, weight, labels, 0.1, 5, 3)
+    plain = torch.nn.functional.cross_entropy(hidden @ weight.t(), labels, label_smoothing=0.1, reduction="sum") / 5
+    torch.testing.assert_close(fused, plain)

@@ -8,7 +8,13 @@ import yaml
 from conftest import tiny_model
 from datasets import Dataset
 from safetensors.torch import load_file
-from transformers import HfArgumentParser, TrainerControl, TrainerState
+from transformers import (
+    HfArgumentParser,
+    Seq2SeqTrainer,
+    Seq2SeqTrainingArguments,
+    TrainerControl,
+    TrainerState,
+)
 
 from vaswani_hf import VaswaniConfig
 from vaswani_hf.training import (
@@ -225,3 +231,27 @@ def test_evaluation_leaves_the_generation_config_as_it_was(tmp_path):
     trainer.evaluate(eval_dataset=reversal_dataset(16).remove_columns(["source_length", "target_length"]))
     assert model.generation_config.max_length is None
     assert model.generation_config.to_dict() == before
+
+
+def test_training_step_with_label_smoothing_equals_the_trainers_label_smoother(tmp_path):
+    # The model's fused label-smoothed loss gives the same loss and gradients as Seq2SeqTrainer's LabelSmoother.
+    batch = pad([reversal_dataset(8)[i] for i in range(8)])
+    ours, reference = tiny_model(seed=2), tiny_model(seed=2)
+    batch["decoder_input_ids"] = ours.prepare_decoder_input_ids_from_labels(batch["labels"])  # as the collator does
+    trainer = trainer_for(tmp_path / "ours", ours, label_smoothing_factor=0.1)
+    plain = Seq2SeqTrainer(
+        model=reference,
+        args=Seq2SeqTrainingArguments(
+            output_dir=str(tmp_path / "plain"), report_to=[], use_cpu=True, label_smoothing_factor=0.1
+        ),
+    )
+    items = batch["labels"].ne(-100).sum()
+    losses = [t.training_step(t.model, dict(batch), items) for t in (trainer, plain)]
+    torch.testing.assert_close(losses[0], losses[1])
+    for (name, p), q in zip(ours.named_parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad, atol=1e-6, rtol=1e-4, msg=name)
+    # evaluation still reports the label-smoothed loss from the logits
+    ours.eval()
+    torch.testing.assert_close(
+        trainer.compute_loss(ours, dict(batch)), plain.compute_loss(reference.eval(), dict(batch))
+    )

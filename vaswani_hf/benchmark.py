@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 from transformers import GenerationConfig, PreTrainedTokenizerBase
+from transformers.trainer_pt_utils import LabelSmoother
 
 from .configuration_vaswani import VaswaniConfig
 from .convert import convert_to_marian, export_ctranslate2
@@ -193,9 +194,10 @@ def training_benchmark(
     target_length: int = 32,
     repeats: int = 5,
     autocast_dtype: torch.dtype | None = None,
+    label_smoothing: float = 0.1,
 ) -> dict:
-    """Training step (forward, backward, Adam step) of ours and of MarianMTModel with the same weights and batch:
-    target tokens/s, peak memory, model FLOP utilisation, and the ratio ours / Marian."""
+    """Training step (forward, label-smoothed loss, backward, Adam step) of ours and of MarianMTModel with the same
+    weights and batch: target tokens/s, peak memory, model FLOP utilisation, and the ratio ours / Marian."""
     models = dict(zip(("ours", "marian"), _same_weights_pair(config), strict=True))
     batch = _random_batch(config, batch_size, source_length, target_length)
     optimizers = {
@@ -203,10 +205,19 @@ def training_benchmark(
         for name, model in models.items()
     }
 
+    smoother = LabelSmoother(epsilon=label_smoothing)
+    unlabelled = {key: value for key, value in batch.items() if key != "labels"}
+    losses = {
+        # Each model's loss as Seq2SeqTrainer computes it with label_smoothing_factor set: ours in the model, fused
+        # with the output projection (VaswaniTrainer.compute_loss); Marian's by LabelSmoother from its logits.
+        "ours": lambda: models["ours"](**batch, label_smoothing=label_smoothing).loss,
+        "marian": lambda: smoother(models["marian"](**unlabelled), batch["labels"]),
+    }
+
     def step(name: str) -> Callable[[], None]:
         def run() -> None:
             with torch.autocast("cpu", dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
-                loss = models[name](**batch).loss
+                loss = losses[name]()
             loss.backward()
             optimizers[name].step()
             optimizers[name].zero_grad(set_to_none=True)

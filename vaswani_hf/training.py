@@ -180,6 +180,8 @@ class VaswaniTrainer(Seq2SeqTrainer):
       folders a kill left without it.
     - A NaN or inf gradient stops training or skips the update (`args.nonfinite_gradients`), never reaching the
       weights.
+    - In training the model computes the label-smoothed loss itself (`label_smoothing=`), fused with its output
+      projection, instead of the Trainer's `LabelSmoother` reading the stored logits; evaluation keeps the latter.
     """
 
     def __init__(self, *args, **kwargs):
@@ -193,6 +195,18 @@ class VaswaniTrainer(Seq2SeqTrainer):
                 raise ValueError(f"the Eq. 3 schedule needs warmup_steps >= 1, got {self.args.warmup_steps}")
             # The optimizer's base learning rate is the peak of Eq. 3; the scheduler scales it step by step.
             self.args.learning_rate = eq3_learning_rate(warmup, d_model, warmup, self.args.lr_scale)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        smoother = self.label_smoother
+        if smoother is None or not model.training or "labels" not in inputs:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        # The Trainer then passes the labels to the model (with num_items_in_batch) and takes its loss.
+        self.label_smoother = None
+        try:
+            inputs = {**inputs, "label_smoothing": smoother.epsilon}
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        finally:
+            self.label_smoother = smoother
 
     def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None):
         if getattr(self.args, "lr_schedule", "hf") != "eq3":

@@ -17,14 +17,12 @@ LABEL_SMOOTHING = 0.1  # Sec. 5.4
 
 def smoothed_loss(model: nn.Module, batch: dict[str, torch.Tensor], label_smoothing: float = LABEL_SMOOTHING):
     """Cross-entropy of the model on `batch` (labels -100 where ignored), with label smoothing, mean per token."""
-    logits = model(
+    return model(
         input_ids=batch["input_ids"],
         attention_mask=batch["attention_mask"],
-        decoder_input_ids=model.prepare_decoder_input_ids_from_labels(batch["labels"]),
-    ).logits
-    return nn.functional.cross_entropy(
-        logits.float().flatten(0, 1), batch["labels"].flatten(), ignore_index=-100, label_smoothing=label_smoothing
-    )
+        labels=batch["labels"],
+        label_smoothing=label_smoothing,
+    ).loss
 
 
 def train_steps(
