@@ -339,8 +339,11 @@ def parse_overrides(text: str | None) -> dict:
     return overrides
 
 
-def plot_training_curves(log_history: list[dict], path: str | os.PathLike) -> None:
-    """A PNG of training loss, learning rate and validation BLEU against optimizer steps."""
+def plot_training_curves(
+    log_history: list[dict], path: str | os.PathLike, final_bleu: dict[str, tuple[int, float]] | None = None
+) -> None:
+    """A PNG of training loss, learning rate and validation BLEU against optimizer steps; `final_bleu` adds the
+    final evaluation's validation BLEU, {name: (step, BLEU)} (the last weights, the checkpoint average)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -359,6 +362,10 @@ def plot_training_curves(log_history: list[dict], path: str | os.PathLike) -> No
         axis.set_title(title)
         axis.set_xlabel("step")
         axis.grid(alpha=0.3)
+    for name, (step, score) in (final_bleu or {}).items():
+        axes[2].scatter([step], [score], marker="*", s=80, label=f"final: {name}", zorder=3)
+    if final_bleu:
+        axes[2].legend()
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
@@ -458,7 +465,11 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: V
     metrics.update(_final_evaluation(trainer, data, data_args, training_args, output_dir))
     metrics["log_history"] = trainer.state.log_history
     write_json(output_dir / "metrics.json", metrics)
-    plot_training_curves(trainer.state.log_history, output_dir / "training_curves.png")
+    final_bleu = {
+        name: (trainer.state.global_step, result["validation_bleu"]["score"])
+        for name, result in metrics["evaluation"].items()
+    }
+    plot_training_curves(trainer.state.log_history, output_dir / "training_curves.png", final_bleu)
     _print_summary(metrics, output_dir)
     return metrics
 
