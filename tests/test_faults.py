@@ -30,14 +30,14 @@ from vaswani_hf.training import (
 
 
 def poison_forward(model, at_calls: set[int]) -> None:
-    """Make the logits (so the loss and every gradient) NaN on the given forward calls, counted from 1."""
+    """Make the decoder's output (so the loss and every gradient) NaN on the given forward calls, counted from 1."""
     calls = {"n": 0}
 
     def hook(module, args, output):
         calls["n"] += 1
         return output * float("nan") if calls["n"] in at_calls else output
 
-    model.lm_head.register_forward_hook(hook)
+    model.get_decoder().layers[-1].ffn_layer_norm.register_forward_hook(hook)
 
 
 def test_a_nan_gradient_stops_training_naming_the_update_before_the_weights_change(tmp_path):

@@ -269,3 +269,12 @@ def test_fused_loss_gradients_match_finite_differences_across_chunks():
     fused = LinearCrossEntropy.apply(hidden, weight, labels, 0.1, 5, 3)
     plain = torch.nn.functional.cross_entropy(hidden @ weight.t(), labels, label_smoothing=0.1, reduction="sum") / 5
     torch.testing.assert_close(fused, plain)
+
+
+def test_a_hooked_output_projection_keeps_the_plain_loss_path_in_training():
+    model = tiny_model().train()
+    batch = copy_task_batch(torch.Generator().manual_seed(5), batch_size=2)
+    seen = []
+    model.lm_head.register_forward_hook(lambda module, args, output: seen.append(output.shape))
+    out = model(**batch, label_smoothing=0.1)
+    assert out.logits is not None and seen == [out.logits.shape]

@@ -609,8 +609,8 @@ def label_smoothed_loss(
     """Cross-entropy of `output_projection(hidden_states)` against `labels` (-100 where ignored) with label smoothing
     (Sec. 5.4: the target puts 1 - eps on the label and eps spread over the vocabulary): the mean over the kept
     tokens, or their sum over `num_items_in_batch`. Returns (loss, logits). With `keep_logits=False`, when gradients
-    flow in float32 without autocast, the loss is fused with the projection (`LinearCrossEntropy`) and the logits are
-    None."""
+    flow in float32 without autocast through a plain `nn.Linear` projection, the loss is fused with it
+    (`LinearCrossEntropy`) and the logits are None."""
     if labels.shape != hidden_states.shape[:-1]:
         raise ValueError(
             f"labels of shape {tuple(labels.shape)} do not match the decoder output's {tuple(hidden_states.shape[:-1])}"
@@ -628,6 +628,9 @@ def label_smoothed_loss(
     fused = (
         not keep_logits
         and torch.is_grad_enabled()
+        # a plain projection: not one replaced (quantized, adapted) or hooked, whose output the fused loss would skip
+        and type(output_projection) is nn.Linear
+        and not (output_projection._forward_hooks or output_projection._forward_pre_hooks)
         and hidden_states.dtype == output_projection.weight.dtype == torch.float32
         and not torch.is_autocast_enabled(hidden_states.device.type)
         and output_projection.bias is None
