@@ -16,7 +16,7 @@ from transformers import (
     TrainerState,
 )
 
-from vaswani_hf import VaswaniConfig
+from vaswani_hf import VaswaniConfig, convert_to_marian
 from vaswani_hf.training import (
     COMPLETE_MARKER,
     DataArguments,
@@ -250,6 +250,10 @@ def test_training_step_with_label_smoothing_equals_the_trainers_label_smoother(t
     torch.testing.assert_close(losses[0], losses[1])
     for (name, p), q in zip(ours.named_parameters(), reference.parameters(), strict=True):
         torch.testing.assert_close(p.grad, q.grad, atol=1e-6, rtol=1e-4, msg=name)
+    # another model (MarianMTModel) keeps the Trainer's LabelSmoother
+    marian = convert_to_marian(reference).train()
+    marian_trainer = trainer_for(tmp_path / "marian", marian, label_smoothing_factor=0.1)
+    torch.testing.assert_close(marian_trainer.compute_loss(marian, dict(batch)), losses[1])
     # evaluation still reports the label-smoothed loss from the logits
     ours.eval()
     torch.testing.assert_close(

@@ -180,8 +180,9 @@ class VaswaniTrainer(Seq2SeqTrainer):
       folders a kill left without it.
     - A NaN or inf gradient stops training or skips the update (`args.nonfinite_gradients`), never reaching the
       weights.
-    - In training the model computes the label-smoothed loss itself (`label_smoothing=`), fused with its output
-      projection, instead of the Trainer's `LabelSmoother` reading the stored logits; evaluation keeps the latter.
+    - In training our model computes the label-smoothed loss itself (`label_smoothing=`), fused with its output
+      projection, instead of the Trainer's `LabelSmoother` reading the stored logits; evaluation, and other models
+      (a MarianMTModel, say), keep the latter.
     """
 
     def __init__(self, *args, **kwargs):
@@ -198,7 +199,8 @@ class VaswaniTrainer(Seq2SeqTrainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         smoother = self.label_smoother
-        if smoother is None or not model.training or "labels" not in inputs:
+        smoothing_model = isinstance(self.accelerator.unwrap_model(model), VaswaniForConditionalGeneration)
+        if smoother is None or not smoothing_model or not model.training or "labels" not in inputs:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         # The Trainer then passes the labels to the model (with num_items_in_batch) and takes its loss.
         self.label_smoother = None
