@@ -24,8 +24,18 @@ def test_peak_memory_sees_a_temporary_allocation():
 def test_side_by_side_alternates_and_reports_every_run():
     calls = []
     timings = side_by_side({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=4)
-    assert calls == ["a", "b", "a", "b", "b", "a", "a", "b", "b", "a"]  # warm-up, then alternating order
+    # per name a warm-up and a memory run, then timed runs in alternating order
+    assert calls == ["a", "a", "b", "b", "a", "b", "b", "a", "a", "b", "b", "a"]
     assert len(timings["a"]["seconds"]) == 4 and timings["b"]["median_seconds"] >= 0
+
+
+def test_side_by_side_measures_memory_outside_the_timed_runs():
+    def allocate():
+        block = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
+        del block
+
+    timings = side_by_side({"allocating": allocate, "idle": lambda: None}, repeats=2)
+    assert timings["allocating"]["peak_bytes"] >= 48 * 2**20 > timings["idle"]["peak_bytes"]
 
 
 def test_training_flops_formula_counts_the_output_layer_and_attention():

