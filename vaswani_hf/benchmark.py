@@ -140,8 +140,9 @@ def side_by_side(runs: dict[str, Callable[[], None]], repeats: int) -> dict[str,
     }
 
 
-def matmul_peak_flops(dtype: torch.dtype = torch.float32, size: int = 2048, repeats: int = 5) -> float:
-    """The machine's measured matrix-multiply rate (FLOP/s): the best of `repeats` square products."""
+def matmul_peak_flops(dtype: torch.dtype = torch.float32, size: int = 2048, repeats: int = 20) -> float:
+    """The machine's measured matrix-multiply rate (FLOP/s): the best of `repeats` square products (many: on a shared
+    machine a few can all be slowed)."""
     a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
     best = float("inf")
     for _ in range(repeats + 1):
