@@ -8,10 +8,16 @@ from conftest import padded_batch, tiny_model
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from transformers import GenerationMixin
+from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 from transformers.generation.logits_process import MinLengthLogitsProcessor, MinNewTokensLengthLogitsProcessor
 
 import vaswani_hf.modeling_vaswani as modeling
-from vaswani_hf.generation_vaswani import PreallocatedSelfAttentionLayer, SuppressEndOfSentenceLogitsProcessor
+from vaswani_hf.generation_vaswani import (
+    PreallocatedSelfAttentionLayer,
+    SuppressEndOfSentenceLogitsProcessor,
+    _next_token_scores,
+    _score_buffers,
+)
 
 
 def generate_with_each_loop(model, batch: dict, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
@@ -150,3 +156,27 @@ def test_the_preallocated_cache_appends_and_reorders_without_new_buffers():
             buffers |= {buffer.data_ptr() for buffer in layer.buffers}
         assert {buffer.data_ptr() for buffer in layer.buffers} <= buffers, "a reorder allocated new buffers"
     assert layer.get_seq_length() == 2
+
+
+@pytest.mark.parametrize("rows", [3, 32, 128])
+def test_the_reused_transposed_score_buffers_give_the_output_projections_logits(rows):
+    # The decoding loops compute weight x hidden^T into reused buffers; the plain path is lm_head(hidden).
+    model = tiny_model(seed=2, vocab_size=3000)
+    generator = torch.Generator().manual_seed(rows)
+    encoder_hidden_states = torch.randn(rows, 5, model.config.d_model, generator=generator)
+    buffers = _score_buffers(model, rows, torch.device("cpu"))
+    with torch.no_grad():  # as in generate
+        for step_ids in torch.randint(4, 3000, (2, rows, 1), generator=generator):  # two steps through one buffer pair
+            expected, scores = (
+                _next_token_scores(
+                    model,
+                    step_ids,
+                    encoder_hidden_states,
+                    None,
+                    EncoderDecoderCache(DynamicCache(), DynamicCache()),
+                    out=out,
+                )
+                for out in (None, buffers)
+            )
+            assert scores.data_ptr() == buffers[0].data_ptr()
+            torch.testing.assert_close(scores, expected, rtol=1e-4, atol=1e-5)
