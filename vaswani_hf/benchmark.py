@@ -128,7 +128,7 @@ def side_by_side(runs: dict[str, Callable[[], None]], repeats: int) -> dict[str,
         with PeakMemory() as peak:
             runs[name]()
         memory[name] = peak.increase
-    seconds: dict[str, list[float]] = {name: [] for name in runs}
+    seconds: dict[str, list[float]] = {name: [] for name in names}
     for round_index in range(repeats):
         for name in names if round_index % 2 == 0 else names[::-1]:
             started = time.perf_counter()

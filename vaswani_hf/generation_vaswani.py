@@ -11,7 +11,8 @@ These loops skip it and change no result (tests compare them token for token wit
   (concatenation, then the reorder) costs more than the copies themselves;
 - the decoder runs on the new token only and the output projection on its position, into reused score buffers,
   with no per-step bookkeeping of model arguments; the projection is computed as weight x hidden^T (vocabulary x
-  rows), which CPU BLAS (MKL) runs 20-35% faster than hidden x weight^T for a few rows, with equal results.
+  rows), which MKL runs faster than hidden x weight^T for few rows (measured: ~30% at 32 rows, ~15% at 128, the
+  transposing copy included), with equal results.
 Which beams survive, the length penalty, early stopping and the finished hypotheses are decided by transformers' own
 beam-search helpers, so the search itself is theirs. Anything else (sampling, returned scores or attentions, static
 caches, several devices, streamers) runs through `GenerationMixin` unchanged.
