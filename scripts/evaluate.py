@@ -1,29 +1,8 @@
 """Translate a source file with a trained model and score it against a reference file with sacreBLEU.
 
-python scripts/evaluate.py runs/multi30k_en_de_small test.en test.de --output_file hyp.de --metrics_file bleu.json
-"""
+Thin front of the `vaswani-evaluate` command (vaswani_hf/cli/evaluate.py); see --help."""
 
-import argparse
-import json
-
-from vaswani_hf.evaluation import evaluate_files, write_json
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model", help="a saved model folder (with its tokenizer) or Hub id")
-    parser.add_argument("source_file", help="one sentence a line, UTF-8")
-    parser.add_argument("reference_file", help="the references, aligned by line")
-    parser.add_argument("--output_file", help="write the translations here")
-    parser.add_argument("--metrics_file", help="write the BLEU result as JSON here")
-    parser.add_argument("--num_beams", type=int, help="default: the model's generation config (4, Sec. 6.1)")
-    args = parser.parse_args()
-    generate_kwargs = {"num_beams": args.num_beams} if args.num_beams else {}
-    result = evaluate_files(args.model, args.source_file, args.reference_file, args.output_file, **generate_kwargs)
-    if args.metrics_file:
-        write_json(args.metrics_file, result)
-    print(json.dumps({"bleu": round(result["score"], 2), "signature": result["signature"]}))
-
+from vaswani_hf.cli.evaluate import main
 
 if __name__ == "__main__":
     main()

@@ -1,29 +1,8 @@
 """Train a Vaswani Transformer with the paper's recipe through Seq2SeqTrainer.
 
-    accelerate launch scripts/train.py recipes/multi30k_en_de_cpu.yaml
-    accelerate launch scripts/train.py --dataset wmt14 --dataset_config de-en --preset base --output_dir out ...
+Thin front of the `vaswani-train` command (vaswani_hf/cli/train.py); see --help."""
 
-One YAML or JSON file of all arguments, or command-line flags (see --help): model (ModelArguments), data
-(DataArguments) and training (VaswaniTrainingArguments, i.e. Seq2SeqTrainingArguments with the paper's defaults).
-"""
-
-import sys
-
-from transformers import HfArgumentParser
-
-from vaswani_hf.training import DataArguments, ModelArguments, VaswaniTrainingArguments, train
-
-
-def main() -> None:
-    parser = HfArgumentParser((ModelArguments, DataArguments, VaswaniTrainingArguments))
-    if len(sys.argv) == 2 and sys.argv[1].endswith((".yaml", ".yml")):
-        model_args, data_args, training_args = parser.parse_yaml_file(sys.argv[1])
-    elif len(sys.argv) == 2 and sys.argv[1].endswith(".json"):
-        model_args, data_args, training_args = parser.parse_json_file(sys.argv[1])
-    else:
-        model_args, data_args, training_args = parser.parse_args_into_dataclasses()
-    train(model_args, data_args, training_args)
-
+from vaswani_hf.cli.train import main
 
 if __name__ == "__main__":
     main()

@@ -1,33 +1,8 @@
 """Learn the shared BPE vocabulary from a parallel corpus and save it as a transformers tokenizer folder.
 
-Example: python scripts/train_tokenizer.py ../shared/data/multi30k en de out/tokenizer --vocab_size 8000
-"""
+Thin front of the `vaswani-train-tokenizer` command (vaswani_hf/cli/train_tokenizer.py); see --help."""
 
-import argparse
-
-from vaswani_hf.data import load_parallel_corpus
-from vaswani_hf.tokenization import train_tokenizer
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("corpus", help="folder of {split}.{lang}[.gz] files, a TSV/JSONL file, or a Hub dataset name")
-    parser.add_argument("source_lang")
-    parser.add_argument("target_lang")
-    parser.add_argument("output_dir")
-    parser.add_argument("--config_name", default=None, help="Hub dataset config, e.g. de-en for wmt14")
-    parser.add_argument("--split", default="train")
-    parser.add_argument("--vocab_size", type=int, default=8000)
-    parser.add_argument("--min_frequency", type=int, default=2)
-    args = parser.parse_args()
-    corpus = load_parallel_corpus(args.corpus, args.source_lang, args.target_lang, config_name=args.config_name)
-    if args.split not in corpus:
-        raise SystemExit(f"no split {args.split!r} in {args.corpus}; splits: {sorted(corpus)}")
-    texts = (text for pair in corpus[args.split]["translation"] for text in pair.values())
-    tokenizer = train_tokenizer(texts, vocab_size=args.vocab_size, min_frequency=args.min_frequency)
-    tokenizer.save_pretrained(args.output_dir)
-    print(f"saved a {len(tokenizer)}-token vocabulary to {args.output_dir}")
-
+from vaswani_hf.cli.train_tokenizer import main
 
 if __name__ == "__main__":
     main()

@@ -1,0 +1,38 @@
+"""Parse a treebank split with a trained model (beam 21, length penalty 0.3, source length + 300: Sec. 6.3) and
+score it with labeled-bracket F1 in the EVALB convention, beside a right-branching baseline.
+
+vaswani-evaluate-parsing runs/ptb_parsing ../shared/data/ptb-sample/treebank.zip --metrics_file f1.json
+"""
+
+import argparse
+import json
+
+from vaswani_hf.parsing import PARSING_LENGTH_PENALTY, PARSING_NUM_BEAMS, evaluate_parsing_run
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", help="a saved model folder (with its tokenizer)")
+    parser.add_argument("treebank", help="a zip or folder of wsj_NNNN.mrg files")
+    parser.add_argument("--split", default="test", choices=["train", "validation", "test"])
+    parser.add_argument("--metrics_file", help="write the scores as JSON here")
+    parser.add_argument("--limit", type=int, help="score only the first N sentences of the split")
+    parser.add_argument("--batch_size", type=int, default=16, help="sentences decoded together (times the beams)")
+    parser.add_argument("--num_beams", type=int, default=PARSING_NUM_BEAMS, help="Sec. 6.3: 21")
+    parser.add_argument("--length_penalty", type=float, default=PARSING_LENGTH_PENALTY, help="Sec. 6.3: 0.3")
+    args = parser.parse_args(argv)
+    metrics = evaluate_parsing_run(
+        args.model,
+        args.treebank,
+        args.split,
+        args.metrics_file,
+        limit=args.limit,
+        batch_size=args.batch_size,
+        num_beams=args.num_beams,
+        length_penalty=args.length_penalty,
+    )
+    print(json.dumps({name: metrics[name] for name in ("parser", "right_branching")}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
