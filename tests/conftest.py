@@ -162,14 +162,17 @@ def recipe(corpus: Path, output_dir: Path, **overrides) -> dict:
 HANG_GUARD_SECONDS = 900
 
 
-def run(command: list[str], config: dict, tmp_path: Path, kill_at: tuple[str, int] | None = None) -> str:
-    """Run scripts/train.py on `config` and return its output. With `kill_at=(phase, step)` the run goes through
-    tests/paused_train.py, which pauses it at that phase of that update (see there); once it has paused (the test
-    waits for that state, never for a time), it is killed with SIGKILL."""
+def run(
+    command: list[str], config: dict, tmp_path: Path, kill_at: tuple[str, int] | None = None, env: dict | None = None
+) -> str:
+    """Run scripts/train.py on `config` (offline, unless `env` says otherwise) and return its output. With
+    `kill_at=(phase, step)` the run goes through tests/paused_train.py, which pauses it at that phase of that update
+    (see there); once it has paused (the test waits for that state, never for a time), it is killed with SIGKILL."""
     stamp = time.monotonic_ns()
     path = tmp_path / f"recipe-{stamp}.yaml"
     path.write_text(yaml.safe_dump(config))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_CACHE": str(tmp_path / "ds")}
+    offline = {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_CACHE": str(tmp_path / "ds")}
+    env = {**os.environ, **offline, **(env or {})}
     if kill_at is None:
         finished = subprocess.run(
             [*command, str(ROOT / "scripts" / "train.py"), str(path)],

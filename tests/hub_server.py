@@ -92,16 +92,16 @@ Task 1 of Multi30k: each example is an English image description ("en") and its 
 """
 
 
-def multi30k_files(folder: Path, lines: int | None = None) -> dict[str, bytes]:
-    """bentrevett/multi30k's files built from a local Multi30k task 1 folder ({train,val,test_2016_flickr}.{en,de}.gz):
-    train.jsonl, val.jsonl and test.jsonl of flat rows {"en": ..., "de": ...}, and its card; the first `lines` pairs
-    of each split, or all."""
+def multi30k_files(folder: Path) -> dict[str, bytes]:
+    """bentrevett/multi30k's files built from a local Multi30k task 1 folder ({train,val,test_2016_flickr}.{en,de},
+    gzipped or not): train.jsonl, val.jsonl and test.jsonl of flat rows {"en": ..., "de": ...}, and its card."""
     files = {"README.md": MULTI30K_CARD}
     for name, stem in (("train", "train"), ("val", "val"), ("test", "test_2016_flickr")):
         texts = {}
         for lang in ("en", "de"):
-            with gzip.open(folder / f"{stem}.{lang}.gz", "rt", encoding="utf-8") as f:
-                texts[lang] = f.read().splitlines()[:lines]
+            path = folder / f"{stem}.{lang}.gz"
+            raw = gzip.decompress(path.read_bytes()) if path.exists() else path.with_suffix("").read_bytes()
+            texts[lang] = raw.decode("utf-8").splitlines()
         rows = (json.dumps({"en": en, "de": de}, ensure_ascii=False) for en, de in zip(*texts.values(), strict=True))
         files[f"{name}.jsonl"] = "".join(row + "\n" for row in rows).encode()
     return files

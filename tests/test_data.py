@@ -2,10 +2,15 @@
 
 import gzip
 import json
+import os
 import shutil
+import subprocess
+import sys
+import textwrap
 
 import pytest
 from accelerate.data_loader import BatchSamplerShard
+from conftest import HANG_GUARD_SECONDS, ROOT
 
 from vaswani_hf.benchmark import padding_share
 from vaswani_hf.data import MULTI30K_SPLITS, TokenBatchSampler, load_parallel_corpus, padded_size, preprocess
@@ -23,6 +28,65 @@ def test_reverse_direction_and_default_splits(multi30k_dir):
     corpus = load_parallel_corpus(multi30k_dir, "de", "en")
     assert set(corpus) == {"train", "val", "test_2016_flickr"}
     assert corpus["val"][0]["translation"]["de"].startswith("Eine Gruppe von Männern")
+
+
+# Run in a fresh interpreter: huggingface_hub and datasets read HF_ENDPOINT when they are imported.
+LOAD_MULTI30K_FROM_THE_HUB = """
+    import json, sys
+    from vaswani_hf.data import load_parallel_corpus
+    corpus = load_parallel_corpus("bentrevett/multi30k", "en", "de")
+    result = {split: list(data["translation"]) for split, data in corpus.items()}
+    result["features"] = str(corpus["train"].features)
+    try:
+        load_parallel_corpus("bentrevett/multi30k", "en", "fr")
+    except ValueError as error:
+        result["error"] = str(error)
+    with open(sys.argv[1], "w") as f:
+        json.dump(result, f)
+"""
+
+
+def test_multi30k_served_as_the_hubs_flat_rows_loads_through_load_dataset_as_translation_pairs(
+    multi30k_dir, tmp_path
+):
+    """tests/hub_server.py's serving mode gives the whole of Multi30k as bentrevett/multi30k (rows {"en", "de"});
+    the real load_dataset reads it from there, and load_parallel_corpus turns the flat language columns into the
+    translation column, pair for pair the local files; a language the dataset lacks is named with its columns."""
+    server = subprocess.Popen(
+        [sys.executable, str(ROOT / "tests" / "hub_server.py"), "--serve-multi30k", str(multi30k_dir), "--port", "0"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        announced = server.stdout.readline()  # printed once the repo is served
+        endpoint = announced.strip().rpartition("HF_ENDPOINT=")[2]
+        assert announced.startswith("serving bentrevett/multi30k") and endpoint.startswith("http://127.0.0.1:")
+        env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")}
+        env.update(HF_ENDPOINT=endpoint, HF_HOME=str(tmp_path / "hf"), HF_DATASETS_CACHE=str(tmp_path / "ds"))
+        loaded = subprocess.run(
+            [sys.executable, "-c", textwrap.dedent(LOAD_MULTI30K_FROM_THE_HUB), str(tmp_path / "loaded.json")],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=HANG_GUARD_SECONDS,
+        )
+    finally:
+        server.kill()
+        server.wait()
+    assert loaded.returncode == 0, loaded.stderr[-3000:]
+    result = json.loads((tmp_path / "loaded.json").read_text())
+    local = load_parallel_corpus(multi30k_dir, "en", "de", splits=MULTI30K_SPLITS)
+    for split in ("train", "validation", "test"):
+        assert result[split] == list(local[split]["translation"]), split
+    assert "Translation(languages=['en', 'de'])" in result["features"]
+    assert result["error"].startswith("bentrevett/multi30k split 'train' has no text for ['fr']: its columns are")
+    assert "['en', 'de']" in result["error"]
+
+
+def test_a_missing_local_folder_is_named_instead_of_looked_up_on_the_hub(tmp_path):
+    for absent in (tmp_path / "multi30k", "../no_such_folder/multi30k"):
+        with pytest.raises(FileNotFoundError, match=f"no folder or file {absent} .a Hub dataset id is NAME or"):
+            load_parallel_corpus(absent, "en", "de")
 
 
 def write_gz(path, lines):
