@@ -163,14 +163,15 @@ def test_kills_at_random_moments_and_during_a_save_lose_nothing(small_corpus, tm
     for phase in ("save", *chance.sample(["update", "saved"], 2)):
         done = complete_checkpoints(killed_dir) if killed_dir.exists() else []
         resumes_at = checkpoint_step(done[-1]) if done else 0
-        # any update, or a checkpoint's (a multiple of save_steps), within 19 updates of where the run resumes:
-        # three kills fit in the 60 updates
-        step = resumes_at + (chance.randint(1, 19) if phase == "update" else 2 * chance.randint(1, 9))
+        # any update, or a checkpoint's (a multiple of save_steps) with an older one to resume from, within 19
+        # updates of where the run resumes: three kills fit in the 60 updates
+        step = resumes_at + (chance.randint(1, 19) if phase == "update" else 2 * chance.randint(2, 9))
         run([sys.executable], recipe(small_corpus, killed_dir, **steps), tmp_path, kill_at=(phase, step))
         checkpoint = killed_dir / f"checkpoint-{step}"
         if phase == "save":
             assert (checkpoint / "model.safetensors").is_file() and not (checkpoint / COMPLETE_MARKER).exists()
-            # as a kill in the middle of the write would leave it: resuming from this folder would now fail
+            # as a kill in the middle of the write would leave it: resuming from this folder would now fail, so the
+            # run must resume from checkpoint step - 2
             weights = (checkpoint / "model.safetensors").read_bytes()
             (checkpoint / "model.safetensors").write_bytes(weights[: len(weights) // 2])
         else:  # killed after checkpoint `step` (saved), or inside update `step` (update): nothing newer is on disk
