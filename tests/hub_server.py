@@ -117,6 +117,29 @@ def file_entry(path: str, content: bytes) -> dict:
     return {"type": "file", "path": path, "size": len(content), "oid": git_blob_oid(content)}
 
 
+def folder_entry(path: str) -> dict:
+    return {"type": "directory", "path": path, "size": 0, "oid": hashlib.sha1(path.encode()).hexdigest()}
+
+
+def tree_entries(files: dict[str, bytes], folder: str, recursive: bool) -> list[dict]:
+    """What the Hub's tree endpoint lists under `folder` ("" for the root): its files and folders, with everything
+    below them if `recursive`."""
+    prefix = f"{folder}/" if folder else ""
+    entries, folders = [], set()
+    for name, content in sorted(files.items()):
+        if not name.startswith(prefix):
+            continue
+        parts = name[len(prefix) :].split("/")
+        if recursive:
+            folders.update(prefix + "/".join(parts[:depth]) for depth in range(1, len(parts)))
+            entries.append(file_entry(name, content))
+        elif len(parts) == 1:
+            entries.append(file_entry(name, content))
+        else:
+            folders.add(prefix + parts[0])
+    return [*(folder_entry(path) for path in sorted(folders)), *entries]
+
+
 class HubHandler(BaseHTTPRequestHandler):
     state: HubState  # set on the subclass made by `serve`
 
@@ -247,15 +270,17 @@ class HubHandler(BaseHTTPRequestHandler):
         _, commit = self.readable_commit(repo, revision, kind)
         if commit is None:
             return
-        entries = [file_entry(name, content) for name, content in sorted(commit.files.items())]
-        self.reply(200, [entry for entry in entries if entry["path"].startswith((path or "").strip("/"))])
+        recursive = parse_qs(urlparse(self.path).query).get("recursive", ["False"])[0].lower() in ("true", "1")
+        self.reply(200, tree_entries(commit.files, (path or "").strip("/"), recursive))
 
     def paths_info(self, kind: str, repo: str, revision: str) -> None:
         _, commit = self.readable_commit(repo, revision, kind)
         if commit is None:
             return
         paths = parse_qs(self.body().decode()).get("paths", [])  # a form, as HfApi.get_paths_info posts it
-        self.reply(200, [file_entry(path, commit.files[path]) for path in paths if path in commit.files])
+        folders = {entry["path"] for entry in tree_entries(commit.files, "", True) if entry["type"] == "directory"}
+        known = [file_entry(p, commit.files[p]) if p in commit.files else folder_entry(p) for p in paths]
+        self.reply(200, [entry for entry in known if entry["path"] in commit.files or entry["path"] in folders])
 
     def resolve(self, repo: str, revision: str, filename: str, kind: str | None = None) -> None:
         _, commit = self.readable_commit(repo, revision, kind)
