@@ -1,7 +1,9 @@
 """Shared fixtures: tiny models and inputs that keep the suite fast on a 2-core CPU."""
 
 import gzip
+import json
 import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -156,20 +158,51 @@ def recipe(corpus: Path, output_dir: Path, **overrides) -> dict:
     }
 
 
-def run(command: list[str], config: dict, tmp_path: Path, wait: bool = True):
-    path = tmp_path / f"recipe-{time.monotonic_ns()}.yaml"
+# A run that hangs fails after this long instead of blocking the suite; tiny runs take seconds to a few minutes.
+HANG_GUARD_SECONDS = 900
+
+
+def run(
+    command: list[str], config: dict, tmp_path: Path, kill_at: tuple[str, int] | None = None, env: dict | None = None
+) -> str:
+    """Run scripts/train.py on `config` (offline, unless `env` says otherwise) and return its output. With
+    `kill_at=(phase, step)` the run goes through tests/paused_train.py, which pauses it at that phase of that update
+    (see there); once it has paused (the test waits for that state, never for a time), it is killed with SIGKILL."""
+    stamp = time.monotonic_ns()
+    path = tmp_path / f"recipe-{stamp}.yaml"
     path.write_text(yaml.safe_dump(config))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_CACHE": str(tmp_path / "ds")}
-    process = subprocess.Popen(
-        [*command, str(ROOT / "scripts" / "train.py"), str(path)],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    if not wait:
-        return process
-    output, _ = process.communicate(timeout=900)
-    assert process.returncode == 0, output[-4000:]
-    return output
+    offline = {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_CACHE": str(tmp_path / "ds")}
+    env = {**os.environ, **offline, **(env or {})}
+    if kill_at is None:
+        finished = subprocess.run(
+            [*command, str(ROOT / "scripts" / "train.py"), str(path)],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=HANG_GUARD_SECONDS,
+        )
+        assert finished.returncode == 0, finished.stdout[-4000:]
+        return finished.stdout
+    phase, step = kill_at
+    paused_file, log = tmp_path / f"paused-{stamp}.json", tmp_path / f"train-{stamp}.log"
+    pausing = [str(ROOT / "tests" / "paused_train.py"), phase, str(step), str(paused_file), str(path)]
+    with log.open("w") as output:  # a file, not a pipe: a full pipe would block the run before its pause
+        process = subprocess.Popen([*command, *pausing], cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT)
+    try:
+        hung_after = time.monotonic() + HANG_GUARD_SECONDS
+        while not paused_file.exists():
+            if process.poll() is not None:
+                tail = log.read_text()[-4000:]
+                pytest.fail(f"the run exited ({process.returncode}) before pausing at {kill_at}:\n{tail}")
+            if time.monotonic() > hung_after:
+                pytest.fail(f"the run neither paused at {kill_at} nor exited:\n{log.read_text()[-4000:]}")
+            time.sleep(0.05)  # poll interval only: what is waited for is the file
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    assert process.returncode == -signal.SIGKILL, log.read_text()[-4000:]
+    paused = json.loads(paused_file.read_text())
+    assert (paused["phase"], paused["step"]) == (phase, step)
+    return log.read_text()

@@ -2,10 +2,15 @@
 
 import gzip
 import json
+import os
 import shutil
+import subprocess
+import sys
+import textwrap
 
 import pytest
 from accelerate.data_loader import BatchSamplerShard
+from conftest import HANG_GUARD_SECONDS, ROOT
 
 from vaswani_hf.benchmark import padding_share
 from vaswani_hf.data import MULTI30K_SPLITS, TokenBatchSampler, load_parallel_corpus, padded_size, preprocess
@@ -23,6 +28,118 @@ def test_reverse_direction_and_default_splits(multi30k_dir):
     corpus = load_parallel_corpus(multi30k_dir, "de", "en")
     assert set(corpus) == {"train", "val", "test_2016_flickr"}
     assert corpus["val"][0]["translation"]["de"].startswith("Eine Gruppe von Männern")
+
+
+# The loads to try, each (dataset, source, target, config): run in a fresh interpreter, since huggingface_hub and
+# datasets read HF_ENDPOINT when they are imported; each gives its pairs by split, or its ValueError.
+LOAD_FROM_THE_HUB = """
+    import json, sys
+    from vaswani_hf.data import load_parallel_corpus
+    results = []
+    for name, source_lang, target_lang, config_name in json.loads(sys.argv[1]):
+        try:
+            corpus = load_parallel_corpus(name, source_lang, target_lang, config_name=config_name)
+            result = {split: list(data["translation"]) for split, data in corpus.items()}
+            results.append({**result, "features": str(corpus["train"].features)})
+        except ValueError as error:
+            results.append({"error": str(error)})
+    with open(sys.argv[2], "w") as f:
+        json.dump(results, f)
+"""
+
+
+def load_from_the_hub(endpoint: str, loads: list[tuple], tmp_path) -> list[dict]:
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")}
+    env.update(HF_ENDPOINT=endpoint, HF_HOME=str(tmp_path / "hf"), HF_DATASETS_CACHE=str(tmp_path / "ds"))
+    code, results = textwrap.dedent(LOAD_FROM_THE_HUB), tmp_path / "loaded.json"
+    loaded = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(loads), str(results)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=HANG_GUARD_SECONDS,
+    )
+    assert loaded.returncode == 0, loaded.stderr[-3000:]
+    return json.loads(results.read_text())
+
+
+def test_multi30k_served_as_the_hubs_flat_rows_loads_through_load_dataset_as_translation_pairs(
+    multi30k_dir, tmp_path
+):
+    """tests/hub_server.py's serving mode gives the whole of Multi30k as bentrevett/multi30k (rows {"en", "de"});
+    the real load_dataset reads it from there, and load_parallel_corpus turns the flat language columns into the
+    translation column, pair for pair the local files; a language the dataset lacks is named with its columns."""
+    server = subprocess.Popen(
+        [sys.executable, str(ROOT / "tests" / "hub_server.py"), "--serve-multi30k", str(multi30k_dir), "--port", "0"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        announced = server.stdout.readline()  # printed once the repo is served
+        endpoint = announced.strip().rpartition("HF_ENDPOINT=")[2]
+        assert announced.startswith("serving bentrevett/multi30k") and endpoint.startswith("http://127.0.0.1:")
+        loads = [("bentrevett/multi30k", "en", "de", None), ("bentrevett/multi30k", "en", "fr", None)]
+        de, fr = load_from_the_hub(endpoint, loads, tmp_path)
+    finally:
+        server.kill()
+        server.wait()
+    local = load_parallel_corpus(multi30k_dir, "en", "de", splits=MULTI30K_SPLITS)
+    for split in ("train", "validation", "test"):
+        assert de[split] == list(local[split]["translation"]), split
+    assert "Translation(languages=['en', 'de'])" in de["features"]
+    assert fr["error"] == (
+        "bentrevett/multi30k split 'train' has no text for ['fr']: its columns are ['en', 'de']; a translation corpus"
+        " has a 'translation' column of {language: text} or one text column per language"
+    )
+
+
+WMT14_CARD = """---
+configs:
+- config_name: de-en
+  data_files:
+  - {split: train, path: de-en/train-*}
+  - {split: validation, path: de-en/validation-*}
+  - {split: test, path: de-en/test-*}
+- config_name: fr-en
+  data_files:
+  - {split: train, path: fr-en/train-*}
+  - {split: validation, path: fr-en/validation-*}
+  - {split: test, path: fr-en/test-*}
+---
+"""
+
+
+def test_a_hub_dataset_with_a_translation_column_loads_by_config_as_the_wmt14_recipes_ask(tmp_path):
+    """wmt/wmt14's layout on the Hub (a config per pair, parquet files of a `translation` column), served locally:
+    the recipes' dataset and dataset_config load through load_dataset, in either direction; a language the config
+    lacks is named."""
+    from datasets import Dataset, Features, Translation
+    from hub_server import serve
+
+    files, pairs = {"README.md": WMT14_CARD.encode()}, {}
+    for config, lang in (("de-en", "de"), ("fr-en", "fr")):
+        for split in ("train", "validation", "test"):
+            pairs[config, split] = [{lang: f"{lang} {split} {i}", "en": f"en {split} {i}"} for i in range(3)]
+            features = Features({"translation": Translation(languages=[lang, "en"])})
+            Dataset.from_dict({"translation": pairs[config, split]}, features=features).to_parquet(tmp_path / "part")
+            files[f"{config}/{split}-00000-of-00001.parquet"] = (tmp_path / "part").read_bytes()
+    server, state = serve(token="unused")
+    state.add_dataset("wmt/wmt14", files)
+    try:
+        loads = [("wmt/wmt14", "en", "de", "de-en"), ("wmt/wmt14", "fr", "en", "fr-en")]
+        loads.append(("wmt/wmt14", "en", "de", "fr-en"))
+        de_en, fr_en, missing = load_from_the_hub(f"http://127.0.0.1:{server.server_port}", loads, tmp_path)
+    finally:
+        server.shutdown()
+    for split in ("train", "validation", "test"):
+        assert de_en[split] == pairs["de-en", split] and fr_en[split] == pairs["fr-en", split]
+    assert missing["error"].startswith("wmt/wmt14 (fr-en) split 'train' has no text for ['de']: its translation column")
+
+
+def test_a_missing_local_folder_is_named_instead_of_looked_up_on_the_hub(tmp_path):
+    for absent in (tmp_path / "multi30k", "../no_such_folder/multi30k"):
+        with pytest.raises(FileNotFoundError, match=f"no folder or file {absent} .a Hub dataset id is NAME or"):
+            load_parallel_corpus(absent, "en", "de")
 
 
 def write_gz(path, lines):

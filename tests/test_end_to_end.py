@@ -1,18 +1,18 @@
 """scripts/train.py end to end through subprocesses: two processes under accelerate, and a SIGKILL then resume."""
 
 import json
-import signal
 import sys
-import time
 
 import pytest
 import torch
 from conftest import TINY, recipe, run
+from hub_server import multi30k_files, serve
 from safetensors.torch import load_file
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
 from vaswani_hf.data import TokenBatchSampler, load_parallel_corpus, preprocess
 from vaswani_hf.tokenization import train_tokenizer
+from vaswani_hf.training import complete_checkpoints
 
 # Two processes with gloo on a CPU. In accelerate 1.15 `--cpu --num_processes 2` starts ONE process (its simple
 # launcher); `--multi_gpu` starts them through torchrun, and on a machine without GPUs they run on the CPU.
@@ -55,14 +55,9 @@ def test_a_run_killed_after_a_checkpoint_resumes_to_the_same_model(small_corpus,
     reference_dir, killed_dir = tmp_path / "reference", tmp_path / "killed"
     run([sys.executable], recipe(small_corpus, reference_dir, **steps), tmp_path)
 
-    process = run([sys.executable], recipe(small_corpus, killed_dir, **steps), tmp_path, wait=False)
-    marker = killed_dir / "checkpoint-40" / "checkpoint_complete"
-    deadline = time.monotonic() + 600
-    while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
-    process.communicate()
-    assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    # the run pauses once checkpoint-40 is complete, and is killed there: the same moment on any machine
+    run([sys.executable], recipe(small_corpus, killed_dir, **steps), tmp_path, kill_at=("saved", 40))
+    assert complete_checkpoints(killed_dir) == [killed_dir / "checkpoint-20", killed_dir / "checkpoint-40"]
     assert not (killed_dir / "model.safetensors").exists()
 
     run([sys.executable], recipe(small_corpus, killed_dir, resume_from_checkpoint="last", **steps), tmp_path)
@@ -103,3 +98,23 @@ def test_two_processes_match_one_process_with_the_same_global_batch(small_corpus
     one, two = load_file(single_dir / "model.safetensors"), load_file(double_dir / "model.safetensors")
     for name, tensor in one.items():
         torch.testing.assert_close(two[name], tensor, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_a_run_whose_local_folder_is_missing_trains_on_the_hub_dataset_and_says_so(small_corpus, tmp_path):
+    """A recipe whose `dataset` folder does not exist loads its `hub_dataset` through the real load_dataset (here
+    bentrevett/multi30k, made of the small corpus, served on 127.0.0.1): logged, and recorded in metrics.json."""
+    server, state = serve(token="unused")
+    state.add_dataset("bentrevett/multi30k", multi30k_files(small_corpus))
+    missing = tmp_path / "no_multi30k_here"
+    config = recipe(missing, tmp_path / "out", hub_dataset="bentrevett/multi30k", max_steps=4, save_steps=4)
+    hub = {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": f"http://127.0.0.1:{server.server_port}", "HF_HOME": str(tmp_path)}
+    try:
+        output = run([sys.executable], config, tmp_path, env=hub)
+    finally:
+        server.shutdown()
+    assert f"{missing} does not exist: loading the Hub dataset bentrevett/multi30k instead" in output
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["settings"]["data"]["loaded"] == {"dataset": "bentrevett/multi30k", "dataset_config": None}
+    resolve = "/datasets/bentrevett/multi30k/resolve/"
+    downloaded = {path.rpartition("/")[2] for method, path, _ in state.requests if method == "GET" and resolve in path}
+    assert {"train.jsonl", "val.jsonl", "test.jsonl"} <= downloaded  # the data came from the served repo

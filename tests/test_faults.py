@@ -8,9 +8,7 @@ import json
 import pkgutil
 import random
 import shutil
-import signal
 import sys
-import time
 
 import pytest
 import torch
@@ -24,6 +22,7 @@ from vaswani_hf.tokenization import load_tokenizer, train_tokenizer
 from vaswani_hf.training import (
     COMPLETE_MARKER,
     NonFiniteGradientGuard,
+    checkpoint_step,
     complete_checkpoints,
     last_complete_checkpoint,
 )
@@ -153,30 +152,33 @@ def test_a_full_disk_during_a_save_fails_loudly_and_keeps_the_previous_checkpoin
 
 @pytest.mark.slow
 def test_kills_at_random_moments_and_during_a_save_lose_nothing(small_corpus, tmp_path):
-    """Kill a real run three times (once while a checkpoint is being written, twice at random moments), resume it
-    each time, and end with exactly the weights of an uninterrupted run."""
+    """Kill a real run three times, each at a moment the run pauses for (so the same moments on any machine): during
+    a save (weights written, completion marker not), then at seeded random updates, inside one (gradients computed,
+    weights not yet changed) and right after a checkpoint, in a seeded order; resume it each time, and end with
+    exactly the weights of an uninterrupted run."""
     steps = dict(max_steps=60, save_steps=2, average_last_checkpoints=0, resume_from_checkpoint="last")
     reference_dir, killed_dir = tmp_path / "reference", tmp_path / "killed"
     run([sys.executable], recipe(small_corpus, reference_dir, **steps), tmp_path)
     chance = random.Random(0)
-    for attempt in range(3):
-        process = run([sys.executable], recipe(small_corpus, killed_dir, **steps), tmp_path, wait=False)
-        started = len(complete_checkpoints(killed_dir)) if killed_dir.exists() else 0
-        deadline = time.monotonic() + 600
-        while process.poll() is None and time.monotonic() < deadline:
-            done = complete_checkpoints(killed_dir) if killed_dir.exists() else []
-            in_progress = [f for f in killed_dir.glob("checkpoint-*") if f not in done] if done else []
-            if attempt == 0 and in_progress:
-                break  # a save has begun and not finished: kill now
-            if attempt > 0 and len(done) > started:
-                time.sleep(chance.uniform(0.0, 1.0))
-                break
-            time.sleep(0.001)
-        process.send_signal(signal.SIGKILL)
-        process.communicate()
-        assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
-        if attempt == 0:
-            assert [f for f in killed_dir.glob("checkpoint-*") if not (f / COMPLETE_MARKER).exists()]
+    for phase in ("save", *chance.sample(["update", "saved"], 2)):
+        done = complete_checkpoints(killed_dir) if killed_dir.exists() else []
+        resumes_at = checkpoint_step(done[-1]) if done else 0
+        # any update, or a checkpoint's (a multiple of save_steps) with an older one to resume from, within 19
+        # updates of where the run resumes: three kills fit in the 60 updates
+        step = resumes_at + (chance.randint(1, 19) if phase == "update" else 2 * chance.randint(2, 9))
+        run([sys.executable], recipe(small_corpus, killed_dir, **steps), tmp_path, kill_at=(phase, step))
+        checkpoint = killed_dir / f"checkpoint-{step}"
+        if phase == "save":
+            assert (checkpoint / "model.safetensors").is_file() and not (checkpoint / COMPLETE_MARKER).exists()
+            # as a kill in the middle of the write would leave it: resuming from this folder would now fail, so the
+            # run must resume from checkpoint step - 2
+            weights = (checkpoint / "model.safetensors").read_bytes()
+            (checkpoint / "model.safetensors").write_bytes(weights[: len(weights) // 2])
+        else:  # killed after checkpoint `step` (saved), or inside update `step` (update): nothing newer is on disk
+            done = [checkpoint_step(folder) for folder in complete_checkpoints(killed_dir)]
+            newest = step if phase == "saved" else (step - 1) // 2 * 2
+            assert done[-1:] == ([newest] if newest else [])
+            assert not (killed_dir / "model.safetensors").exists()
     run([sys.executable], recipe(small_corpus, killed_dir, **steps), tmp_path)
     assert json.loads((killed_dir / "checkpoint-60" / "trainer_state.json").read_text())["global_step"] == 60
     reference, resumed = load_file(reference_dir / "model.safetensors"), load_file(killed_dir / "model.safetensors")

@@ -7,7 +7,7 @@ import sys
 import textwrap
 
 import torch
-from conftest import padded_batch, tiny_model
+from conftest import HANG_GUARD_SECONDS, padded_batch, tiny_model
 
 from vaswani_hf import VaswaniForConditionalGeneration
 
@@ -22,7 +22,7 @@ def run_without_package(code: str, tmp_path) -> subprocess.CompletedProcess:
         env=env,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=HANG_GUARD_SECONDS,
     )
 
 

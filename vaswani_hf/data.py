@@ -1,6 +1,6 @@
 """Parallel data: loading a corpus, tokenizing and filtering it, and batching by tokens (Sec. 5.1).
 
-`load_parallel_corpus` returns a `DatasetDict` with a `translation` column shaped like the Hub's `wmt14`
+`load_parallel_corpus` returns a `DatasetDict` with a `translation` column shaped like the Hub's `wmt/wmt14`
 (`{"en": ..., "de": ...}`), from a Hub dataset, a folder of Moses-style files, or TSV / JSON-lines files.
 """
 
@@ -41,7 +41,11 @@ def load_parallel_corpus(
       `{"translation": {lang: text}}` or `{lang: text}`); a single such file is the `train` split;
     - a zip or folder of Penn Treebank `.mrg` files: sentences and their linearized trees for parsing (Sec. 6.3),
       split by file (`treebank.load_treebank_corpus`; `splits` must be None);
-    - otherwise the name of a Hub dataset with a `translation` column, with `config_name` (e.g. `wmt14`, `de-en`).
+    - otherwise the id of a Hub dataset, with `config_name`: either with a `translation` column (`wmt/wmt14`,
+      `de-en`) or with one text column per language (`bentrevett/multi30k`: rows `{"en": ..., "de": ...}`), whose
+      two columns become the `translation` column.
+    A path that does not exist (it starts with `.`, `/` or `~`, or has more than one `/`) is named in a
+    `FileNotFoundError` rather than looked up on the Hub.
     """
     if source_lang == target_lang:
         raise ValueError(f"source and target language are both {source_lang!r}")
@@ -59,6 +63,8 @@ def load_parallel_corpus(
         return _moses_folder(path, source_lang, target_lang, splits, cache_dir)
     if path.suffix in TABULAR_SUFFIXES:
         return DatasetDict({"train": _tabular_split(path, source_lang, target_lang, cache_dir)})
+    if str(source).startswith((".", "/", "~")) or str(source).count("/") > 1:
+        raise FileNotFoundError(f"no folder or file {source} (a Hub dataset id is NAME or OWNER/NAME)")
     return _hub_dataset(str(source), config_name, source_lang, target_lang, cache_dir)
 
 
@@ -180,13 +186,36 @@ def _hub_dataset(
     name: str, config_name: str | None, source_lang: str, target_lang: str, cache_dir: str | None
 ) -> DatasetDict:
     corpus = load_dataset(name, config_name, cache_dir=cache_dir)
+    where = name if config_name is None else f"{name} ({config_name})"
+    pairs = {}
     for split, dataset in corpus.items():
         feature = dataset.features.get("translation")
-        languages = getattr(feature, "languages", None) or []
+        # a Translation feature (wmt/wmt14) or a struct of one string per language
+        languages = feature.languages if isinstance(feature, Translation) else list(feature or dataset.features)
         missing = [lang for lang in (source_lang, target_lang) if lang not in languages]
         if missing:
-            raise ValueError(f"{name}/{config_name} split {split!r} has no {missing} text; languages: {languages}")
-    return corpus
+            found = f"its translation column has {languages}" if feature else f"its columns are {languages}"
+            raise ValueError(
+                f"{where} split {split!r} has no text for {missing}: {found}; a translation corpus has a"
+                " 'translation' column of {language: text} or one text column per language"
+            )
+        pairs[split] = dataset if feature else _flat_columns_to_translation(dataset, source_lang, target_lang)
+    return DatasetDict(pairs)
+
+
+def _flat_columns_to_translation(dataset: Dataset, source_lang: str, target_lang: str) -> Dataset:
+    """Rows {"en": ..., "de": ..., ...} -> rows {"translation": {"en": ..., "de": ...}}, cached by `datasets`."""
+
+    def pair(batch: dict) -> dict:
+        return {
+            "translation": [
+                {source_lang: source, target_lang: target}
+                for source, target in zip(batch[source_lang], batch[target_lang], strict=True)
+            ]
+        }
+
+    features = Features({"translation": Translation(languages=[source_lang, target_lang])})
+    return dataset.map(pair, batched=True, remove_columns=dataset.column_names, features=features)
 
 
 def preprocess(

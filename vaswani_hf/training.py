@@ -62,6 +62,13 @@ class DataArguments:
 
     dataset: str = field(default="wmt14", metadata={"help": "Hub dataset, folder of {split}.{lang}[.gz], or file"})
     dataset_config: str | None = field(default="de-en", metadata={"help": "Hub dataset config, e.g. de-en"})
+    hub_dataset: str | None = field(
+        default=None,
+        metadata={
+            "help": "Hub dataset loaded instead when the local folder or file `dataset` does not exist, e.g."
+            " bentrevett/multi30k (with its default config; file_splits apply to the folder only)"
+        },
+    )
     source_lang: str = "en"
     target_lang: str = "de"
     file_splits: str | None = field(
@@ -398,15 +405,26 @@ def build_model(model_args: ModelArguments, tokenizer) -> PreTrainedModel:
     return VaswaniForConditionalGeneration(VaswaniConfig.from_preset(model_args.preset, **overrides))
 
 
+def dataset_source(data_args: DataArguments) -> tuple[str, str | None, dict[str, str] | None]:
+    """(dataset, config, file splits) to load: `dataset`, or `hub_dataset` (said loudly) if the folder is missing."""
+    splits = dict(p.split("=", 1) for p in data_args.file_splits.split(",")) if data_args.file_splits else None
+    if data_args.hub_dataset is None or Path(data_args.dataset).exists():
+        return data_args.dataset, data_args.dataset_config, splits
+    logger.warning(
+        "%s does not exist: loading the Hub dataset %s instead (hub_dataset; metrics.json records it)",
+        data_args.dataset,
+        data_args.hub_dataset,
+    )
+    return data_args.hub_dataset, None, None
+
+
 def train(model_args: ModelArguments, data_args: DataArguments, training_args: VaswaniTrainingArguments) -> dict:
     """The whole run: data, tokenizer, model, training (resumable), checkpoint averaging, sacreBLEU on the test
     split, and the output folder (model, tokenizer, generation config, metrics.json, training_curves.png)."""
     output_dir = Path(training_args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    splits = dict(p.split("=", 1) for p in data_args.file_splits.split(",")) if data_args.file_splits else None
-    corpus = load_parallel_corpus(
-        data_args.dataset, data_args.source_lang, data_args.target_lang, data_args.dataset_config, splits
-    )
+    source, config_name, splits = dataset_source(data_args)
+    corpus = load_parallel_corpus(source, data_args.source_lang, data_args.target_lang, config_name, splits)
     tokenizer = build_tokenizer(data_args, corpus, output_dir, training_args)
     set_seed(training_args.seed)  # before the model exists: its initial weights come from this seed
     model = build_model(model_args, tokenizer)
@@ -460,6 +478,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: V
     metrics["train"]["trained_minutes"] = budget.trained_seconds / 60
     metrics["train"]["time_marks"] = budget.reached
     metrics["settings"] = run_settings(model_args, data_args, training_args, model)
+    metrics["settings"]["data"]["loaded"] = {"dataset": source, "dataset_config": config_name}
     trainer.save_model(str(output_dir))  # the last weights; replaced below if averaging does better
 
     if not trainer.is_world_process_zero():
