@@ -1,4 +1,4 @@
-"""Translation with the paper's decoding and scoring with sacreBLEU on detokenized text (Sec. 6.1)."""
+"""Translation with the paper's decoding and scoring with sacreBLEU (BLEU, chrF) on detokenized text (Sec. 6.1)."""
 
 import json
 import os
@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import sacrebleu
 import torch
+from tqdm.auto import tqdm
 from transformers import EvalPrediction, PreTrainedModel, PreTrainedTokenizerBase
 
 from .tokenization import load_tokenizer
@@ -22,28 +23,44 @@ def translate(
     tokenizer: PreTrainedTokenizerBase,
     sources: list[str],
     batch_size: int = 64,
+    progress_bar: bool = True,
+    description: str = "Translating",
     **generate_kwargs,
 ) -> list[str]:
     """Translate `sources` with `model.generate` (its generation config: beam 4, length penalty 0.6, length limit,
-    unless `generate_kwargs` say otherwise). Sentences are batched by length and returned in input order."""
+    unless `generate_kwargs` say otherwise). Sentences are batched by length and returned in input order. A tqdm bar
+    counts the sentences on a terminal (never when stderr is not one, nor with `progress_bar=False`)."""
     model.eval()
     order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
     translations: list[str] = [""] * len(sources)
-    for start in range(0, len(order), batch_size):
-        indices = order[start : start + batch_size]
-        batch = tokenizer([sources[i] for i in indices], return_tensors="pt", padding=True).to(model.device)
-        generated = model.generate(**batch, **generate_kwargs)
-        for index, text in zip(indices, tokenizer.batch_decode(generated, skip_special_tokens=True), strict=True):
-            translations[index] = text
+    # disable=None: tqdm turns itself off when stderr is not a terminal (logs, pipes, CI)
+    with tqdm(
+        total=len(sources),
+        desc=description,
+        unit="sentence",
+        disable=None if progress_bar else True,
+        dynamic_ncols=True,
+    ) as bar:
+        for start in range(0, len(order), batch_size):
+            indices = order[start : start + batch_size]
+            batch = tokenizer([sources[i] for i in indices], return_tensors="pt", padding=True).to(model.device)
+            generated = model.generate(**batch, **generate_kwargs)
+            for index, text in zip(indices, tokenizer.batch_decode(generated, skip_special_tokens=True), strict=True):
+                translations[index] = text
+            bar.update(len(indices))
     return translations
+
+
+def _check_aligned(hypotheses: list[str], references: list[str]) -> None:
+    if len(hypotheses) != len(references):
+        raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} references")
 
 
 def bleu(hypotheses: list[str], references: list[str]) -> dict:
     """Corpus BLEU of detokenized text with sacreBLEU's defaults (13a tokenizer, cased), in the keys of the
     `evaluate` sacrebleu metric (`score`, `counts`, `totals`, `precisions`, `bp`, `sys_len`, `ref_len`) plus the
     `signature` to quote with the score."""
-    if len(hypotheses) != len(references):
-        raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} references")
+    _check_aligned(hypotheses, references)
     metric = sacrebleu.BLEU()
     result = metric.corpus_score(hypotheses, [references])
     return {
@@ -54,6 +71,21 @@ def bleu(hypotheses: list[str], references: list[str]) -> dict:
         "bp": result.bp,
         "sys_len": result.sys_len,
         "ref_len": result.ref_len,
+        "signature": str(metric.get_signature()),
+    }
+
+
+def chrf(hypotheses: list[str], references: list[str]) -> dict:
+    """Corpus chrF of detokenized text with sacreBLEU's defaults (character 6-grams, no word n-grams, beta 2): the
+    `score` and the `signature` to quote with it."""
+    _check_aligned(hypotheses, references)
+    metric = sacrebleu.CHRF()
+    result = metric.corpus_score(hypotheses, [references])
+    return {
+        "score": result.score,
+        "char_order": result.char_order,
+        "word_order": result.word_order,
+        "beta": result.beta,
         "signature": str(metric.get_signature()),
     }
 
@@ -130,13 +162,25 @@ def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def write_json(path: str | os.PathLike, data: dict) -> None:
-    """Write JSON atomically: a reader sees the old file or the new one, never a half-written one."""
+def _write_atomically(path: str | os.PathLike, text: str) -> None:
+    """A reader sees the old file or the new one, never a half-written one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as f:
-        json.dump(data, f, indent=2, ensure_ascii=False)
-        f.write("\n")
+    with tempfile.NamedTemporaryFile(
+        "w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.", delete=False
+    ) as f:
+        f.write(text)
         f.flush()
         os.fsync(f.fileno())
     os.replace(f.name, path)
+
+
+def write_json(path: str | os.PathLike, data: dict) -> None:
+    """Write JSON atomically."""
+    _write_atomically(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+def write_lines(path: str | os.PathLike, lines: list[str]) -> None:
+    """Write one text a line, atomically, so that line i is text i: a line break inside a text (a byte-level model
+    can generate one) becomes a space, which the 13a tokenizer of BLEU and chrF treat alike."""
+    _write_atomically(path, "".join(" ".join(line.splitlines()) + "\n" for line in lines))
