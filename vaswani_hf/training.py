@@ -765,7 +765,6 @@ def _print_summary(metrics: dict, output_dir: Path) -> None:
             line += f" ({output_dir / result['test_predictions']})"
         lines.append(line)
     scores = next(iter(metrics["evaluation"].values()))
-    lines.append(
-        f"  sacreBLEU signatures: {scores['validation_bleu']['signature']}, {scores['validation_chrf']['signature']}"
-    )
+    lines.append(f"  sacreBLEU signatures: BLEU {scores['validation_bleu']['signature']}")
+    lines.append(f"                        chrF {scores['validation_chrf']['signature']}")
     print("\n".join(lines))

@@ -1,0 +1,122 @@
+"""The training command line: a recipe file plus flags, unknown names refused, enumerated options checked."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+from conftest import ROOT
+
+from vaswani_hf.cli.train import parse_arguments
+from vaswani_hf.training import DataArguments, ModelArguments, VaswaniTrainingArguments, parse_overrides
+
+RECIPE = {"dataset": "corpus_folder", "output_dir": "from_recipe", "use_cpu": True, "max_train_minutes": 60, "seed": 4}
+
+
+def write(path, values: dict):
+    path.write_text(json.dumps(values) if path.suffix == ".json" else yaml.safe_dump(values))
+    return str(path)
+
+
+def refused(argv: list[str], capsys) -> str:
+    """argparse's error message for `argv` (it exits with status 2)."""
+    with pytest.raises(SystemExit) as stopped:
+        parse_arguments(argv)
+    assert stopped.value.code == 2
+    return capsys.readouterr().err
+
+
+@pytest.mark.parametrize("suffix", [".yaml", ".json"])
+def test_a_recipe_file_plus_flags_and_the_flags_win(tmp_path, suffix):
+    recipe = write(tmp_path / f"recipe{suffix}", {**RECIPE, "test_split": None, "lr_schedule": "hf"})
+    model_args, data_args, training_args = parse_arguments(
+        [recipe, "--output_dir", "x", "--max_train_minutes", "5", "--lr_schedule", "eq3"]
+    )
+    assert (training_args.output_dir, training_args.max_train_minutes, training_args.lr_schedule) == ("x", 5.0, "eq3")
+    # the recipe's other values stay, including a null
+    assert (data_args.dataset, data_args.test_split, training_args.seed, training_args.use_cpu) == (
+        "corpus_folder",
+        None,
+        4,
+        True,
+    )
+    assert model_args.preset == "small"
+    # the recipe alone
+    _, _, training_args = parse_arguments([recipe])
+    assert (training_args.output_dir, training_args.max_train_minutes, training_args.lr_schedule) == (
+        "from_recipe",
+        60,
+        "hf",
+    )
+
+
+def test_an_unknown_recipe_key_or_flag_is_refused_naming_it(tmp_path, capsys):
+    recipe = write(tmp_path / "recipe.yaml", {**RECIPE, "lr_shedule": "eq3"})
+    message = refused([recipe], capsys)
+    assert "unknown key(s) 'lr_shedule' (did you mean 'lr_schedule'" in message
+    recipe = write(tmp_path / "good.yaml", RECIPE)
+    message = refused([recipe, "--max_train_minuts", "5"], capsys)
+    assert "unknown argument(s): --max_train_minuts (did you mean 'max_train_minutes'" in message
+    # no abbreviations: a prefix of a flag is not that flag
+    assert "unknown argument(s): --max_train" in refused([recipe, "--max_train", "5"], capsys)
+    assert "a mapping of argument names to values" in refused([write(tmp_path / "list.yaml", [1, 2])], capsys)
+
+
+def test_the_dataset_has_no_default(tmp_path, capsys):
+    recipe = write(tmp_path / "recipe.yaml", {k: v for k, v in RECIPE.items() if k != "dataset"})
+    assert "the following arguments are required: --dataset" in refused([recipe], capsys)
+    assert "the following arguments are required: --dataset" in refused(["--output_dir", "x", "--use_cpu"], capsys)
+    with pytest.raises(TypeError, match="dataset"):
+        DataArguments()
+    assert DataArguments(dataset="folder").dataset_config is None
+
+
+@pytest.mark.parametrize(
+    "name, value, choices",
+    [
+        ("lr_schedule", "Eq3", "'eq3', 'hf'"),
+        ("nonfinite_gradients", "ignore", "'stop', 'skip'"),
+        ("preset", "huge", "'small', 'base', 'big'"),
+    ],
+)
+def test_enumerated_options_are_refused_naming_the_value_and_the_choices(tmp_path, capsys, name, value, choices):
+    # from a recipe file
+    message = refused([write(tmp_path / "recipe.yaml", {**RECIPE, name: value})], capsys)
+    assert f"{name} {value!r} is not one of the choices: {choices}" in message
+    # from a flag: argparse's own check
+    message = refused([write(tmp_path / "good.yaml", RECIPE), f"--{name}", value], capsys)
+    assert f"argument --{name}" in message and f"invalid choice: {value!r} (choose from {choices})" in message
+    # from Python
+    with pytest.raises(ValueError, match=f"{name} {value!r} is not one of the choices: {choices}"):
+        if name == "preset":
+            ModelArguments(preset=value)
+        else:
+            VaswaniTrainingArguments(output_dir="unused", use_cpu=True, report_to=[], **{name: value})
+
+
+def test_help_shows_the_choices():
+    shown = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "train.py"), "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    for choices in ("--lr_schedule {eq3,hf}", "--nonfinite_gradients {stop,skip}", "--preset {small,base,big}"):
+        assert choices in shown
+    assert "--dataset DATASET     required" in shown
+
+
+def test_an_unknown_config_override_is_refused_naming_it_and_the_fields(tmp_path, capsys):
+    with pytest.raises(
+        ValueError,
+        match=r"override 'dropuot' is not a VaswaniConfig field \(did you mean 'dropout'\?\); the fields: .*d_model",
+    ):
+        parse_overrides("dropuot=0.3")
+    with pytest.raises(ValueError, match="'dropuot' is not a VaswaniConfig field"):
+        ModelArguments(config_overrides="d_model=64,dropuot=0.3")
+    message = refused([write(tmp_path / "recipe.yaml", {**RECIPE, "config_overrides": "dropuot=0.3"})], capsys)
+    assert "config override 'dropuot' is not a VaswaniConfig field (did you mean 'dropout'?)" in message
+    # values are still read as JSON
+    assert parse_overrides("dropout=0.3,position_encoding=learned,init_std=null") == {
+        "dropout": 0.3,
+        "position_encoding": "learned",
+        "init_std": None,
+    }
