@@ -1,12 +1,13 @@
 """The training command line: a recipe file plus flags, unknown names refused, enumerated options checked."""
 
 import json
+import os
 import subprocess
 import sys
 
 import pytest
 import yaml
-from conftest import ROOT
+from conftest import ROOT, recipe
 
 from vaswani_hf.cli.train import parse_arguments
 from vaswani_hf.training import DataArguments, ModelArguments, VaswaniTrainingArguments, parse_overrides
@@ -120,3 +121,28 @@ def test_an_unknown_config_override_is_refused_naming_it_and_the_fields(tmp_path
         "position_encoding": "learned",
         "init_std": None,
     }
+
+
+def test_the_command_trains_from_a_recipe_with_flag_overrides_and_refuses_to_rerun(small_corpus, tmp_path):
+    """The issue's command line, `train.py recipe.yaml --output_dir x --max_train_minutes 5`, through the script."""
+    recipe_file = write(
+        tmp_path / "recipe.yaml",
+        recipe(small_corpus, tmp_path / "from_recipe", max_steps=2, average_last_checkpoints=0),
+    )
+    output_dir = tmp_path / "x"
+    command = [sys.executable, str(ROOT / "scripts" / "train.py"), recipe_file, "--output_dir", str(output_dir)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_CACHE": str(tmp_path / "ds")}
+    done = subprocess.run([*command, "--max_train_minutes", "5"], capture_output=True, text=True, env=env, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert not (tmp_path / "from_recipe").exists()
+    metrics = json.loads((output_dir / "metrics.json").read_text())
+    assert (
+        metrics["settings"]["training"]["max_train_minutes"] == 5 and metrics["settings"]["training"]["max_steps"] == 2
+    )
+    assert "train: 300 pairs read, 0 filtered out by length, 300 kept" in done.stderr  # logged
+    assert "/5.0 training minutes" in done.stderr  # the training bar follows the time budget
+    # the same command again: refused before training, saying how to resume
+    again = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT)
+    assert again.returncode != 0
+    assert f"output_dir {output_dir} holds an earlier run" in again.stderr
+    assert "--resume_from_checkpoint last" in again.stderr

@@ -51,43 +51,30 @@ def translate(
     return translations
 
 
-def _check_aligned(hypotheses: list[str], references: list[str]) -> None:
+def _corpus_score(metric, hypotheses: list[str], references: list[str], fields: tuple[str, ...]) -> dict:
+    """A sacreBLEU metric's corpus score: `score`, the result's `fields`, and the `signature` to quote with it."""
     if len(hypotheses) != len(references):
         raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} references")
+    result = metric.corpus_score(hypotheses, [references])
+    return {
+        "score": result.score,
+        **{name: getattr(result, name) for name in fields},
+        "signature": str(metric.get_signature()),
+    }
 
 
 def bleu(hypotheses: list[str], references: list[str]) -> dict:
     """Corpus BLEU of detokenized text with sacreBLEU's defaults (13a tokenizer, cased), in the keys of the
     `evaluate` sacrebleu metric (`score`, `counts`, `totals`, `precisions`, `bp`, `sys_len`, `ref_len`) plus the
     `signature` to quote with the score."""
-    _check_aligned(hypotheses, references)
-    metric = sacrebleu.BLEU()
-    result = metric.corpus_score(hypotheses, [references])
-    return {
-        "score": result.score,
-        "counts": result.counts,
-        "totals": result.totals,
-        "precisions": result.precisions,
-        "bp": result.bp,
-        "sys_len": result.sys_len,
-        "ref_len": result.ref_len,
-        "signature": str(metric.get_signature()),
-    }
+    fields = ("counts", "totals", "precisions", "bp", "sys_len", "ref_len")
+    return _corpus_score(sacrebleu.BLEU(), hypotheses, references, fields)
 
 
 def chrf(hypotheses: list[str], references: list[str]) -> dict:
     """Corpus chrF of detokenized text with sacreBLEU's defaults (character 6-grams, no word n-grams, beta 2): the
-    `score` and the `signature` to quote with it."""
-    _check_aligned(hypotheses, references)
-    metric = sacrebleu.CHRF()
-    result = metric.corpus_score(hypotheses, [references])
-    return {
-        "score": result.score,
-        "char_order": result.char_order,
-        "word_order": result.word_order,
-        "beta": result.beta,
-        "signature": str(metric.get_signature()),
-    }
+    `score`, those settings, and the `signature` to quote with the score."""
+    return _corpus_score(sacrebleu.CHRF(), hypotheses, references, ("char_order", "word_order", "beta"))
 
 
 def evaluate_translation(
