@@ -10,6 +10,8 @@ import yaml
 from conftest import ROOT, recipe
 
 from vaswani_hf.cli.train import parse_arguments
+from vaswani_hf.cli.train_tokenizer import main as train_tokenizer_main
+from vaswani_hf.tokenization import load_tokenizer
 from vaswani_hf.training import DataArguments, ModelArguments, VaswaniTrainingArguments, parse_overrides
 
 RECIPE = {"dataset": "corpus_folder", "output_dir": "from_recipe", "use_cpu": True, "max_train_minutes": 60, "seed": 4}
@@ -146,3 +148,15 @@ def test_the_command_trains_from_a_recipe_with_flag_overrides_and_refuses_to_rer
     assert again.returncode != 0
     assert f"output_dir {output_dir} holds an earlier run" in again.stderr
     assert "--resume_from_checkpoint last" in again.stderr
+
+
+def test_the_tokenizer_command_records_what_it_learned_for_and_keeps_other_files(small_corpus, tmp_path, capsys):
+    output_dir = tmp_path / "tokenizer"
+    train_tokenizer_main([str(small_corpus), "en", "de", str(output_dir), "--split", "train", "--vocab_size", "400"])
+    assert json.loads((output_dir / "learned_for.json").read_text()) == {"languages": ["en", "de"], "vocab_size": 400}
+    assert load_tokenizer(output_dir)("A dog.")["input_ids"][-1] == 2
+    (tmp_path / "used").mkdir()
+    (tmp_path / "used" / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match=r"already holds \['notes.txt'\]"):
+        train_tokenizer_main([str(small_corpus), "en", "de", str(tmp_path / "used"), "--vocab_size", "400"])
+    assert (tmp_path / "used" / "notes.txt").read_text() == "mine"

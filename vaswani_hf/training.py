@@ -470,6 +470,20 @@ def plot_training_curves(
 TOKENIZER_RECORD = "learned_for.json"
 
 
+def save_learned_tokenizer(
+    tokenizer: PreTrainedTokenizerBase, folder: str | os.PathLike, languages: list[str], vocab_size: int
+) -> None:
+    """Save a tokenizer just learned, atomically, with the record of its languages and requested vocabulary size
+    (`TOKENIZER_RECORD`) that a run reusing the folder compares with its recipe. The folder must be new or empty:
+    the atomic save replaces it whole."""
+    if Path(folder).is_dir() and any(Path(folder).iterdir()):
+        present = sorted(p.name for p in Path(folder).iterdir())
+        raise FileExistsError(f"{folder} already holds {present}: save the tokenizer to a new or empty folder")
+    with atomic_folder(folder) as staging:
+        tokenizer.save_pretrained(staging)
+        write_json(staging / TOKENIZER_RECORD, {"languages": languages, "vocab_size": vocab_size})
+
+
 def build_tokenizer(data_args: DataArguments, corpus, output_dir: Path, training_args) -> PreTrainedTokenizerBase:
     if data_args.tokenizer_name_or_path:
         folder = data_args.tokenizer_name_or_path
@@ -478,13 +492,9 @@ def build_tokenizer(data_args: DataArguments, corpus, output_dir: Path, training
         with training_args.main_process_first(desc="learning the shared BPE"):
             if not (folder / "tokenizer.json").is_file():
                 texts = (text for pair in corpus[data_args.train_split]["translation"] for text in pair.values())
-                with atomic_folder(folder) as staging:
-                    train_tokenizer(texts, vocab_size=data_args.vocab_size).save_pretrained(staging)
-                    record = {
-                        "languages": [data_args.source_lang, data_args.target_lang],
-                        "vocab_size": data_args.vocab_size,
-                    }
-                    write_json(staging / TOKENIZER_RECORD, record)
+                languages = [data_args.source_lang, data_args.target_lang]
+                tokenizer = train_tokenizer(texts, vocab_size=data_args.vocab_size)
+                save_learned_tokenizer(tokenizer, folder, languages, data_args.vocab_size)
     tokenizer = load_tokenizer(folder)
     check_tokenizer_fits(tokenizer, folder, data_args)
     return tokenizer
