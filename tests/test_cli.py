@@ -8,6 +8,7 @@ import sys
 import pytest
 import yaml
 from conftest import ROOT, recipe
+from transformers import HfArgumentParser
 
 from vaswani_hf.cli.train import parse_arguments
 from vaswani_hf.cli.train_tokenizer import main as train_tokenizer_main
@@ -64,6 +65,8 @@ def test_an_unknown_recipe_key_or_flag_is_refused_naming_it(tmp_path, capsys):
     # no abbreviations: a prefix of a flag is not that flag
     assert "unknown argument(s): --max_train" in refused([recipe, "--max_train", "5"], capsys)
     assert "a mapping of argument names to values" in refused([write(tmp_path / "list.yaml", [1, 2])], capsys)
+    assert "the recipe file comes first" in refused(["--dataset", "d", "--output_dir", "x", recipe], capsys)
+    assert "unknown argument(s): extra" in refused([recipe, "--output_dir", "x", "extra"], capsys)
 
 
 def test_the_dataset_has_no_default(tmp_path, capsys):
@@ -160,3 +163,17 @@ def test_the_tokenizer_command_records_what_it_learned_for_and_keeps_other_files
     with pytest.raises(FileExistsError, match=r"already holds \['notes.txt'\]"):
         train_tokenizer_main([str(small_corpus), "en", "de", str(tmp_path / "used"), "--vocab_size", "400"])
     assert (tmp_path / "used" / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize(
+    "recipe_name", sorted(p.name for p in (ROOT / "recipes").glob("*.yaml") if not p.name.startswith("accelerate"))
+)
+def test_the_command_line_reads_each_shipped_recipe_as_its_values_say(recipe_name):
+    path = ROOT / "recipes" / recipe_name
+    # GPU recipes ask for bf16, which TrainingArguments refuses without a GPU: flags make them CPU runs
+    from_command_line = parse_arguments([str(path), "--use_cpu", "true", "--bf16", "false"])
+    values = {**yaml.safe_load(path.read_text()), "use_cpu": True, "bf16": False}
+    parser = HfArgumentParser((ModelArguments, DataArguments, VaswaniTrainingArguments))
+    model_args, data_args, training_args = parser.parse_dict(values)
+    assert from_command_line[0] == model_args and from_command_line[1] == data_args
+    assert from_command_line[2].to_dict() == training_args.to_dict()

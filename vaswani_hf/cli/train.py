@@ -57,13 +57,14 @@ def read_recipe(path: Path, known: set[str]) -> dict:
     unknown = [key for key in values if key not in known]
     if unknown:
         named = "; ".join(f"{key!r}{close_names(key, known)}" for key in unknown)
-        raise ValueError(f"recipe {path}: unknown key(s) {named} (python scripts/train.py --help lists them all)")
+        raise ValueError(f"recipe {path}: unknown key(s) {named} (--help lists them all)")
     return values
 
 
 def parse_arguments(argv: list[str]) -> tuple[ModelArguments, DataArguments, VaswaniTrainingArguments]:
     """Recipe file and flags -> the three argument dataclasses; errors exit with argparse's usage message."""
     parser = build_parser()
+    # argparse's actions (no public accessor): the argument names, and which ones the recipe makes optional
     arguments = [a.dest for a in parser._actions if a.dest not in ("help", "recipe")]
     recipe_path = argv[0] if argv and not argv[0].startswith("-") else None
     try:
@@ -75,15 +76,16 @@ def parse_arguments(argv: list[str]) -> tuple[ModelArguments, DataArguments, Vas
             for action in parser._actions:
                 if action.dest in recipe:
                     action.required = False
-        *parsed, _, remaining = parser.parse_args_into_dataclasses(
+        *parsed, namespace, remaining = parser.parse_args_into_dataclasses(
             argv, return_remaining_strings=True, look_for_args_file=False
         )
     except (ValueError, OSError) as error:
         parser.error(str(error))
+    if recipe_path is None and namespace.recipe is not None:
+        parser.error(f"the recipe file comes first, before the flags: {namespace.recipe}")
     if remaining:
-        flags = [a for a in remaining if a.startswith("-")]
-        named = "; ".join(f"{flag}{close_names(flag.lstrip('-'), arguments)}" for flag in flags) or remaining
-        parser.error(f"unknown argument(s): {named}")
+        named = [f"{a}{close_names(a.lstrip('-'), arguments)}" if a.startswith("-") else a for a in remaining]
+        parser.error(f"unknown argument(s): {'; '.join(named)}")
     return tuple(parsed)
 
 
