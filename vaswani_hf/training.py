@@ -1,6 +1,6 @@
 """Training through `Seq2SeqTrainer` with the paper's recipe (Sec. 5): token batches, Adam with the learning rate of
 Eq. 3, label smoothing, checkpoints written so that a kill never leaves one that loads but is wrong, checkpoint
-averaging (Sec. 6.1), sacreBLEU evaluation, and a JSON / PNG record of the run."""
+averaging (Sec. 6.1), sacreBLEU evaluation, and a record of the run (metrics JSON, test translations, curves PNG)."""
 
 import copy
 import difflib
@@ -574,8 +574,10 @@ def build_model(model_args: ModelArguments, tokenizer) -> PreTrainedModel:
 
 
 def train(model_args: ModelArguments, data_args: DataArguments, training_args: VaswaniTrainingArguments) -> dict:
-    """The whole run: data, tokenizer, model, training (resumable), checkpoint averaging, sacreBLEU on the test
-    split, and the output folder (model, tokenizer, generation config, metrics.json, training_curves.png)."""
+    """The whole run: data, tokenizer, model, training (resumable), checkpoint averaging, sacreBLEU (BLEU, chrF) on
+    the test split, and the output folder (model, tokenizer, generation config, metrics.json, test_predictions.txt,
+    training_curves.png). An output folder holding an earlier run is refused unless `resume_from_checkpoint` is set,
+    and a reused tokenizer must fit the recipe (`check_tokenizer_fits`), both before anything is written."""
     output_dir = Path(training_args.output_dir)
     check_output_dir(training_args)
     PartialState().wait_for_everyone()  # every process has looked before the first one writes anything
