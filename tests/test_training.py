@@ -1,11 +1,17 @@
-"""VaswaniTrainer and the paper's recipe: token batches, Eq. 3, Adam, complete checkpoints, averaging."""
+"""VaswaniTrainer and the paper's recipe: token batches, Eq. 3, Adam, complete checkpoints, averaging; what train()
+leaves behind, and how it refuses to mix two runs."""
 
+import io
+import json
+import shutil
+import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 import yaml
-from conftest import tiny_model
+from conftest import recipe, tiny_model
 from datasets import Dataset
 from safetensors.torch import load_file
 from transformers import (
@@ -15,20 +21,28 @@ from transformers import (
     TrainerControl,
     TrainerState,
 )
+from transformers.trainer_callback import ProgressCallback
 
 from vaswani_hf import VaswaniConfig, convert_to_marian
+from vaswani_hf.evaluation import bleu, chrf, translate
+from vaswani_hf.parsing import parse
+from vaswani_hf.tokenization import train_tokenizer
 from vaswani_hf.training import (
     COMPLETE_MARKER,
     DataArguments,
     ModelArguments,
+    TrainingMinutesProgress,
     TrainingTimeBudget,
     VaswaniTrainer,
     VaswaniTrainingArguments,
     average_checkpoints,
+    check_tokenizer_fits,
+    earlier_run_outputs,
     eq3_learning_rate,
     last_complete_checkpoint,
     load_averaged_model,
     parse_overrides,
+    train,
 )
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
@@ -259,3 +273,191 @@ def test_training_step_with_label_smoothing_equals_the_trainers_label_smoother(t
     torch.testing.assert_close(
         trainer.compute_loss(ours, dict(batch)), plain.compute_loss(reference.eval(), dict(batch))
     )
+
+
+def tiny_run_arguments(corpus, output_dir, **overrides):
+    """The three argument dataclasses of a tiny recipe (conftest's), as the command line builds them."""
+    parser = HfArgumentParser((ModelArguments, DataArguments, VaswaniTrainingArguments))
+    return parser.parse_dict(recipe(corpus, output_dir, **{"disable_tqdm": True, **overrides}))
+
+
+@pytest.fixture(scope="module")
+def filtered_corpus(small_corpus, tmp_path_factory) -> Path:
+    """conftest's Multi30k slice with two training pairs the length filters drop: an empty target, and a target of
+    40 words for a source of one (a length ratio far above 3)."""
+    folder = tmp_path_factory.mktemp("filtered")
+    for path in small_corpus.iterdir():
+        shutil.copyfile(path, folder / path.name)
+    with open(folder / "train.en", "a", encoding="utf-8") as english, open(folder / "train.de", "a") as german:
+        english.write("A dog.\nHello.\n")
+        german.write("\n" + "Hallo " * 40 + "\n")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def finished_run(filtered_corpus, tmp_path_factory):
+    """A tiny run of 4 updates with checkpoints at 2 and 4, so that the final evaluation has two candidates (the last
+    weights and the average of the two checkpoints): its output folder and the metrics train() returned."""
+    output_dir = tmp_path_factory.mktemp("run") / "out"
+    arguments = tiny_run_arguments(filtered_corpus, output_dir, max_steps=4, save_steps=2, average_last_checkpoints=2)
+    return output_dir, train(*arguments)
+
+
+def test_a_run_writes_every_test_translation_and_chrf_beside_bleu(finished_run, small_corpus):
+    output_dir, metrics = finished_run
+    assert json.loads((output_dir / "metrics.json").read_text())["evaluation"] == metrics["evaluation"]
+    references = (small_corpus / "test_2016_flickr.de").read_text(encoding="utf-8").splitlines()
+    assert set(metrics["evaluation"]) == {"last", "average of 2"}
+    files = {name: result["test_predictions"] for name, result in metrics["evaluation"].items()}
+    saved = metrics["final_model"]
+    assert files[saved] == "test_predictions.txt"
+    assert files[next(name for name in files if name != saved)] in (
+        "test_predictions_last.txt",
+        "test_predictions_average.txt",
+    )
+    for name, file_name in files.items():
+        lines = (output_dir / file_name).read_text(encoding="utf-8").split("\n")
+        assert lines[-1] == "" and len(lines[:-1]) == len(references) == 20  # one a line, every test sentence
+        result = metrics["evaluation"][name]
+        assert lines[:5] == [" ".join(h.splitlines()) for h in result["test_hypotheses_head"]]
+        # the written translations give the reported scores
+        assert bleu(lines[:-1], references)["score"] == pytest.approx(result["test_bleu"]["score"])
+        assert chrf(lines[:-1], references)["score"] == pytest.approx(result["test_chrf"]["score"])
+        for split in ("validation", "test"):
+            assert "|nc:6|nw:0|" in result[f"{split}_chrf"]["signature"]  # sacreBLEU's chrF: character 6-grams
+    assert not list(output_dir.glob(".test_predictions*"))  # no staging file left
+
+
+def test_a_run_records_the_pairs_read_filtered_and_kept(finished_run, capsys):
+    _, metrics = finished_run
+    # the two bad pairs are dropped from the training split; evaluation splits stay whole
+    assert metrics["data"] == {
+        "train": {"read": 302, "filtered": 2, "kept": 300},
+        "validation": {"read": 20, "filtered": 0, "kept": 20},
+        "test": {"read": 20, "filtered": 0, "kept": 20},
+    }
+
+
+def folder_state(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in sorted(folder.rglob("*"))}
+
+
+def test_a_second_run_into_a_used_output_dir_is_refused_before_it_starts(finished_run, filtered_corpus):
+    output_dir, _ = finished_run
+    before = folder_state(output_dir)
+    arguments = tiny_run_arguments(filtered_corpus, output_dir, max_steps=4, save_steps=2, average_last_checkpoints=2)
+    with pytest.raises(FileExistsError) as refused:
+        train(*arguments)
+    message = str(refused.value)
+    assert f"output_dir {output_dir} holds an earlier run (checkpoint-2, checkpoint-4, metrics.json" in message
+    assert "--resume_from_checkpoint last" in message and "another --output_dir" in message
+    assert folder_state(output_dir) == before  # nothing written, nothing removed
+
+
+def test_resuming_with_another_vocabulary_size_is_refused_naming_both(finished_run, filtered_corpus):
+    output_dir, _ = finished_run
+    assert json.loads((output_dir / "tokenizer" / "learned_for.json").read_text()) == {
+        "languages": ["en", "de"],
+        "vocab_size": 400,
+    }
+    before = folder_state(output_dir)
+    arguments = tiny_run_arguments(filtered_corpus, output_dir, vocab_size=500, resume_from_checkpoint="last")
+    with pytest.raises(ValueError, match="learned with vocab_size 400, but the recipe asks for vocab_size 500"):
+        train(*arguments)
+    assert folder_state(output_dir) == before
+
+
+def test_a_reused_tokenizer_must_fit_the_recipe(tmp_path):
+    texts = ["a man rides a bike", "zwei hunde spielen im schnee"] * 20
+    tokenizer = train_tokenizer(texts, vocab_size=300)
+    data_args = DataArguments(dataset="unused", source_lang="en", target_lang="de", vocab_size=300)
+    # a tokenizer with no record: only a vocabulary larger than vocab_size proves it is not the recipe's
+    tokenizer.save_pretrained(tmp_path)
+    check_tokenizer_fits(tokenizer, tmp_path, data_args)
+    check_tokenizer_fits(tokenizer, tmp_path, DataArguments(dataset="unused", vocab_size=len(tokenizer) + 100))
+    with pytest.raises(ValueError, match=f"has {len(tokenizer)} tokens, more than the recipe's vocab_size 280"):
+        check_tokenizer_fits(tokenizer, tmp_path, DataArguments(dataset="unused", vocab_size=280))
+    # with the record train() writes: the requested size and the languages, in either direction
+    (tmp_path / "learned_for.json").write_text(json.dumps({"languages": ["en", "de"], "vocab_size": 300}))
+    check_tokenizer_fits(
+        tokenizer, tmp_path, DataArguments(dataset="unused", source_lang="de", target_lang="en", vocab_size=300)
+    )
+    with pytest.raises(
+        ValueError, match=r"learned for the languages \['en', 'de'\], but the recipe translates \['en', 'fr'\]"
+    ):
+        check_tokenizer_fits(tokenizer, tmp_path, DataArguments(dataset="unused", target_lang="fr", vocab_size=300))
+    with pytest.raises(ValueError, match="learned with vocab_size 300, but the recipe asks for vocab_size 8000"):
+        check_tokenizer_fits(tokenizer, tmp_path, DataArguments(dataset="unused"))
+
+
+def test_what_counts_as_an_earlier_run(tmp_path):
+    assert earlier_run_outputs(tmp_path / "missing") == []
+    (tmp_path / "recipe.yaml").write_text("seed: 1")
+    (tmp_path / "notes").mkdir()
+    assert earlier_run_outputs(tmp_path) == []  # a folder holding other things is free to use
+    for name in ("checkpoint-10", "tokenizer"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    assert earlier_run_outputs(tmp_path) == ["checkpoint-10", "model.safetensors", "tokenizer"]
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_translation_shows_a_progress_bar_on_a_terminal_only(monkeypatch):
+    tokenizer = train_tokenizer(["a man rides a bike", "zwei hunde spielen im schnee"] * 20, vocab_size=300)
+    model = tiny_model(vocab_size=len(tokenizer))
+    sources = ["a man", "two dogs", "a bike"]
+    shown = {}
+    for name, stream, progress_bar in (
+        ("terminal", Terminal(), True),
+        ("off", Terminal(), False),
+        ("pipe", io.StringIO(), True),
+    ):
+        monkeypatch.setattr(sys, "stderr", stream)
+        translations = translate(
+            model, tokenizer, sources, batch_size=2, progress_bar=progress_bar, description="test", max_new_tokens=3
+        )
+        shown[name] = stream.getvalue()
+        assert len(translations) == 3
+    # parsing decodes through translate() with its own bar (beam 21 takes minutes on a real parser)
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    parse(model, tokenizer, sources, num_beams=1)
+    shown["parsing"] = sys.stderr.getvalue()
+    monkeypatch.undo()
+    assert "test: 100%" in shown["terminal"] and "3/3" in shown["terminal"]
+    assert shown["off"] == "" and shown["pipe"] == ""
+    assert "Parsing: 100%" in shown["parsing"]
+
+
+def test_the_training_bar_counts_minutes_of_the_time_budget(tmp_path, capsys):
+    budget = TrainingTimeBudget(budget_minutes=60, marks_minutes=[])
+    trainer = VaswaniTrainer(
+        model=tiny_model(),
+        args=VaswaniTrainingArguments(
+            output_dir=str(tmp_path), report_to=[], use_cpu=True, max_steps=3, max_tokens=256, save_strategy="no"
+        ),
+        train_dataset=reversal_dataset(),
+        data_collator=pad,
+        callbacks=[budget],
+    )
+    kinds = [type(c) for c in trainer.callback_handler.callbacks]
+    assert TrainingMinutesProgress in kinds and ProgressCallback not in kinds
+    trainer.train()
+    shown = capsys.readouterr().err
+    assert "/60.0 training minutes" in shown and "3/3" not in shown
+    # unit check with a controlled count, and the budget a resume restores found in the trainer's callbacks
+    handler = SimpleNamespace(callbacks=[TrainingTimeBudget(budget_minutes=60, marks_minutes=[], trained_seconds=600)])
+    progress, state = TrainingMinutesProgress(handler), TrainerState()
+    progress.on_train_begin(None, state, TrainerControl())
+    assert (progress.training_bar.n, progress.training_bar.total) == (10, 60)
+    handler.callbacks = [TrainingTimeBudget(budget_minutes=60, marks_minutes=[], trained_seconds=1800)]
+    state.global_step = 7
+    progress.on_step_end(None, state, TrainerControl())
+    assert progress.training_bar.n == 30
+    progress.on_train_end(None, state, TrainerControl())
+    # without a time budget the Trainer's own steps bar stays
+    plain = trainer_for(tmp_path, tiny_model())
+    assert ProgressCallback in [type(c) for c in plain.callback_handler.callbacks]

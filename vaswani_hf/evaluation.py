@@ -1,4 +1,4 @@
-"""Translation with the paper's decoding and scoring with sacreBLEU on detokenized text (Sec. 6.1)."""
+"""Translation with the paper's decoding and scoring with sacreBLEU (BLEU, chrF) on detokenized text (Sec. 6.1)."""
 
 import json
 import os
@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import sacrebleu
 import torch
+from tqdm.auto import tqdm
 from transformers import EvalPrediction, PreTrainedModel, PreTrainedTokenizerBase
 
 from .tokenization import load_tokenizer
@@ -22,40 +23,58 @@ def translate(
     tokenizer: PreTrainedTokenizerBase,
     sources: list[str],
     batch_size: int = 64,
+    progress_bar: bool = True,
+    description: str = "Translating",
     **generate_kwargs,
 ) -> list[str]:
     """Translate `sources` with `model.generate` (its generation config: beam 4, length penalty 0.6, length limit,
-    unless `generate_kwargs` say otherwise). Sentences are batched by length and returned in input order."""
+    unless `generate_kwargs` say otherwise). Sentences are batched by length and returned in input order. A tqdm bar
+    counts the sentences on a terminal (never when stderr is not one, nor with `progress_bar=False`)."""
     model.eval()
     order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
     translations: list[str] = [""] * len(sources)
-    for start in range(0, len(order), batch_size):
-        indices = order[start : start + batch_size]
-        batch = tokenizer([sources[i] for i in indices], return_tensors="pt", padding=True).to(model.device)
-        generated = model.generate(**batch, **generate_kwargs)
-        for index, text in zip(indices, tokenizer.batch_decode(generated, skip_special_tokens=True), strict=True):
-            translations[index] = text
+    # disable=None: tqdm turns itself off when stderr is not a terminal (logs, pipes, CI)
+    with tqdm(
+        total=len(sources),
+        desc=description,
+        unit="sentence",
+        disable=None if progress_bar else True,
+        dynamic_ncols=True,
+    ) as bar:
+        for start in range(0, len(order), batch_size):
+            indices = order[start : start + batch_size]
+            batch = tokenizer([sources[i] for i in indices], return_tensors="pt", padding=True).to(model.device)
+            generated = model.generate(**batch, **generate_kwargs)
+            for index, text in zip(indices, tokenizer.batch_decode(generated, skip_special_tokens=True), strict=True):
+                translations[index] = text
+            bar.update(len(indices))
     return translations
+
+
+def _corpus_score(metric, hypotheses: list[str], references: list[str], fields: tuple[str, ...]) -> dict:
+    """A sacreBLEU metric's corpus score: `score`, the result's `fields`, and the `signature` to quote with it."""
+    if len(hypotheses) != len(references):
+        raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} references")
+    result = metric.corpus_score(hypotheses, [references])
+    return {
+        "score": result.score,
+        **{name: getattr(result, name) for name in fields},
+        "signature": str(metric.get_signature()),
+    }
 
 
 def bleu(hypotheses: list[str], references: list[str]) -> dict:
     """Corpus BLEU of detokenized text with sacreBLEU's defaults (13a tokenizer, cased), in the keys of the
     `evaluate` sacrebleu metric (`score`, `counts`, `totals`, `precisions`, `bp`, `sys_len`, `ref_len`) plus the
     `signature` to quote with the score."""
-    if len(hypotheses) != len(references):
-        raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} references")
-    metric = sacrebleu.BLEU()
-    result = metric.corpus_score(hypotheses, [references])
-    return {
-        "score": result.score,
-        "counts": result.counts,
-        "totals": result.totals,
-        "precisions": result.precisions,
-        "bp": result.bp,
-        "sys_len": result.sys_len,
-        "ref_len": result.ref_len,
-        "signature": str(metric.get_signature()),
-    }
+    fields = ("counts", "totals", "precisions", "bp", "sys_len", "ref_len")
+    return _corpus_score(sacrebleu.BLEU(), hypotheses, references, fields)
+
+
+def chrf(hypotheses: list[str], references: list[str]) -> dict:
+    """Corpus chrF of detokenized text with sacreBLEU's defaults (character 6-grams, no word n-grams, beta 2): the
+    `score`, those settings, and the `signature` to quote with the score."""
+    return _corpus_score(sacrebleu.CHRF(), hypotheses, references, ("char_order", "word_order", "beta"))
 
 
 def evaluate_translation(
@@ -130,13 +149,25 @@ def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def write_json(path: str | os.PathLike, data: dict) -> None:
-    """Write JSON atomically: a reader sees the old file or the new one, never a half-written one."""
+def _write_atomically(path: str | os.PathLike, text: str) -> None:
+    """A reader sees the old file or the new one, never a half-written one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as f:
-        json.dump(data, f, indent=2, ensure_ascii=False)
-        f.write("\n")
+    with tempfile.NamedTemporaryFile(
+        "w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.", delete=False
+    ) as f:
+        f.write(text)
         f.flush()
         os.fsync(f.fileno())
     os.replace(f.name, path)
+
+
+def write_json(path: str | os.PathLike, data: dict) -> None:
+    """Write JSON atomically."""
+    _write_atomically(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+def write_lines(path: str | os.PathLike, lines: list[str]) -> None:
+    """Write one text a line, atomically, so that line i is text i: a line break inside a text (a byte-level model
+    can generate one) becomes a space, which the 13a tokenizer of BLEU and chrF treat alike."""
+    _write_atomically(path, "".join(" ".join(line.splitlines()) + "\n" for line in lines))

@@ -117,9 +117,11 @@ def parse(
     batch_size: int = 16,
     num_beams: int = PARSING_NUM_BEAMS,
     length_penalty: float = PARSING_LENGTH_PENALTY,
+    progress_bar: bool = True,
 ) -> list[str]:
     """Linearized trees generated with the paper's parsing settings (Sec. 6.3) unless told otherwise: beam 21,
-    length penalty 0.3, each output at most its source length + 300 tokens (the model's per-sentence length limit)."""
+    length penalty 0.3, each output at most its source length + 300 tokens (the model's per-sentence length limit).
+    A progress bar counts the sentences on a terminal (beam 21 takes minutes) unless `progress_bar=False`."""
     config = copy.deepcopy(model.generation_config)
     config.num_beams = num_beams
     config.length_penalty = length_penalty
@@ -127,7 +129,15 @@ def parse(
     # Sec. 6.3's per-sentence limit replaces any fixed length a saved generation config holds (models trained before
     # VaswaniTrainer kept Seq2SeqTrainer from writing max_length=20 into it hold one).
     config.max_length = config.max_new_tokens = None
-    return translate(model, tokenizer, sentences, batch_size=batch_size, generation_config=config)
+    return translate(
+        model,
+        tokenizer,
+        sentences,
+        batch_size=batch_size,
+        progress_bar=progress_bar,
+        description="Parsing",
+        generation_config=config,
+    )
 
 
 def evaluate_parser(
@@ -138,9 +148,10 @@ def evaluate_parser(
     batch_size: int = 16,
     **decoding,
 ) -> tuple[dict, list[str]]:
-    """Parse `sentences` (words separated by spaces, as in the gold trees; `decoding`: `num_beams`, `length_penalty`
-    of `parse`), repair malformed outputs, and score them: (bracket scores plus the percent of `well_formed` outputs
-    and of outputs whose leaves are exactly the sentence's words, `words_copied`; generated linearizations)."""
+    """Parse `sentences` (words separated by spaces, as in the gold trees; `decoding`: `num_beams`, `length_penalty`,
+    `progress_bar` of `parse`), repair malformed outputs, and score them: (bracket scores plus the percent of
+    `well_formed` outputs and of outputs whose leaves are exactly the sentence's words, `words_copied`; generated
+    linearizations)."""
     generated = parse(model, tokenizer, sentences, batch_size, **decoding)
     repaired = [tree_from_linearized(text, gold.words()) for text, gold in zip(generated, gold_trees, strict=True)]
     scores = bracket_scores([tree for tree, _ in repaired], gold_trees)

@@ -1,20 +1,26 @@
 """Training through `Seq2SeqTrainer` with the paper's recipe (Sec. 5): token batches, Adam with the learning rate of
 Eq. 3, label smoothing, checkpoints written so that a kill never leaves one that loads but is wrong, checkpoint
-averaging (Sec. 6.1), sacreBLEU evaluation, and a JSON / PNG record of the run."""
+averaging (Sec. 6.1), sacreBLEU evaluation, and a record of the run (metrics JSON, test translations, curves PNG)."""
 
 import copy
+import difflib
 import json
 import logging
 import os
 import shutil
 import time
+import typing
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
+from accelerate import PartialState
 from safetensors.torch import load_file
 from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
 from transformers import (
     AutoModelForSeq2SeqLM,
     DataCollatorForSeq2Seq,
@@ -26,12 +32,12 @@ from transformers import (
     TrainerState,
     set_seed,
 )
-from transformers.trainer_callback import ExportableState
+from transformers.trainer_callback import ExportableState, ProgressCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from .configuration_vaswani import VaswaniConfig
+from .configuration_vaswani import PRESETS, VaswaniConfig
 from .data import TokenBatchSampler, load_parallel_corpus, preprocess
-from .evaluation import bleu_metric_for_trainer, evaluate_translation, write_json
+from .evaluation import atomic_folder, bleu, bleu_metric_for_trainer, chrf, translate, write_json, write_lines
 from .modeling_vaswani import VaswaniForConditionalGeneration
 from .tokenization import load_tokenizer, train_tokenizer
 
@@ -45,23 +51,55 @@ def eq3_learning_rate(step: int, d_model: int, warmup_steps: int, scale: float =
     return scale * d_model**-0.5 * min(step**-0.5, step * warmup_steps**-1.5)
 
 
+def close_names(name: str, known: Iterable[str]) -> str:
+    """' (did you mean ...?)' with the known names closest to a misspelt `name`, or '' when none is close."""
+    matches = difflib.get_close_matches(name, sorted(known), n=3)
+    return f" (did you mean {' or '.join(repr(m) for m in matches)}?)" if matches else ""
+
+
+def check_choices(arguments) -> None:
+    """Refuse a value outside a `Literal` field's choices, naming the field, the value and the choices: the check
+    HfArgumentParser makes for command-line flags, here also for values from a recipe file or from Python."""
+    for name, hint in typing.get_type_hints(type(arguments)).items():
+        if typing.get_origin(hint) is Literal and getattr(arguments, name) not in typing.get_args(hint):
+            choices = ", ".join(repr(choice) for choice in typing.get_args(hint))
+            raise ValueError(f"{name} {getattr(arguments, name)!r} is not one of the choices: {choices}")
+
+
+# Fields a config override may set: those VaswaniConfig declares (PretrainedConfig's bookkeeping fields such as
+# transformers_version or id2label are no recipe's business), plus the attention backend PretrainedConfig reads.
+CONFIG_FIELDS = frozenset(VaswaniConfig.__annotations__) | {"attn_implementation"}
+
+
 @dataclass
 class ModelArguments:
     """Which model to train: a preset with overrides, or a saved model to continue from."""
 
-    preset: str = field(default="small", metadata={"help": "small, base or big (Table 3)"})
+    preset: Literal[tuple(PRESETS)] = field(default="small", metadata={"help": "Table 3's base and big, or ours"})
     config_overrides: str | None = field(
-        default=None, metadata={"help": "comma-separated field=value pairs, e.g. 'dropout=0.3,decoder_layers=4'"}
+        default=None,
+        metadata={
+            "help": "comma-separated VaswaniConfig field=value pairs (JSON values), e.g. 'dropout=0.3,decoder_layers=4'"
+        },
     )
     model_name_or_path: str | None = field(default=None, metadata={"help": "a saved model folder or Hub id"})
+
+    def __post_init__(self):
+        check_choices(self)
+        parse_overrides(self.config_overrides)
 
 
 @dataclass
 class DataArguments:
     """Which parallel data, which tokenizer, and which length filters."""
 
-    dataset: str = field(default="wmt14", metadata={"help": "Hub dataset, folder of {split}.{lang}[.gz], or file"})
-    dataset_config: str | None = field(default="de-en", metadata={"help": "Hub dataset config, e.g. de-en"})
+    dataset: str = field(
+        metadata={
+            "help": "required: a folder of {split}.{lang}[.gz] files (e.g. ../shared/data/multi30k), a TSV or "
+            "JSON-lines file, a Penn Treebank zip, or a Hub dataset id (e.g. wmt/wmt14 with --dataset_config de-en)"
+        }
+    )
+    dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset config, e.g. de-en"})
     hub_dataset: str | None = field(
         default=None,
         metadata={
@@ -78,7 +116,10 @@ class DataArguments:
     validation_split: str = "validation"
     test_split: str | None = "test"
     tokenizer_name_or_path: str | None = field(default=None, metadata={"help": "otherwise a BPE is learned"})
-    vocab_size: int = field(default=8000, metadata={"help": "size of the shared BPE learned when none is given"})
+    vocab_size: int = field(
+        default=8000,
+        metadata={"help": "size of the shared BPE learned when none is given; a reused tokenizer must match it"},
+    )
     max_source_tokens: int = 256
     max_target_tokens: int = 256
     max_length_ratio: float = 3.0
@@ -99,7 +140,9 @@ class VaswaniTrainingArguments(Seq2SeqTrainingArguments):
     max_tokens: int | None = field(
         default=4096, metadata={"help": "padded source + target tokens per batch and device (Sec. 5.1); 0: sentences"}
     )
-    lr_schedule: str = field(default="eq3", metadata={"help": "eq3 (the paper's), or hf for lr_scheduler_type"})
+    lr_schedule: Literal["eq3", "hf"] = field(
+        default="eq3", metadata={"help": "eq3 (the paper's Eq. 3), or hf for lr_scheduler_type and learning_rate"}
+    )
     lr_scale: float = field(default=1.0, metadata={"help": "factor on the Eq. 3 learning rate"})
     max_train_minutes: float | None = field(default=None, metadata={"help": "stop after this much training time"})
     eval_at_minutes: str | None = field(
@@ -107,10 +150,14 @@ class VaswaniTrainingArguments(Seq2SeqTrainingArguments):
     )
     average_last_checkpoints: int = field(default=5, metadata={"help": "Sec. 6.1: average the last N (0: off)"})
     restore_callback_states_from_checkpoint: bool = True  # the time budget continues across a resume
-    nonfinite_gradients: str = field(
+    nonfinite_gradients: Literal["stop", "skip"] = field(
         default="stop",
         metadata={"help": "on a NaN/inf gradient: 'stop' (an error naming the step) or 'skip' the update"},
     )
+
+    def __post_init__(self):
+        check_choices(self)
+        super().__post_init__()
 
 
 class TrainingTimeBudget(TrainerCallback, ExportableState):
@@ -146,6 +193,39 @@ class TrainingTimeBudget(TrainerCallback, ExportableState):
             # a checkpoint, but no evaluation here: train() evaluates the final weights right after
             control.should_training_stop = control.should_save = True
         return control
+
+
+class TrainingMinutesProgress(ProgressCallback):
+    """transformers' `ProgressCallback` whose training bar counts minutes of training time (the `TrainingTimeBudget`'s
+    count) against `max_train_minutes`, so its total and ETA follow the time budget; its steps bar would show the
+    `max_steps` the Trainer derives from `num_train_epochs`, which the budget cuts short. The budget is looked up in
+    the trainer's callbacks at each step because a resume replaces it with the one restored from the checkpoint."""
+
+    def __init__(self, callback_handler):
+        super().__init__()
+        self.callback_handler = callback_handler
+
+    def _budget(self) -> TrainingTimeBudget:
+        return next(c for c in self.callback_handler.callbacks if isinstance(c, TrainingTimeBudget))
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            budget = self._budget()
+            self.training_bar = tqdm(
+                total=budget.budget_minutes,
+                initial=min(budget.trained_seconds / 60, budget.budget_minutes),
+                unit="min",
+                bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} training minutes [{elapsed}<{remaining}{postfix}]",
+                dynamic_ncols=True,
+            )
+        self.current_step = 0
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            budget = self._budget()
+            self.training_bar.set_postfix(step=state.global_step, refresh=False)
+            self.training_bar.update(min(budget.trained_seconds / 60, budget.budget_minutes) - self.training_bar.n)
+            self.current_step = state.global_step
 
 
 class NonFiniteGradientGuard(TrainerCallback):
@@ -187,6 +267,7 @@ class VaswaniTrainer(Seq2SeqTrainer):
       folders a kill left without it.
     - A NaN or inf gradient stops training or skips the update (`args.nonfinite_gradients`), never reaching the
       weights.
+    - With a `TrainingTimeBudget` of some minutes among the callbacks, the progress bar counts training minutes.
     - In training our model computes the label-smoothed loss itself (`label_smoothing=`), fused with its output
       projection, instead of the Trainer's `LabelSmoother` reading the stored logits; evaluation, and other models
       (a MarianMTModel, say), keep the latter.
@@ -195,6 +276,11 @@ class VaswaniTrainer(Seq2SeqTrainer):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.add_callback(NonFiniteGradientGuard(getattr(self.args, "nonfinite_gradients", "stop")))
+        callbacks = self.callback_handler.callbacks
+        timed = any(isinstance(c, TrainingTimeBudget) and c.budget_minutes is not None for c in callbacks)
+        if timed and any(type(c) is ProgressCallback for c in callbacks):
+            self.remove_callback(ProgressCallback)
+            self.add_callback(TrainingMinutesProgress(self.callback_handler))
         self.max_tokens = getattr(self.args, "max_tokens", None)
         if getattr(self.args, "lr_schedule", "hf") == "eq3":
             d_model = self.model.config.d_model
@@ -335,16 +421,23 @@ def average_checkpoint_folders(folders: list[str | os.PathLike], output_dir: str
 
 
 def parse_overrides(text: str | None) -> dict:
-    """'dropout=0.3,decoder_layers=4' -> {'dropout': 0.3, 'decoder_layers': 4} (values read as JSON if they can)."""
+    """'dropout=0.3,decoder_layers=4' -> {'dropout': 0.3, 'decoder_layers': 4} (values read as JSON if they can);
+    a field VaswaniConfig does not have is refused (PretrainedConfig would keep it as a silent attribute)."""
     overrides = {}
     for item in filter(None, (part.strip() for part in (text or "").split(","))):
         key, sep, value = item.partition("=")
         if not sep:
             raise ValueError(f"config override {item!r} is not field=value")
+        key = key.strip()
+        if key not in CONFIG_FIELDS:
+            raise ValueError(
+                f"config override {key!r} is not a VaswaniConfig field{close_names(key, CONFIG_FIELDS)}; "
+                f"the fields: {', '.join(sorted(CONFIG_FIELDS))}"
+            )
         try:
-            overrides[key.strip()] = json.loads(value)
+            overrides[key] = json.loads(value)
         except json.JSONDecodeError:
-            overrides[key.strip()] = value
+            overrides[key] = value
     return overrides
 
 
@@ -380,15 +473,97 @@ def plot_training_curves(
     plt.close(figure)
 
 
+# Written beside a tokenizer that train() learns: what it was learned for, compared when it is reused.
+TOKENIZER_RECORD = "learned_for.json"
+
+
+def save_learned_tokenizer(
+    tokenizer: PreTrainedTokenizerBase, folder: str | os.PathLike, languages: list[str], vocab_size: int
+) -> None:
+    """Save a tokenizer just learned, atomically, with the record of its languages and requested vocabulary size
+    (`TOKENIZER_RECORD`) that a run reusing the folder compares with its recipe. The folder must be new or empty:
+    the atomic save replaces it whole."""
+    if Path(folder).is_dir() and any(Path(folder).iterdir()):
+        present = sorted(p.name for p in Path(folder).iterdir())
+        raise FileExistsError(f"{folder} already holds {present}: save the tokenizer to a new or empty folder")
+    with atomic_folder(folder) as staging:
+        tokenizer.save_pretrained(staging)
+        write_json(staging / TOKENIZER_RECORD, {"languages": languages, "vocab_size": vocab_size})
+
+
 def build_tokenizer(data_args: DataArguments, corpus, output_dir: Path, training_args) -> PreTrainedTokenizerBase:
     if data_args.tokenizer_name_or_path:
-        return load_tokenizer(data_args.tokenizer_name_or_path)
-    folder = output_dir / "tokenizer"
-    with training_args.main_process_first(desc="learning the shared BPE"):
-        if not (folder / "tokenizer.json").is_file():
-            texts = (text for pair in corpus[data_args.train_split]["translation"] for text in pair.values())
-            train_tokenizer(texts, vocab_size=data_args.vocab_size).save_pretrained(folder)
-    return load_tokenizer(folder)
+        folder = data_args.tokenizer_name_or_path
+    else:
+        folder = output_dir / "tokenizer"
+        with training_args.main_process_first(desc="learning the shared BPE"):
+            if not (folder / "tokenizer.json").is_file():
+                texts = (text for pair in corpus[data_args.train_split]["translation"] for text in pair.values())
+                languages = [data_args.source_lang, data_args.target_lang]
+                tokenizer = train_tokenizer(texts, vocab_size=data_args.vocab_size)
+                save_learned_tokenizer(tokenizer, folder, languages, data_args.vocab_size)
+    tokenizer = load_tokenizer(folder)
+    check_tokenizer_fits(tokenizer, folder, data_args)
+    return tokenizer
+
+
+def check_tokenizer_fits(
+    tokenizer: PreTrainedTokenizerBase, folder: str | os.PathLike, data_args: DataArguments
+) -> None:
+    """Refuse a reused tokenizer learned for another vocabulary size or other languages than the recipe's, naming
+    both values: a model built on it would not be the recipe's, and resuming would mix two runs."""
+    record_path = Path(folder) / TOKENIZER_RECORD
+    fix = "set vocab_size and the languages to the tokenizer's, or choose another tokenizer or output_dir"
+    if record_path.is_file():
+        record = json.loads(record_path.read_text(encoding="utf-8"))
+        if record["vocab_size"] != data_args.vocab_size:
+            raise ValueError(
+                f"the tokenizer in {folder} was learned with vocab_size {record['vocab_size']}, but the recipe asks "
+                f"for vocab_size {data_args.vocab_size}: {fix}"
+            )
+        languages = [data_args.source_lang, data_args.target_lang]
+        if sorted(record["languages"]) != sorted(languages):  # one shared BPE serves both directions
+            raise ValueError(
+                f"the tokenizer in {folder} was learned for the languages {record['languages']}, but the recipe "
+                f"translates {languages}: {fix}"
+            )
+    # Without a record only the size can be checked. BPE learns at most vocab_size tokens and fewer when a small
+    # corpus runs out of pairs to merge, so only a larger vocabulary proves that the tokenizer is not the recipe's.
+    elif len(tokenizer) > data_args.vocab_size:
+        raise ValueError(
+            f"the tokenizer in {folder} has {len(tokenizer)} tokens, more than the recipe's vocab_size "
+            f"{data_args.vocab_size}: {fix}"
+        )
+
+
+# What an earlier run leaves in its output folder: a new run beside it would mix with it (its checkpoints would be
+# averaged into the new model, its tokenizer reused).
+RUN_OUTPUTS = ("model.safetensors", "metrics.json", "trainer_state.json", "tokenizer", "tokenizer.json")
+
+
+def earlier_run_outputs(output_dir: str | os.PathLike) -> list[str]:
+    """The names in `output_dir` that an earlier run wrote (checkpoints, weights, metrics, tokenizer)."""
+    folder = Path(output_dir)
+    if not folder.is_dir():
+        return []
+    return sorted(
+        path.name
+        for path in folder.iterdir()
+        if path.name in RUN_OUTPUTS
+        or path.name.startswith((f"{PREFIX_CHECKPOINT_DIR}-", "test_predictions"))
+        or path.suffix == ".safetensors"
+    )
+
+
+def check_output_dir(training_args: VaswaniTrainingArguments) -> None:
+    """Refuse to start a new run in a folder holding an earlier one, unless it is resumed."""
+    found = earlier_run_outputs(training_args.output_dir)
+    if found and training_args.resume_from_checkpoint is None:
+        shown = ", ".join(found[:6]) + (f" and {len(found) - 6} more" if len(found) > 6 else "")
+        raise FileExistsError(
+            f"output_dir {training_args.output_dir} holds an earlier run ({shown}); a new run there would mix with "
+            "it. Resume it with --resume_from_checkpoint last, or choose another --output_dir"
+        )
 
 
 def build_model(model_args: ModelArguments, tokenizer) -> PreTrainedModel:
@@ -419,9 +594,13 @@ def dataset_source(data_args: DataArguments) -> tuple[str, str | None, dict[str,
 
 
 def train(model_args: ModelArguments, data_args: DataArguments, training_args: VaswaniTrainingArguments) -> dict:
-    """The whole run: data, tokenizer, model, training (resumable), checkpoint averaging, sacreBLEU on the test
-    split, and the output folder (model, tokenizer, generation config, metrics.json, training_curves.png)."""
+    """The whole run: data, tokenizer, model, training (resumable), checkpoint averaging, sacreBLEU (BLEU, chrF) on
+    the test split, and the output folder (model, tokenizer, generation config, metrics.json, test_predictions.txt,
+    training_curves.png). An output folder holding an earlier run is refused unless `resume_from_checkpoint` is set,
+    and a reused tokenizer must fit the recipe (`check_tokenizer_fits`), both before anything is written."""
     output_dir = Path(training_args.output_dir)
+    check_output_dir(training_args)
+    PartialState().wait_for_everyone()  # every process has looked before the first one writes anything
     output_dir.mkdir(parents=True, exist_ok=True)
     source, config_name, splits = dataset_source(data_args)
     corpus = load_parallel_corpus(source, data_args.source_lang, data_args.target_lang, config_name, splits)
@@ -440,6 +619,9 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: V
             filter_splits=(data_args.train_split,),
             num_proc=data_args.preprocessing_num_workers,
         )
+    data_counts = pair_counts(corpus, data)
+    for split, counts in data_counts.items():
+        logger.info("%s: %d pairs read, %d filtered out by length, %d kept", split, *counts.values())
     validation = data[data_args.validation_split]
     if data_args.max_eval_samples is not None:
         validation = validation.select(range(min(data_args.max_eval_samples, len(validation))))
@@ -479,6 +661,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: V
     metrics["train"]["time_marks"] = budget.reached
     metrics["settings"] = run_settings(model_args, data_args, training_args, model)
     metrics["settings"]["data"]["loaded"] = {"dataset": source, "dataset_config": config_name}
+    metrics["data"] = data_counts
     trainer.save_model(str(output_dir))  # the last weights; replaced below if averaging does better
 
     if not trainer.is_world_process_zero():
@@ -532,6 +715,15 @@ def run_settings(model_args: ModelArguments, data_args: DataArguments, training_
     }
 
 
+def pair_counts(corpus, data) -> dict[str, dict[str, int]]:
+    """Per split: sentence pairs read, filtered out by `preprocess`'s length filters (empty sides, too many tokens, a
+    length ratio too high), and kept."""
+    return {
+        split: {"read": len(corpus[split]), "filtered": len(corpus[split]) - len(data[split]), "kept": len(data[split])}
+        for split in data
+    }
+
+
 def _stored_budget(checkpoint: Path) -> dict:
     """The `TrainingTimeBudget` state saved in a checkpoint's trainer_state.json: {"args": ..., "attributes": ...}."""
     state = json.loads((checkpoint / "trainer_state.json").read_text())
@@ -556,23 +748,34 @@ def _split_texts(dataset, data_args: DataArguments) -> tuple[list[str], list[str
 
 def _final_evaluation(trainer, data, data_args, training_args, output_dir: Path) -> dict:
     """Validation BLEU of the last weights and of the average of the last N checkpoints; the better one becomes
-    the saved model; test BLEU of both is reported."""
+    the saved model. BLEU and chrF of both on validation and test are reported, and the test translations written
+    one a line: `test_predictions.txt` of the saved model, `test_predictions_{last,average}.txt` of the other."""
     candidates = {"last": trainer.model}
     checkpoints = complete_checkpoints(output_dir)[-training_args.average_last_checkpoints :]
     if training_args.average_last_checkpoints > 1 and len(checkpoints) > 1:
         candidates[f"average of {len(checkpoints)}"] = load_averaged_model(checkpoints).to(trainer.model.device)
-    results = {}
+    results, test_hypotheses = {}, {}
     tokenizer = trainer.processing_class
+    splits = {"validation": data_args.validation_split}
+    if data_args.test_split and data_args.test_split in data:
+        splits["test"] = data_args.test_split
     for name, model in candidates.items():
-        sources, references = _split_texts(data[data_args.validation_split], data_args)
-        validation, _ = evaluate_translation(model, tokenizer, sources, references)
-        results[name] = {"validation_bleu": validation}
-        if data_args.test_split and data_args.test_split in data:
-            sources, references = _split_texts(data[data_args.test_split], data_args)
-            test, hypotheses = evaluate_translation(model, tokenizer, sources, references)
-            results[name]["test_bleu"] = test
-            results[name]["test_hypotheses_head"] = hypotheses[:5]
+        results[name], outputs = {}, {}
+        for role, split in splits.items():
+            sources, references = _split_texts(data[split], data_args)
+            outputs[role] = translate(
+                model, tokenizer, sources, progress_bar=not training_args.disable_tqdm, description=f"{role}, {name}"
+            )
+            results[name][f"{role}_bleu"] = bleu(outputs[role], references)
+            results[name][f"{role}_chrf"] = chrf(outputs[role], references)
+        if "test" in outputs:
+            test_hypotheses[name] = outputs["test"]
+            results[name]["test_hypotheses_head"] = outputs["test"][:5]
     best = max(results, key=lambda name: results[name]["validation_bleu"]["score"])
+    for name, hypotheses in test_hypotheses.items():
+        file_name = "test_predictions.txt" if name == best else f"test_predictions_{name.split()[0]}.txt"
+        write_lines(output_dir / file_name, hypotheses)
+        results[name]["test_predictions"] = file_name
     if best != "last":
         candidates[best].save_pretrained(output_dir)
     trainer.processing_class.save_pretrained(output_dir)
@@ -581,11 +784,18 @@ def _final_evaluation(trainer, data, data_args, training_args, output_dir: Path)
 
 def _print_summary(metrics: dict, output_dir: Path) -> None:
     lines = [f"Training finished: {output_dir}", f"  final model: {metrics['final_model']}"]
+    for split, counts in metrics.get("data", {}).items():
+        lines.append(
+            f"  {split}: {counts['read']} pairs read, {counts['filtered']} filtered out, {counts['kept']} kept"
+        )
     for name, result in metrics["evaluation"].items():
         line = f"  {name}: validation BLEU {result['validation_bleu']['score']:.2f}"
+        line += f" chrF {result['validation_chrf']['score']:.2f}"
         if "test_bleu" in result:
-            line += f", test BLEU {result['test_bleu']['score']:.2f}"
+            line += f", test BLEU {result['test_bleu']['score']:.2f} chrF {result['test_chrf']['score']:.2f}"
+            line += f" ({output_dir / result['test_predictions']})"
         lines.append(line)
-    signature = next(iter(metrics["evaluation"].values()))["validation_bleu"]["signature"]
-    lines.append(f"  sacreBLEU signature: {signature}")
+    scores = next(iter(metrics["evaluation"].values()))
+    lines.append(f"  sacreBLEU signatures: BLEU {scores['validation_bleu']['signature']}")
+    lines.append(f"                        chrF {scores['validation_chrf']['signature']}")
     print("\n".join(lines))

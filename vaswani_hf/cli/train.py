@@ -1,28 +1,99 @@
 """Train a Vaswani Transformer with the paper's recipe through Seq2SeqTrainer.
 
-    accelerate launch scripts/train.py recipes/multi30k_en_de_cpu.yaml
-    accelerate launch scripts/train.py --dataset wmt14 --dataset_config de-en --preset base --output_dir out ...
+    vaswani-train recipes/multi30k_en_de_cpu.yaml
+    vaswani-train recipes/multi30k_en_de_cpu.yaml --output_dir runs/try --max_train_minutes 5
+    vaswani-train --dataset wmt/wmt14 --dataset_config de-en --preset base --output_dir out ...
 
-One YAML or JSON file of all arguments, or command-line flags (see --help): model (ModelArguments), data
-(DataArguments) and training (VaswaniTrainingArguments, i.e. Seq2SeqTrainingArguments with the paper's defaults).
+A recipe file (YAML or JSON) of arguments, then flags, which win over the recipe (see --help): model
+(ModelArguments), data (DataArguments) and training (VaswaniTrainingArguments, i.e. Seq2SeqTrainingArguments with
+the paper's defaults). An unknown key in the recipe or an unknown flag is an error naming it.
 """
 
+import argparse
+import json
+import logging
 import sys
+from pathlib import Path
 
+import yaml
 from transformers import HfArgumentParser
 
-from vaswani_hf.training import DataArguments, ModelArguments, VaswaniTrainingArguments, train
+from vaswani_hf.training import (
+    DataArguments,
+    ModelArguments,
+    VaswaniTrainingArguments,
+    close_names,
+    train,
+)
+
+RECIPE_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults in the help of each argument, the description as written."""
+
+
+def build_parser() -> HfArgumentParser:
+    # No abbreviated flags: a shortened or misspelt flag is an error, never another argument.
+    parser = HfArgumentParser(
+        (ModelArguments, DataArguments, VaswaniTrainingArguments),
+        allow_abbrev=False,
+        formatter_class=HelpFormatter,
+        usage="%(prog)s [recipe.yaml|recipe.json] [--argument value ...]",
+        description=__doc__,
+    )
+    parser.add_argument("recipe", nargs="?", help="a YAML or JSON file of arguments; flags given after it win")
+    return parser
+
+
+def read_recipe(path: Path, known: set[str]) -> dict:
+    """The recipe's arguments; a key that no argument has is an error naming it (with the closest names)."""
+    if path.suffix not in RECIPE_SUFFIXES:
+        raise ValueError(f"recipe {path}: a recipe is a {', '.join(RECIPE_SUFFIXES)} file")
+    text = path.read_text(encoding="utf-8")
+    values = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    if not isinstance(values, dict):
+        raise ValueError(f"recipe {path} holds a {type(values).__name__}, not a mapping of argument names to values")
+    unknown = [key for key in values if key not in known]
+    if unknown:
+        named = "; ".join(f"{key!r}{close_names(key, known)}" for key in unknown)
+        raise ValueError(f"recipe {path}: unknown key(s) {named} (--help lists them all)")
+    return values
+
+
+def parse_arguments(argv: list[str]) -> tuple[ModelArguments, DataArguments, VaswaniTrainingArguments]:
+    """Recipe file and flags -> the three argument dataclasses; errors exit with argparse's usage message."""
+    parser = build_parser()
+    # argparse's actions (no public accessor): the argument names, and which ones the recipe makes optional
+    arguments = [a.dest for a in parser._actions if a.dest not in ("help", "recipe")]
+    recipe_path = argv[0] if argv and not argv[0].startswith("-") else None
+    try:
+        if recipe_path is not None:
+            recipe = read_recipe(Path(recipe_path), set(arguments))
+            # The recipe's values become the defaults, so a flag on the command line wins over them; argparse
+            # checks choices only for flags, and the dataclasses check recipe values when they are built.
+            parser.set_defaults(**recipe)
+            for action in parser._actions:
+                if action.dest in recipe:
+                    action.required = False
+        *parsed, namespace, remaining = parser.parse_args_into_dataclasses(
+            argv, return_remaining_strings=True, look_for_args_file=False
+        )
+    except (ValueError, OSError) as error:
+        parser.error(str(error))
+    if recipe_path is None and namespace.recipe is not None:
+        parser.error(f"the recipe file comes first, before the flags: {namespace.recipe}")
+    if remaining:
+        named = [f"{a}{close_names(a.lstrip('-'), arguments)}" if a.startswith("-") else a for a in remaining]
+        parser.error(f"unknown argument(s): {'; '.join(named)}")
+    return tuple(parsed)
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    parser = HfArgumentParser((ModelArguments, DataArguments, VaswaniTrainingArguments))
-    if len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
-        model_args, data_args, training_args = parser.parse_yaml_file(argv[0])
-    elif len(argv) == 1 and argv[0].endswith(".json"):
-        model_args, data_args, training_args = parser.parse_json_file(argv[0])
-    else:
-        model_args, data_args, training_args = parser.parse_args_into_dataclasses(argv)
+    model_args, data_args, training_args = parse_arguments(sys.argv[1:] if argv is None else argv)
+    # the package's own log lines (pairs read, filtered and kept; checkpoint clean-up) from the main process
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("vaswani_hf").setLevel(logging.INFO if training_args.should_log else logging.WARNING)
     train(model_args, data_args, training_args)
 
 

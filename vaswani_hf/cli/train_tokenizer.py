@@ -1,4 +1,5 @@
-"""Learn the shared BPE vocabulary from a parallel corpus and save it as a transformers tokenizer folder.
+"""Learn the shared BPE vocabulary from a parallel corpus and save it as a transformers tokenizer folder, with the
+record of its languages and vocab_size that vaswani-train checks when given it as --tokenizer_name_or_path.
 
 Example: vaswani-train-tokenizer ../shared/data/multi30k en de out/tokenizer --vocab_size 8000
 """
@@ -7,6 +8,7 @@ import argparse
 
 from vaswani_hf.data import load_parallel_corpus
 from vaswani_hf.tokenization import train_tokenizer
+from vaswani_hf.training import save_learned_tokenizer
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -25,7 +27,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"no split {args.split!r} in {args.corpus}; splits: {sorted(corpus)}")
     texts = (text for pair in corpus[args.split]["translation"] for text in pair.values())
     tokenizer = train_tokenizer(texts, vocab_size=args.vocab_size, min_frequency=args.min_frequency)
-    tokenizer.save_pretrained(args.output_dir)
+    save_learned_tokenizer(tokenizer, args.output_dir, [args.source_lang, args.target_lang], args.vocab_size)
     print(f"saved a {len(tokenizer)}-token vocabulary to {args.output_dir}")
 
 
