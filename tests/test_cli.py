@@ -151,6 +151,7 @@ def test_the_command_trains_from_a_recipe_with_flag_overrides_and_refuses_to_rer
     assert again.returncode != 0
     assert f"output_dir {output_dir} holds an earlier run" in again.stderr
     assert "--resume_from_checkpoint last" in again.stderr
+    assert "Traceback" not in again.stderr  # a one-line error, not a stack
 
 
 def test_the_tokenizer_command_records_what_it_learned_for_and_keeps_other_files(small_corpus, tmp_path, capsys):

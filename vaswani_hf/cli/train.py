@@ -94,7 +94,10 @@ def main(argv: list[str] | None = None) -> None:
     # the package's own log lines (pairs read, filtered and kept; checkpoint clean-up) from the main process
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("vaswani_hf").setLevel(logging.INFO if training_args.should_log else logging.WARNING)
-    train(model_args, data_args, training_args)
+    try:
+        train(model_args, data_args, training_args)
+    except FileExistsError as error:  # an earlier run in output_dir: the message says what to do, no traceback
+        raise SystemExit(f"error: {error}") from None
 
 
 if __name__ == "__main__":
