@@ -84,8 +84,8 @@ def test_translate_reads_input_writes_output_atomically_and_passes_decoding_opti
     assert output_file.read_text(encoding="utf-8").split("\n") == [*greedy, ""]
     assert sorted(path.name for path in tmp_path.iterdir()) == ["hyp.txt", "src.en"]
 
-    # Sentences given as arguments, to stdout.
-    translate.main([str(tiny_translator_folder), SOURCES[0], SOURCES[2], "--num_beams", "1", "--length_penalty", "1"])
+    # Sentences given as arguments, before or after the options, to stdout.
+    translate.main([str(tiny_translator_folder), SOURCES[0], "--num_beams", "1", SOURCES[2], "--length_penalty", "1"])
     assert capsys.readouterr().out == f"{greedy[0]}\n{greedy[2]}\n"
 
 

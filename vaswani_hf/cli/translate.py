@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--input", help="a file of sources, one a line; '-' for standard input")
     parser.add_argument("--output", help="write the translations to this file instead of standard output")
     add_decoding_arguments(parser, batch_size=32)
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # sentences before or after the options
     if args.sentences and args.input:
         parser.error("give the sentences as arguments or as --input, not both")
     device, generate_kwargs = decoding_options(parser, args)
