@@ -186,25 +186,32 @@ def test_export_command_writes_a_self_contained_folder_and_never_replaces_one_un
     assert (tiny_translator_folder / "model.safetensors").is_file()
 
 
-@pytest.mark.slow
-def test_model_card_ctranslate2_snippets_run_as_written_and_translate_like_the_model(
-    trained_run, tiny_translator, tiny_translator_folder, tmp_path
-):
-    """The card's two CTranslate2 blocks, run as a user would: the export command on the Hub id (a Hub cache,
-    offline), then the Python block in a fresh interpreter, which must print the model's own beam search output."""
-    model, tokenizer = tiny_translator
-    metrics = json.loads((trained_run / "metrics.json").read_text())
-    card = render_model_card(metrics, model, "org/vaswani-test").text
-    (command,) = re.findall(r"```bash\n(vaswani-export .*?)\n```", card, re.S)
-    (snippet,) = [block for block in re.findall(r"```python\n(.*?)```", card, re.S) if "ctranslate2" in block]
-    env = {**os.environ, **offline_hub_cache(tiny_translator_folder, "org/vaswani-test", tmp_path), "PYTHONPATH": ""}
+def run_ctranslate2_passage(document: str, model, tokenizer, cwd: Path, env: dict) -> None:
+    """Run a document's CTranslate2 passage as a user would: its `vaswani-export` command in a shell, then its Python
+    block (the one using ctranslate2) in a fresh interpreter, which must print the model's own beam search output
+    for the passage's one example source."""
+    (command,) = re.findall(r"```bash\n(vaswani-export .*?)\n```", document, re.S)
+    (snippet,) = [block for block in re.findall(r"```python\n(.*?)```", document, re.S) if "ctranslate2" in block]
+    env = {**os.environ, **env, "PYTHONPATH": ""}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"  # the venv's console commands
-    exported = subprocess.run(command, shell=True, cwd=tmp_path, env=env, capture_output=True, text=True)
+    exported = subprocess.run(command, shell=True, cwd=cwd, env=env, capture_output=True, text=True)
     assert exported.returncode == 0, exported.stderr[-3000:]
-    printed = subprocess.run([sys.executable, "-c", snippet], cwd=tmp_path, env=env, capture_output=True, text=True)
+    printed = subprocess.run([sys.executable, "-c", snippet], cwd=cwd, env=env, capture_output=True, text=True)
     assert printed.returncode == 0, printed.stderr[-3000:]
 
     (source,) = re.findall(r'sources = \["(.*?)"\]', snippet)
     generated = model.generate(**tokenizer([source], return_tensors="pt"))  # its generation config: beam 4, 0.6
     expected = tokenizer.batch_decode(generated, skip_special_tokens=True)
     assert expected[0].strip() and printed.stdout.strip() == repr(expected)
+
+
+@pytest.mark.slow
+def test_model_card_ctranslate2_passage_runs_as_written_and_translates_like_the_model(
+    trained_run, tiny_translator, tiny_translator_folder, tmp_path
+):
+    """The card's passage exports the Hub id (here from a Hub cache, offline)."""
+    model, tokenizer = tiny_translator
+    metrics = json.loads((trained_run / "metrics.json").read_text())
+    card = render_model_card(metrics, model, "org/vaswani-test").text
+    hub = offline_hub_cache(tiny_translator_folder, "org/vaswani-test", tmp_path)
+    run_ctranslate2_passage(card, model, tokenizer, tmp_path, hub)
