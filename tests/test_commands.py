@@ -72,6 +72,9 @@ def test_translate_reads_input_writes_output_atomically_and_passes_decoding_opti
     translate.main([*argv, "--num_beams", "1", "--length_penalty", "1.0", "--batch_size", "3"])
     assert capsys.readouterr().out == ""
     assert output_file.read_text(encoding="utf-8").split("\n") == [*greedy, ""]
+    (tmp_path / "plain").write_text("")  # the output has a new file's usual permissions, as `> hyp.txt` gives
+    assert output_file.stat().st_mode == (tmp_path / "plain").stat().st_mode
+    (tmp_path / "plain").unlink()
 
     # A source too long for the model fails the run with its line named, and the old output stays as it was.
     long_source = "A man rides a bike. " * 400
