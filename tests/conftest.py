@@ -3,8 +3,10 @@
 import gzip
 import json
 import os
+import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -206,3 +208,34 @@ def run(
     paused = json.loads(paused_file.read_text())
     assert (paused["phase"], paused["step"]) == (phase, step)
     return log.read_text()
+
+
+@pytest.fixture(scope="session")
+def trained_run(small_corpus, tmp_path_factory) -> Path:
+    """A tiny model really trained by scripts/train.py for 20 steps, with checkpoint averaging and BLEU."""
+    tmp_path = tmp_path_factory.mktemp("run")
+    output_dir = tmp_path / "out"
+    run([sys.executable], recipe(small_corpus, output_dir, max_steps=20, save_steps=10), tmp_path)
+    return output_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_translator_folder(tiny_translator, tmp_path_factory) -> Path:
+    """`tiny_translator` saved as a model folder (weights, configs, tokenizer), for the commands that take one."""
+    model, tokenizer = tiny_translator
+    folder = tmp_path_factory.mktemp("tiny_translator") / "model"
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def offline_hub_cache(folder: Path, repo_id: str, tmp_path: Path) -> dict[str, str]:
+    """Place `folder` in a Hub cache under tmp_path as `repo_id`'s main revision; returns the environment under
+    which huggingface_hub, offline, resolves `repo_id` to it."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    cache = tmp_path / "hub"
+    repo_cache = cache / f"models--{repo_id.replace('/', '--')}"
+    shutil.copytree(folder, repo_cache / "snapshots" / commit)
+    (repo_cache / "refs").mkdir()
+    (repo_cache / "refs" / "main").write_text(commit)
+    return {"HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf_home")}

@@ -1,15 +1,22 @@
-"""Conversion to and from MarianMTModel computes the same function, exactly."""
+"""Conversion to and from MarianMTModel computes the same function, exactly; the CTranslate2 export and its command."""
 
 import gzip
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import ctranslate2
 import pytest
 import torch
-from conftest import copy_task_batch, padded_batch, tiny_model
+from conftest import copy_task_batch, offline_hub_cache, padded_batch, tiny_model
 from test_modeling import decoder_inputs
 from transformers import MarianConfig, MarianMTModel
 
 from vaswani_hf import convert_from_marian, convert_to_marian, export_ctranslate2
+from vaswani_hf.hub import render_model_card
 
 
 def padded_decoder_batch() -> dict[str, torch.Tensor]:
@@ -130,3 +137,81 @@ def test_ctranslate2_export_gives_our_greedy_tokens_on_multi30k(tiny_translator,
     quantized = ctranslate2.Translator(str(export_ctranslate2(model, tokenizer, tmp_path / "int8", "int8")))
     results = quantized.translate_batch(source_tokens[:10], beam_size=1, max_decoding_length=40)
     assert all(result.hypotheses[0] for result in results)
+
+
+def test_export_command_writes_a_self_contained_folder_and_never_replaces_one_unasked(
+    tiny_translator, tiny_translator_folder, multi30k_dir, tmp_path, capsys
+):
+    from tokenizers import Tokenizer
+
+    from vaswani_hf.cli.export import main
+
+    model, tokenizer = tiny_translator
+    output = tmp_path / "ct2"
+    main([str(tiny_translator_folder), str(output)])
+    assert {"model.bin", "config.json", "shared_vocabulary.json", "tokenizer.json", "tokenizer_config.json"} <= {
+        path.name for path in output.iterdir()
+    }
+    # The folder alone translates: the tokenizer beside the model gives our greedy tokens, decoded to our text.
+    sources = gzip.open(multi30k_dir / "test_2016_flickr.en.gz", "rt", encoding="utf-8").read().splitlines()[:20]
+    batch = tokenizer(sources, return_tensors="pt", padding=True)
+    expected = tokenizer.batch_decode(model.generate(**batch, num_beams=1, max_new_tokens=40), skip_special_tokens=True)
+    shipped = Tokenizer.from_file(str(output / "tokenizer.json"))
+    results = ctranslate2.Translator(str(output)).translate_batch(
+        [shipped.encode(source).tokens for source in sources], beam_size=1, max_decoding_length=40
+    )
+    decoded = [shipped.decode([shipped.token_to_id(t) for t in result.hypotheses[0]]) for result in results]
+    assert decoded == expected
+
+    # An existing non-empty folder is refused and left as it was, whether an export or anything else.
+    weights = (output / "model.bin").read_bytes()
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "mine.txt").write_text("keep me")
+    for target in (output, notes):
+        with pytest.raises(SystemExit) as refused:
+            main([str(tiny_translator_folder), str(target), "--quantization", "int8"])
+        assert refused.value.code == 2
+        assert f"{target} exists and is not empty" in capsys.readouterr().err
+    assert (output / "model.bin").read_bytes() == weights and (notes / "mine.txt").read_text() == "keep me"
+    # --overwrite replaces it; an empty folder needs no flag; the model's own folder is never a target.
+    main([str(tiny_translator_folder), str(output), "--quantization", "int8", "--overwrite"])
+    assert (output / "model.bin").read_bytes() != weights and (output / "tokenizer.json").is_file()
+    (tmp_path / "empty").mkdir()
+    main([str(tiny_translator_folder), str(tmp_path / "empty")])
+    assert (tmp_path / "empty" / "model.bin").is_file()
+    with pytest.raises(SystemExit):
+        main([str(tiny_translator_folder), str(tiny_translator_folder.parent), "--overwrite"])
+    assert "replacing it would delete the model" in capsys.readouterr().err
+    assert (tiny_translator_folder / "model.safetensors").is_file()
+
+
+def run_ctranslate2_passage(document: str, model, tokenizer, cwd: Path, env: dict) -> None:
+    """Run a document's CTranslate2 passage as a user would: its `vaswani-export` command in a shell, then its Python
+    block (the one using ctranslate2) in a fresh interpreter, which must print the model's own beam search output
+    for the passage's one example source."""
+    (command,) = re.findall(r"```bash\n(vaswani-export .*?)\n```", document, re.S)
+    (snippet,) = [block for block in re.findall(r"```python\n(.*?)```", document, re.S) if "ctranslate2" in block]
+    env = {**os.environ, **env, "PYTHONPATH": ""}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"  # the venv's console commands
+    exported = subprocess.run(command, shell=True, cwd=cwd, env=env, capture_output=True, text=True)
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    printed = subprocess.run([sys.executable, "-c", snippet], cwd=cwd, env=env, capture_output=True, text=True)
+    assert printed.returncode == 0, printed.stderr[-3000:]
+
+    (source,) = re.findall(r'sources = \["(.*?)"\]', snippet)
+    generated = model.generate(**tokenizer([source], return_tensors="pt"))  # its generation config: beam 4, 0.6
+    expected = tokenizer.batch_decode(generated, skip_special_tokens=True)
+    assert expected[0].strip() and printed.stdout.strip() == repr(expected)
+
+
+@pytest.mark.slow
+def test_model_card_ctranslate2_passage_runs_as_written_and_translates_like_the_model(
+    trained_run, tiny_translator, tiny_translator_folder, tmp_path
+):
+    """The card's passage exports the Hub id (here from a Hub cache, offline)."""
+    model, tokenizer = tiny_translator
+    metrics = json.loads((trained_run / "metrics.json").read_text())
+    card = render_model_card(metrics, model, "org/vaswani-test").text
+    hub = offline_hub_cache(tiny_translator_folder, "org/vaswani-test", tmp_path)
+    run_ctranslate2_passage(card, model, tokenizer, tmp_path, hub)

@@ -11,7 +11,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, recipe, run
+from conftest import ROOT, offline_hub_cache
 from huggingface_hub import ModelCard
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
@@ -21,15 +21,6 @@ pytestmark = pytest.mark.slow
 
 TOKEN = "hf_loopbackTestToken0123456789"  # a made-up token: it must never be written anywhere
 SOURCES = ["A man in a red shirt is riding a bike.", "Two dogs are playing in the snow.", "A woman sings."]
-
-
-@pytest.fixture(scope="module")
-def trained_run(small_corpus, tmp_path_factory) -> Path:
-    """A tiny model really trained by scripts/train.py for 20 steps, with checkpoint averaging and BLEU."""
-    tmp_path = tmp_path_factory.mktemp("run")
-    output_dir = tmp_path / "out"
-    run([sys.executable], recipe(small_corpus, output_dir, max_steps=20, save_steps=10), tmp_path)
-    return output_dir
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +73,7 @@ def test_model_card_metadata_is_valid_and_carries_the_measured_bleu(trained_run,
     assert (result.metric_type, result.dataset_split) == ("bleu", "test")
     assert result.metric_value == round(measured["score"], 2)
     assert result.metric_config == measured["signature"]
+    assert card.text.lstrip().startswith("# vaswani-test\n")
     assert f"Test BLEU **{measured['score']:.2f}**" in card.text
     assert "```bibtex" in card.text and "Attention Is All You Need" in card.text
 
@@ -186,20 +178,15 @@ def test_publish_to_a_loopback_hub_then_download_the_same_files(trained_run, tmp
 def test_offline_cache_layout_serves_auto_class_pipeline_and_card_snippets(repo_folder, tmp_path):
     """The published folder as `org/vaswani-test` in a Hub cache, HF_HUB_OFFLINE=1: the card's usage snippets run,
     with the package and (trust_remote_code) without it, and translate a batch exactly like model.generate."""
-    commit = "0123456789abcdef0123456789abcdef01234567"
-    cache = tmp_path / "hub"
-    repo_cache = cache / "models--org--vaswani-test"
-    shutil.copytree(repo_folder, repo_cache / "snapshots" / commit)
-    (repo_cache / "refs").mkdir()
-    (repo_cache / "refs" / "main").write_text(commit)
-    env = {"HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf_home")}
+    env = offline_hub_cache(repo_folder, "org/vaswani-test", tmp_path)
 
     model = AutoModelForSeq2SeqLM.from_pretrained(repo_folder).eval()
     tokenizer = AutoTokenizer.from_pretrained(repo_folder)
     batch = tokenizer(SOURCES, return_tensors="pt", padding=True)
     expected = tokenizer.batch_decode(model.generate(**batch), skip_special_tokens=True)
 
-    with_package, without_package = re.findall(r"```python\n(.*?)```", (repo_folder / "README.md").read_text(), re.S)
+    snippets = re.findall(r"```python\n(.*?)```", (repo_folder / "README.md").read_text(), re.S)
+    with_package, without_package = [snippet for snippet in snippets if "pipeline(" in snippet]
     check = f"""
     import json
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, pipeline

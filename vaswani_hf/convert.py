@@ -192,13 +192,15 @@ def export_ctranslate2(
     output_dir: str | os.PathLike,
     quantization: str | None = None,
 ) -> Path:
-    """Write a CTranslate2 model that translates like `model` (same greedy tokens), with its vocabulary.
+    """Write a CTranslate2 model that translates like `model` (same greedy tokens), with its vocabulary and, beside
+    them, the tokenizer's files (`tokenizer.json`, `tokenizer_config.json`), so the folder is all a user needs.
 
     CTranslate2's converter knows `MarianMTModel` but assumes two Marian habits ours does not have: decoding starts
     from a zero embedding (ours starts from the embedding of `<s>`), and the last vocabulary entry is a `<pad>` to
     drop. So the Marian loader is used with the generic encoder-decoder (BART) rules for those two points, and the
     vocabulary stays as it is. `quantization`: CTranslate2's weight types (`"int8"`, `"int8_float32"`, `"float16"`,
-    ...). Needs the `ctranslate2` package (`pip install vaswani-hf[ctranslate2]`). The folder is written atomically.
+    ...). Needs the `ctranslate2` package (`pip install vaswani-hf[ctranslate2]`). The folder is written atomically,
+    replacing any folder at `output_dir` (`vaswani-export` refuses a non-empty one unless told to overwrite it).
     """
     try:
         from ctranslate2.converters.transformers import BartLoader, MarianMTLoader
@@ -226,4 +228,5 @@ def export_ctranslate2(
     spec.optimize(quantization=quantization)
     with atomic_folder(output_dir) as staging:
         spec.save(str(staging))
+        tokenizer.save_pretrained(staging)
     return Path(output_dir)

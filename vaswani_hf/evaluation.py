@@ -2,8 +2,10 @@
 
 import json
 import os
+import re
 import shutil
 import tempfile
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -89,12 +91,42 @@ def evaluate_translation(
     return bleu(hypotheses, references), hypotheses
 
 
+# Every character str.splitlines() breaks at: a translation holding one would become two lines for some reader.
+LINE_BREAKS = re.compile("[\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]+")
+
+
 def read_text_lines(path: str | os.PathLike) -> list[str]:
-    """One sentence a line, UTF-8 (a clear error names the file otherwise)."""
+    """One sentence a line, UTF-8 (`split_text_lines`; a clear error names the file otherwise)."""
+    return split_text_lines(Path(path).read_bytes(), str(path))
+
+
+def split_text_lines(data: bytes, name: str) -> list[str]:
+    """UTF-8 `data` split at "\n" only (a trailing "\r" is dropped), so that line N is line N for `wc -l`, `sed`
+    and `paste` too; `name` (a file, or standard input) and the line are named if it is not UTF-8."""
     try:
-        return Path(path).read_text(encoding="utf-8").splitlines()
+        text = data.decode("utf-8")
     except UnicodeDecodeError as error:
-        raise ValueError(f"{path} is not valid UTF-8: {error}") from error
+        line = data[: error.start].count(b"\n") + 1
+        raise ValueError(f"{name} is not valid UTF-8 (line {line}): {error}") from error
+    lines = text.split("\n")
+    if lines[-1] == "":  # the newline ending the last line starts no new one
+        lines.pop()
+    return [line.removesuffix("\r") for line in lines]
+
+
+def as_one_line(text: str) -> str:
+    """`text` with its line breaks (of any kind) replaced by spaces, so it cannot shift the lines after it."""
+    return LINE_BREAKS.sub(" ", text)
+
+
+def as_text_lines(lines: list[str]) -> str:
+    """One line per item (`as_one_line`), each ended by "\n"."""
+    return "".join(as_one_line(line) + "\n" for line in lines)
+
+
+def write_text_lines(path: str | os.PathLike, lines: list[str]) -> None:
+    """Write `as_text_lines(lines)` in UTF-8, atomically (`write_text`)."""
+    write_text(path, as_text_lines(lines))
 
 
 def evaluate_files(
@@ -102,20 +134,25 @@ def evaluate_files(
     source_file: str | os.PathLike,
     reference_file: str | os.PathLike,
     output_file: str | os.PathLike | None = None,
+    batch_size: int = 64,
+    device: str | torch.device = "cpu",
     **generate_kwargs,
 ) -> dict:
-    """Translate `source_file` with a saved model and its tokenizer, score against `reference_file`, optionally
-    write the translations; returns the BLEU result."""
+    """Translate `source_file` with a saved model and its tokenizer on `device`, `batch_size` sentences at a time,
+    score against `reference_file`, optionally write the translations (one a line, atomically); returns the BLEU
+    result. `generate_kwargs` (`num_beams`, `length_penalty`, ...) override the model's generation config."""
     from transformers import AutoModelForSeq2SeqLM
 
     sources, references = read_text_lines(source_file), read_text_lines(reference_file)
     if len(sources) != len(references):
         raise ValueError(f"{source_file} has {len(sources)} lines but {reference_file} has {len(references)}")
-    model = AutoModelForSeq2SeqLM.from_pretrained(model_name_or_path)
+    model = AutoModelForSeq2SeqLM.from_pretrained(model_name_or_path).to(device)
     tokenizer = load_tokenizer(model_name_or_path)
-    result, hypotheses = evaluate_translation(model, tokenizer, sources, references, **generate_kwargs)
+    result, hypotheses = evaluate_translation(
+        model, tokenizer, sources, references, batch_size=batch_size, **generate_kwargs
+    )
     if output_file is not None:
-        Path(output_file).write_text("\n".join(hypotheses) + "\n", encoding="utf-8")
+        write_text_lines(output_file, hypotheses)
     return result
 
 
@@ -149,25 +186,21 @@ def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _write_atomically(path: str | os.PathLike, text: str) -> None:
-    """A reader sees the old file or the new one, never a half-written one."""
+def write_json(path: str | os.PathLike, data: dict) -> None:
+    """Write JSON atomically (`write_text`)."""
+    write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Write UTF-8 text atomically: a reader sees the old file or the new one, never a half-written one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(
-        "w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.", delete=False
-    ) as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(f.name, path)
-
-
-def write_json(path: str | os.PathLike, data: dict) -> None:
-    """Write JSON atomically."""
-    _write_atomically(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
-
-
-def write_lines(path: str | os.PathLike, lines: list[str]) -> None:
-    """Write one text a line, atomically, so that line i is text i: a line break inside a text (a byte-level model
-    can generate one) becomes a space, which the 13a tokenizer of BLEU and chrF treat alike."""
-    _write_atomically(path, "".join(" ".join(line.splitlines()) + "\n" for line in lines))
+    staging = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
+    try:
+        with open(staging, "xb") as f:  # a plain new file: the usual permissions (tempfile's would be 0600)
+            f.write(text.encode("utf-8"))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(staging, path)
+    finally:
+        staging.unlink(missing_ok=True)

@@ -9,6 +9,8 @@ tokenizer files, the code files for `trust_remote_code`, the model card, the met
 import json
 import os
 import shutil
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,8 @@ from .modeling_vaswani import VaswaniForConditionalGeneration
 from .pipeline_vaswani import TranslationPipeline
 from .tokenization import load_tokenizer
 
-DEFAULT_CARD_TEMPLATE = Path(__file__).resolve().parents[1] / "model_cards" / "vaswani_translation.md"
+# Package data (pyproject's package-data), so an installed package finds it as an editable checkout does.
+DEFAULT_CARD_TEMPLATE = resources.files(__package__) / "model_cards" / "vaswani_translation.md"
 
 # What the output folder of a training run must hold to be published, and why.
 RUN_FILES = {
@@ -64,10 +67,11 @@ def render_model_card(
     repo_id: str,
     license: str = "apache-2.0",
     example_source: str = "A man in a red shirt is riding a bike.",
-    template_path: str | os.PathLike = DEFAULT_CARD_TEMPLATE,
+    template_path: str | os.PathLike | Traversable = DEFAULT_CARD_TEMPLATE,
 ) -> ModelCard:
     """The model card of a run: YAML metadata (languages, license, datasets, `model-index` with the measured BLEU and
-    its sacreBLEU signature) and the sections of `model_cards/vaswani_translation.md`, filled from `metrics.json`."""
+    its sacreBLEU signature) and the sections of `vaswani_hf/model_cards/vaswani_translation.md` (or `template_path`),
+    filled from `metrics.json`."""
     if "settings" not in metrics or "evaluation" not in metrics:
         raise ValueError("metrics.json lacks 'settings' or 'evaluation': it was not written by this version's train()")
     data, training = metrics["settings"]["data"], metrics["settings"]["training"]
@@ -83,8 +87,9 @@ def render_model_card(
     if dataset_type.lower() == "multi30k":
         dataset_name = "Multi30k"
     task_name = f"Translation {source}-{target}"
+    model_name = repo_id.split("/")[-1]
     card_data = ModelCardData(
-        model_name=repo_id.split("/")[-1],
+        model_name=model_name,
         language=[source, target],
         license=license,
         library_name="transformers",
@@ -108,10 +113,12 @@ def render_model_card(
         ],
     )
     train = metrics["train"]
+    template = Path(template_path) if isinstance(template_path, (str, os.PathLike)) else template_path
     return ModelCard.from_template(
         card_data,
-        template_path=str(template_path),
+        template_str=template.read_text(encoding="utf-8"),
         repo_id=repo_id,
+        model_name=model_name,  # card_data.to_dict() leaves it out (it goes into model-index only)
         source_lang=source,
         target_lang=target,
         source_name=LANGUAGE_NAMES.get(source, source),
@@ -140,7 +147,7 @@ def build_repo_folder(
     repo_folder: str | os.PathLike,
     repo_id: str,
     license: str = "apache-2.0",
-    template_path: str | os.PathLike = DEFAULT_CARD_TEMPLATE,
+    template_path: str | os.PathLike | Traversable = DEFAULT_CARD_TEMPLATE,
 ) -> Path:
     """Write the folder a published repo holds, from a training output folder, and validate it. The folder is built
     beside `repo_folder` and renamed into place (`atomic_folder`), so a failure never leaves a half-built one."""

@@ -37,7 +37,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .configuration_vaswani import PRESETS, VaswaniConfig
 from .data import TokenBatchSampler, load_parallel_corpus, preprocess
-from .evaluation import atomic_folder, bleu, bleu_metric_for_trainer, chrf, translate, write_json, write_lines
+from .evaluation import atomic_folder, bleu, bleu_metric_for_trainer, chrf, translate, write_json, write_text_lines
 from .modeling_vaswani import VaswaniForConditionalGeneration
 from .tokenization import load_tokenizer, train_tokenizer
 
@@ -774,7 +774,7 @@ def _final_evaluation(trainer, data, data_args, training_args, output_dir: Path)
     best = max(results, key=lambda name: results[name]["validation_bleu"]["score"])
     for name, hypotheses in test_hypotheses.items():
         file_name = "test_predictions.txt" if name == best else f"test_predictions_{name.split()[0]}.txt"
-        write_lines(output_dir / file_name, hypotheses)
+        write_text_lines(output_dir / file_name, hypotheses)
         results[name]["test_predictions"] = file_name
     if best != "last":
         candidates[best].save_pretrained(output_dir)

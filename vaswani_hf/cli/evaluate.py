@@ -1,11 +1,13 @@
 """Translate a source file with a trained model and score it against a reference file with sacreBLEU.
 
 vaswani-evaluate runs/multi30k_en_de_small test.en test.de --output_file hyp.de --metrics_file bleu.json
+vaswani-evaluate runs/multi30k_en_de_small test.en test.de --num_beams 1 --batch_size 128 --device cuda
 """
 
 import argparse
 import json
 
+from vaswani_hf.cli.decoding import add_decoding_arguments, decoding_options
 from vaswani_hf.evaluation import evaluate_files, write_json
 
 
@@ -14,12 +16,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("model", help="a saved model folder (with its tokenizer) or Hub id")
     parser.add_argument("source_file", help="one sentence a line, UTF-8")
     parser.add_argument("reference_file", help="the references, aligned by line")
-    parser.add_argument("--output_file", help="write the translations here")
+    parser.add_argument("--output_file", help="write the translations here, one a line (atomically)")
     parser.add_argument("--metrics_file", help="write the BLEU result as JSON here")
-    parser.add_argument("--num_beams", type=int, help="default: the model's generation config (4, Sec. 6.1)")
+    add_decoding_arguments(parser, batch_size=64)
     args = parser.parse_args(argv)
-    generate_kwargs = {"num_beams": args.num_beams} if args.num_beams else {}
-    result = evaluate_files(args.model, args.source_file, args.reference_file, args.output_file, **generate_kwargs)
+    device, generate_kwargs = decoding_options(parser, args)
+    result = evaluate_files(
+        args.model,
+        args.source_file,
+        args.reference_file,
+        args.output_file,
+        batch_size=args.batch_size,
+        device=device,
+        **generate_kwargs,
+    )
     if args.metrics_file:
         write_json(args.metrics_file, result)
     print(json.dumps({"bleu": round(result["score"], 2), "signature": result["signature"]}))

@@ -1,0 +1,33 @@
+"""The device a command runs on (`--device`): `cpu`, `cuda`, `cuda:N` (or another accelerator torch knows, such as
+`mps` or `xpu`), or `auto` for this machine's accelerator where it has one, else the CPU."""
+
+import torch
+
+DEVICE_CHOICES = "auto, cpu, cuda, cuda:N (or mps, xpu, ...: the accelerators torch knows)"
+
+
+def resolve_device(name: str) -> torch.device:
+    """The torch device `name` means on this machine. A `ValueError` says why when it is not a device name, or names
+    a device this machine does not have (with what it has)."""
+    if name == "auto":
+        return torch.accelerator.current_accelerator(check_available=True) or torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"unknown device {name!r}; choices: {DEVICE_CHOICES}") from None
+    if device.type == "cpu":
+        return device
+    accelerator = torch.accelerator.current_accelerator(check_available=True)
+    if accelerator is None or accelerator.type != device.type:
+        found = f"only {accelerator.type} devices" if accelerator is not None else "no accelerator"
+        raise ValueError(
+            f"device {name!r} is not available: this machine has {found} usable by torch {torch.__version__}; "
+            "use --device cpu, or auto for whatever is there"
+        )
+    count = torch.accelerator.device_count()
+    if device.index is not None and device.index >= count:
+        raise ValueError(
+            f"device {name!r} is not available: this machine has {count} {device.type} device(s), "
+            f"{device.type}:0 to {device.type}:{count - 1}"
+        )
+    return device
