@@ -15,7 +15,13 @@ from conftest import ROOT, offline_hub_cache
 from huggingface_hub import ModelCard
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
-from vaswani_hf.hub import CODE_FILES, build_repo_folder, card_metadata_problems, validate_repo_folder
+from vaswani_hf.hub import (
+    CODE_FILES,
+    build_repo_folder,
+    card_metadata_problems,
+    render_model_card,
+    validate_repo_folder,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -76,6 +82,24 @@ def test_model_card_metadata_is_valid_and_carries_the_measured_bleu(trained_run,
     assert card.text.lstrip().startswith("# vaswani-test\n")
     assert f"Test BLEU **{measured['score']:.2f}**" in card.text
     assert "```bibtex" in card.text and "Attention Is All You Need" in card.text
+
+
+def test_the_card_names_the_dataset_the_run_loaded_not_the_missing_folder(trained_run):
+    """A run whose local folder was missing trained on its `hub_dataset`; metrics.json records what was loaded, and
+    the card links that Hub dataset, on any machine (the folder's existence at publishing time does not matter)."""
+    metrics = json.loads((trained_run / "metrics.json").read_text())
+    assert metrics["settings"]["data"]["loaded"]["dataset"] == metrics["settings"]["data"]["dataset"]
+    metrics["settings"]["data"]["dataset"] = "../shared/data/no-such-folder"
+    metrics["settings"]["data"]["loaded"] = {"dataset": "bentrevett/multi30k", "dataset_config": None}
+    model = AutoModelForSeq2SeqLM.from_pretrained(trained_run)
+    card = render_model_card(metrics, model, "org/vaswani-test")
+    assert card.data.datasets == ["bentrevett/multi30k"]
+    assert card.data.eval_results[0].dataset_type == "bentrevett/multi30k"
+    assert "no-such-folder" not in str(card)
+    # a local corpus folder, even one absent where the card is rendered, is not named as a Hub dataset
+    metrics["settings"]["data"]["loaded"] = {"dataset": "../data/multi30k", "dataset_config": None}
+    card = render_model_card(metrics, model, "org/vaswani-test")
+    assert card.data.datasets is None and card.data.eval_results[0].dataset_type == "multi30k"
 
 
 def test_card_mistakes_the_hub_would_reject_are_caught(repo_folder, tmp_path):

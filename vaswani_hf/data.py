@@ -63,9 +63,15 @@ def load_parallel_corpus(
         return _moses_folder(path, source_lang, target_lang, splits, cache_dir)
     if path.suffix in TABULAR_SUFFIXES:
         return DatasetDict({"train": _tabular_split(path, source_lang, target_lang, cache_dir)})
-    if str(source).startswith((".", "/", "~")) or str(source).count("/") > 1:
+    if not is_hub_dataset_id(str(source)):
         raise FileNotFoundError(f"no folder or file {source} (a Hub dataset id is NAME or OWNER/NAME)")
     return _hub_dataset(str(source), config_name, source_lang, target_lang, cache_dir)
+
+
+def is_hub_dataset_id(source: str) -> bool:
+    """Whether `source` names a Hub dataset (NAME or OWNER/NAME) rather than a local path: it does not exist here
+    and does not look like a path (starting with `.`, `/` or `~`, or with more than one `/`)."""
+    return not Path(source).exists() and not source.startswith((".", "/", "~")) and source.count("/") <= 1
 
 
 def _moses_folder(

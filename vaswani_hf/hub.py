@@ -17,6 +17,7 @@ from typing import Any
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 from transformers import GenerationConfig
 
+from .data import is_hub_dataset_id
 from .evaluation import atomic_folder
 from .modeling_vaswani import VaswaniForConditionalGeneration
 from .pipeline_vaswani import TranslationPipeline
@@ -52,7 +53,12 @@ LICENSES = (
     "unknown",
 )
 LANGUAGE_NAMES = {"en": "English", "de": "German", "fr": "French", "cs": "Czech", "ro": "Romanian", "ru": "Russian"}
-HUB_DATASET_NAMES = {"wmt14": "WMT 2014", "wmt16": "WMT 2016", "bentrevett/multi30k": "Multi30k"}
+HUB_DATASET_NAMES = {
+    "wmt/wmt14": "WMT 2014",
+    "wmt14": "WMT 2014",
+    "wmt16": "WMT 2016",
+    "bentrevett/multi30k": "Multi30k",
+}
 
 
 def missing_run_files(run_dir: str | os.PathLike) -> list[str]:
@@ -81,8 +87,11 @@ def render_model_card(
         split, result = "test", published["test_bleu"]
     else:
         split, result = "validation", published["validation_bleu"]
-    is_hub_dataset = not Path(data["dataset"]).exists()
-    dataset_type = data["dataset"] if is_hub_dataset else Path(data["dataset"]).name
+    # what train() really loaded: the Hub dataset where the recipe's local folder was missing (`hub_dataset`)
+    loaded = data.get("loaded", {"dataset": data["dataset"], "dataset_config": data.get("dataset_config")})
+    dataset, dataset_config = loaded["dataset"], loaded["dataset_config"]
+    is_hub_dataset = is_hub_dataset_id(dataset)
+    dataset_type = dataset if is_hub_dataset else Path(dataset).name
     dataset_name = HUB_DATASET_NAMES.get(dataset_type, dataset_type)
     if dataset_type.lower() == "multi30k":
         dataset_name = "Multi30k"
@@ -95,7 +104,7 @@ def render_model_card(
         library_name="transformers",
         pipeline_tag="translation",
         tags=["translation", "transformer", "vaswani", f"{source}-{target}"],
-        datasets=[data["dataset"]] if is_hub_dataset else None,
+        datasets=[dataset] if is_hub_dataset else None,
         metrics=["bleu"],
         eval_results=[
             EvalResult(
@@ -103,7 +112,7 @@ def render_model_card(
                 task_name=task_name,
                 dataset_type=dataset_type,
                 dataset_name=f"{dataset_name} {source}-{target}",
-                dataset_config=data.get("dataset_config") if is_hub_dataset else None,
+                dataset_config=dataset_config if is_hub_dataset else None,
                 dataset_split=split,
                 metric_type="bleu",
                 metric_name="sacreBLEU",
@@ -123,8 +132,8 @@ def render_model_card(
         target_lang=target,
         source_name=LANGUAGE_NAMES.get(source, source),
         target_name=LANGUAGE_NAMES.get(target, target),
-        dataset=data["dataset"],
-        dataset_config=data.get("dataset_config") if is_hub_dataset else None,
+        dataset=dataset,
+        dataset_config=dataset_config if is_hub_dataset else None,
         dataset_name=dataset_name,
         test_split=split,
         test_bleu=result["score"],
