@@ -4,6 +4,7 @@ import gzip
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 import ctranslate2
 import pytest
 import torch
-from conftest import copy_task_batch, offline_hub_cache, padded_batch, tiny_model
+from conftest import ROOT, copy_task_batch, offline_hub_cache, padded_batch, tiny_model
 from test_modeling import decoder_inputs
 from transformers import MarianConfig, MarianMTModel
 
@@ -215,3 +216,13 @@ def test_model_card_ctranslate2_passage_runs_as_written_and_translates_like_the_
     card = render_model_card(metrics, model, "org/vaswani-test").text
     hub = offline_hub_cache(tiny_translator_folder, "org/vaswani-test", tmp_path)
     run_ctranslate2_passage(card, model, tokenizer, tmp_path, hub)
+
+
+@pytest.mark.slow
+def test_readme_ctranslate2_passage_runs_as_written_and_translates_like_the_model(
+    tiny_translator, tiny_translator_folder, tmp_path
+):
+    """The README's passage, on a model folder at the path it names."""
+    model, tokenizer = tiny_translator
+    shutil.copytree(tiny_translator_folder, tmp_path / "runs" / "multi30k_en_de_small")
+    run_ctranslate2_passage((ROOT / "README.md").read_text(encoding="utf-8"), model, tokenizer, tmp_path, {})

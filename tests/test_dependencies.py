@@ -18,8 +18,6 @@ else:
 # Declared runtime dependencies the package uses through another library rather than by importing them:
 # distribution -> (the module of that library which imports it, the name it imports).
 USED_THROUGH = {
-    "accelerate": ("transformers.trainer", "accelerate"),  # training: Seq2SeqTrainer runs on accelerate
-    "pyyaml": ("transformers.hf_argparser", "yaml"),  # recipe files: HfArgumentParser.parse_yaml_file
     "jinja2": ("huggingface_hub.repocard", "jinja2"),  # the model card: ModelCard.from_template
     "tensorboard": ("torch.utils.tensorboard", "tensorboard"),  # training logs: Trainer's TensorBoardCallback
 }
