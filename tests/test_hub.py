@@ -199,6 +199,85 @@ def test_publish_to_a_loopback_hub_then_download_the_same_files(trained_run, tmp
         assert not path.is_file() or TOKEN.encode() not in path.read_bytes(), path
 
 
+def test_publishing_never_deletes_a_folder_it_did_not_build(trained_run, tmp_path, monkeypatch):
+    """The run folder, a folder holding it and the current directory are never repo folders, even with --overwrite
+    and --dry_run; another non-empty folder only with --overwrite; publish's own earlier build is rebuilt."""
+    from vaswani_hf.cli.publish import main
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    before = sha256_of_files(run)
+    publish = ["--run_dir", str(run), "--repo_id", "org/vaswani-test", "--dry_run"]
+
+    def refused(*flags: str) -> str:
+        with pytest.raises(SystemExit) as exit:
+            main([*publish, *flags])
+        return str(exit.value.code)
+
+    for target, named in ((run, "is the training run"), (tmp_path, "holds the training run")):
+        for overwrite in ([], ["--overwrite"]):
+            assert named in refused("--repo_folder", str(target), *overwrite)
+    assert sha256_of_files(run) == before  # checkpoints, tokenizer, weights: all as they were
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "mine.txt").write_text("keep me")
+    monkeypatch.chdir(work)
+    assert "is the current directory" in refused("--repo_folder", ".", "--overwrite")
+    assert [p.name for p in work.iterdir()] == ["mine.txt"]
+
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "mine.txt").write_text("keep me")
+    assert f"{notes} exists and is not empty (mine.txt)" in refused("--repo_folder", str(notes))
+    assert (notes / "mine.txt").read_text() == "keep me"
+    main([*publish, "--repo_folder", str(notes), "--overwrite"])
+    assert (notes / "README.md").is_file() and not (notes / "mine.txt").exists()
+
+    for _ in range(2):  # the default folder, run/hub/org--vaswani-test: built, then rebuilt without a flag
+        main(publish)
+    built = run / "hub" / "org--vaswani-test"
+    validate_repo_folder(built)
+    (built / "notes.txt").write_text("mine")
+    assert "now also holds ['notes.txt']" in refused()
+    assert (built / "notes.txt").read_text() == "mine"
+
+
+def test_a_visibility_other_than_the_existing_repos_is_refused_before_any_upload(trained_run, tmp_path):
+    from hub_server import serve
+    from huggingface_hub import HfApi
+
+    server, state = serve(TOKEN)
+    endpoint = f"http://127.0.0.1:{server.server_port}"
+    env = {**os.environ, "HF_ENDPOINT": endpoint, "HF_TOKEN": TOKEN, "HF_HOME": str(tmp_path / "hf_home")}
+    folder = tmp_path / "built"
+    publish = [sys.executable, str(ROOT / "scripts" / "publish.py"), "--run_dir", str(trained_run)]
+    publish += ["--repo_folder", str(folder)]
+    try:
+        api = HfApi(endpoint=endpoint, token=TOKEN)
+        api.create_repo("org/public-model", private=False)
+        api.create_repo("org/private-model", private=True)
+        cases = [
+            ("org/public-model", ["--private"], "org/public-model exists as a public repo, but a private one"),
+            ("org/private-model", ["--private", "false"], "org/private-model exists as a private repo, but a public"),
+        ]
+        for repo_id, flags, message in cases:
+            result = subprocess.run([*publish, "--repo_id", repo_id, *flags], env=env, capture_output=True, text=True)
+            assert result.returncode != 0 and message in result.stderr, result.stderr[-3000:]
+            assert "Published" not in result.stdout
+        assert [len(state.repos[repo].commits) for repo in ("org/public-model", "org/private-model")] == [1, 1]
+        assert not [path for _, path, _ in state.requests if "/preupload/" in path or "/commit/" in path]
+        assert not folder.exists()  # refused before the folder was built
+        # the visibility the repo has is accepted
+        result = subprocess.run(
+            [*publish, "--repo_id", "org/public-model", "--private", "false"], env=env, capture_output=True, text=True
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+    finally:
+        server.shutdown()
+    repo = state.repos["org/public-model"]
+    assert not repo.private and "README.md" in repo.commits[repo.branches["main"]].files
+
+
 def test_offline_cache_layout_serves_auto_class_pipeline_and_card_snippets(repo_folder, tmp_path):
     """The published folder as `org/vaswani-test` in a Hub cache, HF_HUB_OFFLINE=1: the card's usage snippets run,
     with the package and (trust_remote_code) without it, and translate a batch exactly like model.generate."""

@@ -191,6 +191,7 @@ def export_ctranslate2(
     tokenizer: PreTrainedTokenizerBase,
     output_dir: str | os.PathLike,
     quantization: str | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Write a CTranslate2 model that translates like `model` (same greedy tokens), with its vocabulary and, beside
     them, the tokenizer's files (`tokenizer.json`, `tokenizer_config.json`), so the folder is all a user needs.
@@ -199,8 +200,9 @@ def export_ctranslate2(
     from a zero embedding (ours starts from the embedding of `<s>`), and the last vocabulary entry is a `<pad>` to
     drop. So the Marian loader is used with the generic encoder-decoder (BART) rules for those two points, and the
     vocabulary stays as it is. `quantization`: CTranslate2's weight types (`"int8"`, `"int8_float32"`, `"float16"`,
-    ...). Needs the `ctranslate2` package (`pip install vaswani-hf[ctranslate2]`). The folder is written atomically,
-    replacing any folder at `output_dir` (`vaswani-export` refuses a non-empty one unless told to overwrite it).
+    ...). Needs the `ctranslate2` package (`pip install vaswani-hf[ctranslate2]`). The folder is written atomically;
+    an existing non-empty `output_dir` is refused unless `overwrite`, and the folders `model` and `tokenizer` were
+    loaded from, a folder holding them and the current directory always are (`check_output_folder`).
     """
     try:
         from ctranslate2.converters.transformers import BartLoader, MarianMTLoader
@@ -222,11 +224,12 @@ def export_ctranslate2(
         def get_vocabulary(self, marian, tokenizer):
             return BartLoader.get_vocabulary(self, marian, tokenizer)
 
-    with torch.no_grad():
-        spec = VaswaniMarianLoader()(convert_to_marian(model).float().eval(), tokenizer)
-    spec.validate()
-    spec.optimize(quantization=quantization)
-    with atomic_folder(output_dir) as staging:
+    sources = [("the model", model.name_or_path), ("the tokenizer", tokenizer.name_or_path)]
+    with atomic_folder(output_dir, overwrite, keep=[(what, path) for what, path in sources if path]) as staging:
+        with torch.no_grad():
+            spec = VaswaniMarianLoader()(convert_to_marian(model).float().eval(), tokenizer)
+        spec.validate()
+        spec.optimize(quantization=quantization)
         spec.save(str(staging))
         tokenizer.save_pretrained(staging)
     return Path(output_dir)

@@ -6,7 +6,7 @@ import re
 import shutil
 import tempfile
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -170,18 +170,99 @@ def bleu_metric_for_trainer(tokenizer: PreTrainedTokenizerBase) -> Callable[[Eva
     return compute_metrics
 
 
-@contextmanager
-def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield an empty staging folder beside `path`; on success it replaces `path` in one rename, on failure it is
-    removed, so a reader never sees a half-built folder."""
+# What a command that builds a folder whole records beside it (`atomic_folder(built_by=...)`): the folder's file names,
+# so the same command may later rebuild it without an overwrite flag, as long as it holds nothing else.
+BUILT_BY_SUFFIX = ".built-by.json"
+
+
+def _built_by_record(path: Path) -> Path:
+    return path.with_name(f".{path.name}{BUILT_BY_SUFFIX}")
+
+
+def check_output_folder(
+    path: str | os.PathLike,
+    overwrite: bool = False,
+    keep: Iterable[tuple[str, str | os.PathLike]] = (),
+    untouched: Iterable[tuple[str, str | os.PathLike]] = (),
+    built_by: str | None = None,
+) -> None:
+    """Refuse `path` as a folder to build and replace whole (`atomic_folder`) where that would lose something: the
+    current directory or a folder holding it; a folder in `keep` ((what, folder) pairs, such as ("the training run",
+    run_dir)) or a folder holding one; a folder inside one in `untouched`; something that is not a folder; or an
+    existing non-empty folder, unless `overwrite` or `built_by` built it (its record beside it lists exactly what it
+    holds). The first four are refused even with `overwrite`. Raises a `FileExistsError` naming the problem."""
     path = Path(path)
+    target = path.resolve()
+    if Path.cwd().resolve().is_relative_to(target):
+        where = "is" if Path.cwd().resolve() == target else "holds"
+        raise FileExistsError(
+            f"{path} {where} the current directory: replacing it would delete it; choose another folder"
+        )
+    for what, folder in keep:
+        if Path(folder).exists() and Path(folder).resolve().is_relative_to(target):
+            where = "is" if Path(folder).resolve() == target else "holds"
+            raise FileExistsError(
+                f"{path} {where} {what} {folder}: replacing it would delete {what}; choose another folder"
+            )
+    for what, folder in untouched:
+        if Path(folder).exists() and target.is_relative_to(Path(folder).resolve()):
+            raise FileExistsError(
+                f"{path} is inside {what} {folder}: writing there would change it; choose another folder"
+            )
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        raise FileExistsError(f"{path} exists and is not a folder; choose another path")
+    present = sorted(entry.name for entry in path.iterdir()) if path.is_dir() else []
+    if not present or overwrite:
+        return
+    if built_by is not None and _built_by_record(path).is_file():
+        try:
+            record = json.loads(_built_by_record(path).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            record = {}
+        if record.get("built_by") == built_by:
+            others = sorted(set(present) - set(record.get("files", [])))
+            if not others:
+                return
+            raise FileExistsError(
+                f"{path} was built by {built_by} but now also holds {others}; move them, or pass --overwrite "
+                "(overwrite=True) to replace the folder"
+            )
+    shown = ", ".join(present[:5]) + (f" and {len(present) - 5} more" if len(present) > 5 else "")
+    raise FileExistsError(
+        f"{path} exists and is not empty ({shown}); choose another folder, or pass --overwrite (overwrite=True) to "
+        "replace it"
+    )
+
+
+@contextmanager
+def atomic_folder(
+    path: str | os.PathLike,
+    overwrite: bool = False,
+    keep: Iterable[tuple[str, str | os.PathLike]] = (),
+    untouched: Iterable[tuple[str, str | os.PathLike]] = (),
+    built_by: str | None = None,
+) -> Iterator[Path]:
+    """Yield an empty staging folder beside `path`; on success it replaces `path` in one rename, on failure it is
+    removed, so a reader never sees a half-built folder. `path` is first checked by `check_output_folder` (same
+    arguments): nothing it refuses is ever replaced. With `built_by`, the folder's file names are recorded beside it
+    so that the same command may rebuild it."""
+    path = Path(path)
+    keep, untouched = list(keep), list(untouched)
+    check_output_folder(path, overwrite=overwrite, keep=keep, untouched=untouched, built_by=built_by)
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
     try:
         yield staging
+        # again: the build may have run long enough for something to be written there meanwhile
+        check_output_folder(path, overwrite=overwrite, keep=keep, untouched=untouched, built_by=built_by)
         if path.exists():
             shutil.rmtree(path)
         os.replace(staging, path)
+        record = _built_by_record(path)
+        if built_by is None:
+            record.unlink(missing_ok=True)
+        else:
+            write_json(record, {"built_by": built_by, "files": sorted(entry.name for entry in path.iterdir())})
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
+from huggingface_hub.errors import RepositoryNotFoundError
 from transformers import GenerationConfig
 
 from .data import is_hub_dataset_id
@@ -38,6 +39,7 @@ RUN_FILES = {
 OPTIONAL_RUN_FILES = ("training_curves.png",)
 CODE_FILES = ("configuration_vaswani.py", "generation_vaswani.py", "modeling_vaswani.py", "pipeline_vaswani.py")
 REPO_FILES = (*RUN_FILES, "README.md", *CODE_FILES)
+BUILT_BY = "vaswani-publish"  # `atomic_folder`'s record: a repo folder publish built may be rebuilt without --overwrite
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 # Hub license identifiers a translation model is likely to carry; the Hub rejects free text like "Apache 2.0".
 LICENSES = (
@@ -157,21 +159,23 @@ def build_repo_folder(
     repo_id: str,
     license: str = "apache-2.0",
     template_path: str | os.PathLike | Traversable = DEFAULT_CARD_TEMPLATE,
+    overwrite: bool = False,
 ) -> Path:
     """Write the folder a published repo holds, from a training output folder, and validate it. The folder is built
-    beside `repo_folder` and renamed into place (`atomic_folder`), so a failure never leaves a half-built one."""
+    beside `repo_folder` and renamed into place (`atomic_folder`), so a failure never leaves a half-built one. An
+    existing non-empty `repo_folder` is replaced only if an earlier build made it, or with `overwrite`; the run
+    folder, a folder holding it and the current directory never are."""
     run_dir, repo_folder = Path(run_dir), Path(repo_folder)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"training output folder {run_dir} does not exist")
     missing = missing_run_files(run_dir)
     if missing:
         raise FileNotFoundError(f"{run_dir} cannot be published, it lacks: " + "; ".join(missing))
-    metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
-    model = VaswaniForConditionalGeneration.from_pretrained(run_dir, use_safetensors=True)
-    model.generation_config = GenerationConfig.from_pretrained(run_dir)
-    tokenizer = load_tokenizer(run_dir)
-
-    with atomic_folder(repo_folder) as staging:
+    with atomic_folder(repo_folder, overwrite, keep=[("the training run", run_dir)], built_by=BUILT_BY) as staging:
+        metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+        model = VaswaniForConditionalGeneration.from_pretrained(run_dir, use_safetensors=True)
+        model.generation_config = GenerationConfig.from_pretrained(run_dir)
+        tokenizer = load_tokenizer(run_dir)
         # Saving through the pipeline writes `custom_pipelines` into config.json and copies pipeline_vaswani.py;
         # the model's save adds `auto_map` and the two model files.
         TranslationPipeline(model=model, tokenizer=tokenizer, task="translation").save_pretrained(staging)
@@ -227,25 +231,51 @@ def card_metadata_problems(data: ModelCardData) -> list[str]:
     return problems
 
 
+def _visibility(private: bool) -> str:
+    return "private" if private else "public"
+
+
+def check_visibility(api: HfApi, repo_id: str, private: bool | None) -> None:
+    """Refuse to publish to an existing repo whose visibility is not the one asked for (`private` True or False;
+    None accepts either): a `--private` model must never land in a public repo. Raises a `ValueError` naming both."""
+    if private is None:
+        return
+    try:
+        existing = api.model_info(repo_id).private
+    except RepositoryNotFoundError:
+        return  # a new repo: create_repo makes it as asked
+    if existing is not None and existing != private:
+        raise ValueError(
+            f"{repo_id} exists as a {_visibility(existing)} repo, but a {_visibility(private)} one was asked for; "
+            "nothing was uploaded. Change the repo's visibility on the Hub first, or publish to another repo"
+        )
+
+
 def publish(
     run_dir: str | os.PathLike,
     repo_id: str,
     repo_folder: str | os.PathLike | None = None,
-    private: bool = False,
+    private: bool | None = None,
     revision: str | None = None,
     commit_message: str = "Upload Vaswani Transformer",
     license: str = "apache-2.0",
     token: str | None = None,
     dry_run: bool = False,
+    overwrite: bool = False,
 ) -> str:
-    """Build and validate the repo folder from `run_dir`, then create `repo_id` and upload the folder in one commit.
-    `token=None` uses `HF_TOKEN` or the saved login, as `huggingface_hub` does; the endpoint follows `HF_ENDPOINT`.
-    With `dry_run`, nothing is uploaded. Returns the commit URL, or the folder's path for a dry run."""
+    """Build and validate the repo folder from `run_dir` (`build_repo_folder`, by default `run_dir/hub/ORG--NAME`),
+    then create `repo_id` and upload the folder in one commit. `private`: True or False is the visibility the repo
+    must have (a new repo is created so; an existing one of the other visibility is refused before any upload), None
+    takes an existing repo as it is and creates a new one public. `token=None` uses `HF_TOKEN` or the saved login, as
+    `huggingface_hub` does; the endpoint follows `HF_ENDPOINT`. With `dry_run`, nothing is uploaded. Returns the
+    commit URL, or the folder's path for a dry run."""
     repo_folder = Path(repo_folder) if repo_folder is not None else Path(run_dir) / "hub" / repo_id.replace("/", "--")
-    build_repo_folder(run_dir, repo_folder, repo_id, license=license)
+    if not dry_run:
+        api = HfApi(token=token)
+        check_visibility(api, repo_id, private)  # before building: a refusal costs nothing and writes nothing
+    build_repo_folder(run_dir, repo_folder, repo_id, license=license, overwrite=overwrite)
     if dry_run:
         return str(repo_folder)
-    api = HfApi(token=token)
     api.create_repo(repo_id, private=private, exist_ok=True)
     if revision is not None:
         api.create_branch(repo_id, branch=revision, exist_ok=True)

@@ -400,8 +400,43 @@ def average_checkpoints(folders: list[str | os.PathLike]) -> dict[str, torch.Ten
     return {name: (tensor / len(folders)).float() for name, tensor in total.items()}
 
 
+# config.json entries that record how and by what a checkpoint was saved, not which model it is
+CONFIG_BOOKKEEPING = frozenset(
+    {"transformers_version", "_name_or_path", "dtype", "torch_dtype", "auto_map", "custom_pipelines"}
+)
+
+
+def config_differences(folders: list[str | os.PathLike]) -> list[str]:
+    """The model config fields (`config.json`, less `CONFIG_BOOKKEEPING`) on which `folders` do not all agree, each
+    with its values: checkpoints of one model agree on all, and averaging others would mix unrelated models."""
+    configs = {}
+    for folder in folders:
+        path = Path(folder) / "config.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found: a checkpoint to average needs its model config")
+        try:
+            configs[str(folder)] = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError as error:
+            raise ValueError(f"{path} is not valid JSON: {error}") from error
+    names = sorted(set().union(*configs.values()) - CONFIG_BOOKKEEPING)
+    differences = []
+    for name in names:
+        values = {folder: config.get(name, "(absent)") for folder, config in configs.items()}
+        if len({json.dumps(value, sort_keys=True) for value in values.values()}) > 1:
+            shown = ", ".join(f"{value!r} in {folder}" for folder, value in values.items())
+            differences.append(f"{name} ({shown})")
+    return differences
+
+
 def load_averaged_model(folders: list[str | os.PathLike]) -> PreTrainedModel:
-    """The model of the last folder with the averaged weights of all; tied weights stay tied."""
+    """The model of the last folder with the averaged weights of all; tied weights stay tied. Folders whose model
+    configs differ (`config_differences`) are refused: they hold different models, even where the shapes agree."""
+    differences = config_differences(folders)
+    if differences:
+        raise ValueError(
+            "these checkpoints are of different models and were not averaged; their configs differ in: "
+            + "; ".join(differences)
+        )
     model = AutoModelForSeq2SeqLM.from_pretrained(folders[-1])
     averaged = average_checkpoints(folders)
     result = model.load_state_dict({k: v.to(model.dtype) for k, v in averaged.items()}, strict=False)
@@ -411,12 +446,18 @@ def load_averaged_model(folders: list[str | os.PathLike]) -> PreTrainedModel:
     return model
 
 
-def average_checkpoint_folders(folders: list[str | os.PathLike], output_dir: str | os.PathLike) -> PreTrainedModel:
-    """Save the averaged model of `folders` to `output_dir`, with the last folder's tokenizer if it has one."""
-    model = load_averaged_model(folders)
-    model.save_pretrained(output_dir)
-    if (Path(folders[-1]) / "tokenizer.json").is_file():
-        load_tokenizer(folders[-1]).save_pretrained(output_dir)
+def average_checkpoint_folders(
+    folders: list[str | os.PathLike], output_dir: str | os.PathLike, overwrite: bool = False
+) -> PreTrainedModel:
+    """Save the averaged model of `folders` to `output_dir` (atomically), with the last folder's tokenizer if it has
+    one: a model folder, without the checkpoints' optimizer state or completion marker. `output_dir` must not be
+    one of `folders`, hold one or lie inside one, and an existing non-empty one is refused unless `overwrite`."""
+    inputs = [("the checkpoint", folder) for folder in folders]
+    with atomic_folder(output_dir, overwrite, keep=inputs, untouched=inputs) as staging:
+        model = load_averaged_model(folders)
+        model.save_pretrained(staging)
+        if (Path(folders[-1]) / "tokenizer.json").is_file():
+            load_tokenizer(folders[-1]).save_pretrained(staging)
     return model
 
 

@@ -5,7 +5,8 @@ tokenizer's files beside it: the export folder is all a user needs, with `pip in
     vaswani-export org/vaswani-small-en-de vaswani-small-en-de-ct2 --quantization int8
 
 See the model card or README ("CTranslate2") for translating with the export. An existing non-empty output folder is
-refused unless --overwrite is given; the folder is written atomically.
+refused unless --overwrite is given (the model's folder, a folder holding it and the current directory always are);
+the folder is written atomically.
 """
 
 import argparse
@@ -15,6 +16,7 @@ from transformers import AutoModelForSeq2SeqLM
 
 import vaswani_hf  # noqa: F401  (registers the model with the Auto classes)
 from vaswani_hf.convert import export_ctranslate2
+from vaswani_hf.evaluation import check_output_folder
 from vaswani_hf.tokenization import load_tokenizer
 
 INSTALL_HINT = "pip install 'vaswani-hf[ctranslate2]' (or pip install ctranslate2)"
@@ -34,16 +36,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace output_dir if it exists and is not empty")
     args = parser.parse_args(argv)
     output_dir = Path(args.output_dir)
-    if output_dir.exists() and not output_dir.is_dir():
-        parser.error(f"{output_dir} exists and is not a folder")
-    if output_dir.is_dir() and any(output_dir.iterdir()) and not args.overwrite:
-        parser.error(f"{output_dir} exists and is not empty; choose another folder, or pass --overwrite to replace it")
-    model_folder = Path(args.model)
-    if model_folder.is_dir() and model_folder.resolve().is_relative_to(output_dir.resolve()):
-        parser.error(f"{output_dir} holds the model {model_folder}: replacing it would delete the model")
+    try:  # before loading the model, which may come from the Hub; export_ctranslate2 checks again
+        check_output_folder(output_dir, args.overwrite, keep=[("the model", args.model)])
+    except FileExistsError as error:
+        parser.error(str(error))
     model = AutoModelForSeq2SeqLM.from_pretrained(args.model, use_safetensors=True)
     tokenizer = load_tokenizer(args.model)
-    export_ctranslate2(model, tokenizer, output_dir, quantization=args.quantization)
+    export_ctranslate2(model, tokenizer, output_dir, quantization=args.quantization, overwrite=args.overwrite)
     print(f"CTranslate2 model ({args.quantization or 'float32'}) and tokenizer written to {output_dir}")
 
 
