@@ -366,3 +366,23 @@ def test_averaging_names_a_truncated_weights_file(saved_run, tmp_path):
     weights = run_dir / "checkpoint-2" / "model.safetensors"
     with pytest.raises(ValueError, match=re.escape(f"{weights} cannot be read, it is truncated or corrupted")):
         average_checkpoints([run_dir / "checkpoint-4", run_dir / "checkpoint-2"])
+
+
+def test_a_save_over_an_existing_checkpoint_unmarks_it_first(saved_run, tmp_path, monkeypatch):
+    """Resumed from checkpoint-2, the run saves checkpoint-4 over the one there. A save that fails half-way (weights
+    written, the optimizer not) leaves files of two saves, and the old marker must not vouch for them: files of the
+    same model have the same sizes, so only removing the marker before the save tells."""
+    run_dir = copy_of(saved_run, tmp_path)
+    real_save = torch.save
+
+    def fail_on_the_optimizer(obj, path, *args, **kwargs):
+        if str(path).endswith("optimizer.pt"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, path, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", fail_on_the_optimizer)
+    trainer = trainer_for(run_dir, tiny_model(seed=4), max_steps=4, save_strategy="steps", save_steps=2)
+    with pytest.raises(OSError, match="No space left on device"):
+        trainer.train(resume_from_checkpoint=str(run_dir / "checkpoint-2"))
+    assert not (run_dir / "checkpoint-4" / COMPLETE_MARKER).exists()
+    assert complete_checkpoints(run_dir) == [run_dir / "checkpoint-2"]
