@@ -5,16 +5,19 @@ import errno
 import importlib
 import inspect
 import json
+import logging
 import pkgutil
 import random
+import re
 import shutil
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 from conftest import padded_batch, recipe, run, tiny_model
 from safetensors.torch import load_file
-from test_training import trainer_for
+from test_training import folder_state, tiny_run_arguments, trainer_for
 from transformers import AutoModelForSeq2SeqLM, modeling_utils, pipeline
 
 from vaswani_hf.evaluation import read_text_lines
@@ -22,9 +25,11 @@ from vaswani_hf.tokenization import load_tokenizer, train_tokenizer
 from vaswani_hf.training import (
     COMPLETE_MARKER,
     NonFiniteGradientGuard,
+    average_checkpoints,
     checkpoint_step,
     complete_checkpoints,
     last_complete_checkpoint,
+    train,
 )
 
 
@@ -146,7 +151,8 @@ def test_a_full_disk_during_a_save_fails_loudly_and_keeps_the_previous_checkpoin
         trainer.train()
     assert not (tmp_path / "checkpoint-4" / COMPLETE_MARKER).exists()  # the failed save is not marked complete
     assert last_complete_checkpoint(tmp_path) == tmp_path / "checkpoint-2"
-    assert not (tmp_path / "checkpoint-4").exists()  # removed, so nothing resumes from it
+    assert not (tmp_path / "checkpoint-4").exists()  # moved aside, so nothing resumes from it and nothing is lost
+    assert (tmp_path / "incomplete-checkpoint-4").is_dir()
     AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "checkpoint-2")  # the previous one is whole
 
 
@@ -259,3 +265,124 @@ def test_undecodable_bytes_from_a_file_get_a_defined_result_or_a_named_error(tin
         translator(["A dog runs.", escaped])
     with pytest.raises(TypeError):  # the tokenizer alone refuses them too (tokenizers' own TypeError)
         tokenizer(escaped)
+
+
+@pytest.fixture(scope="module")
+def saved_run(tmp_path_factory) -> Path:
+    """A VaswaniTrainer run of 4 updates with complete checkpoints at 2 and 4: weights, optimizer, scheduler, RNG and
+    trainer state, each recorded in its completion marker."""
+    folder = tmp_path_factory.mktemp("saved") / "run"
+    trainer_for(folder, tiny_model(seed=4), max_steps=4, save_strategy="steps", save_steps=2).train()
+    return folder
+
+
+def copy_of(folder: Path, tmp_path: Path) -> Path:
+    shutil.copytree(folder, tmp_path / "run")
+    return tmp_path / "run"
+
+
+def test_resume_moves_aside_only_the_trainers_incomplete_checkpoints(saved_run, tmp_path, caplog):
+    run_dir = copy_of(saved_run, tmp_path)
+    # a kill during the save of checkpoint-6: weights and optimizer written, the completion marker not
+    shutil.copytree(run_dir / "checkpoint-4", run_dir / "checkpoint-6")
+    (run_dir / "checkpoint-6" / COMPLETE_MARKER).unlink()
+    # the user's folders: a complete checkpoint kept as a backup, and notes
+    shutil.copytree(run_dir / "checkpoint-4", run_dir / "checkpoint-4-backup")
+    (run_dir / "checkpoint-notes").mkdir()
+    (run_dir / "checkpoint-notes" / "todo.txt").write_text("compare the learning rates")
+    users = {name: folder_state(run_dir / name) for name in ("checkpoint-4-backup", "checkpoint-notes")}
+    with caplog.at_level(logging.WARNING, logger="vaswani_hf.training"):
+        assert last_complete_checkpoint(run_dir) == run_dir / "checkpoint-4"
+    assert {name: folder_state(run_dir / name) for name in users} == users  # untouched
+    assert complete_checkpoints(run_dir) == [run_dir / "checkpoint-2", run_dir / "checkpoint-4"]
+    # set aside, not deleted, under a name neither the Trainer's rotation nor ours matches; said in the log
+    assert not (run_dir / "checkpoint-6").exists()
+    assert (run_dir / "incomplete-checkpoint-6" / "optimizer.pt").is_file()
+    assert f"{run_dir / 'checkpoint-6'} is not a complete checkpoint" in caplog.text
+    assert f"moved to {run_dir / 'incomplete-checkpoint-6'}" in caplog.text
+    # killed at the same save once more: set aside beside the first, which stays as it was
+    shutil.copytree(run_dir / "incomplete-checkpoint-6", run_dir / "checkpoint-6")
+    last_complete_checkpoint(run_dir)
+    assert (run_dir / "incomplete-checkpoint-6").is_dir() and (run_dir / "incomplete-checkpoint-6-2").is_dir()
+
+
+def delete(name: str):
+    return lambda folder: (folder / name).unlink()
+
+
+def truncate_weights(folder: Path) -> None:
+    path = folder / "model.safetensors"
+    content = path.read_bytes()
+    path.write_bytes(content[: len(content) // 2])
+
+
+def rename_a_tensor(folder: Path) -> None:
+    """The same number of bytes and a header that reads, but one tensor under another name (so missing)."""
+    path = folder / "model.safetensors"
+    name = sorted(load_file(path))[0]
+    path.write_bytes(path.read_bytes().replace(f'"{name}"'.encode(), f'"{name[:-1]}X"'.encode(), 1))
+
+
+@pytest.mark.parametrize(
+    ("file_name", "damage", "said"),
+    [
+        ("optimizer.pt", delete("optimizer.pt"), "is missing"),  # Adam would restart from zero
+        ("scheduler.pt", delete("scheduler.pt"), "is missing"),  # Eq. 3 would restart from step 1
+        ("rng_state.pth", delete("rng_state.pth"), "is missing"),
+        ("trainer_state.json", delete("trainer_state.json"), "is missing"),
+        ("model.safetensors", truncate_weights, r"has \d+ bytes, not the \d+ its save wrote"),
+        ("model.safetensors", rename_a_tensor, "lacks the tensors"),  # would be initialised at random
+    ],
+)
+def test_a_damaged_checkpoint_is_not_resumed_from_and_its_file_is_named(
+    saved_run, tmp_path, caplog, file_name, damage, said
+):
+    run_dir = copy_of(saved_run, tmp_path)
+    damage(run_dir / "checkpoint-4")
+    assert complete_checkpoints(run_dir) == [run_dir / "checkpoint-2"]  # nor averaged
+    with caplog.at_level(logging.WARNING, logger="vaswani_hf.training"):
+        assert last_complete_checkpoint(run_dir) == run_dir / "checkpoint-2"  # the previous complete one
+    assert re.search(f"{re.escape(str(run_dir / 'checkpoint-4' / file_name))} {said}", caplog.text)
+    assert (run_dir / "incomplete-checkpoint-4").is_dir() and not (run_dir / "checkpoint-4").exists()
+    # with no complete checkpoint to go back to, resuming stops naming the file, and moves nothing
+    damage(run_dir / "checkpoint-2")
+    with pytest.raises(ValueError, match=f"{re.escape(str(run_dir / 'checkpoint-2' / file_name))} {said}"):
+        last_complete_checkpoint(run_dir)
+    assert (run_dir / "checkpoint-2").is_dir()
+
+
+def test_resuming_from_a_named_damaged_checkpoint_is_refused_naming_the_file(saved_run, small_corpus, tmp_path):
+    run_dir = copy_of(saved_run, tmp_path)
+    checkpoint = run_dir / "checkpoint-4"
+    (checkpoint / "scheduler.pt").unlink()
+    arguments = tiny_run_arguments(small_corpus, tmp_path / "out", resume_from_checkpoint=str(checkpoint))
+    with pytest.raises(ValueError, match=re.escape(f"cannot resume from {checkpoint}: {checkpoint}/scheduler.pt is")):
+        train(*arguments)
+
+
+def test_averaging_names_a_truncated_weights_file(saved_run, tmp_path):
+    run_dir = copy_of(saved_run, tmp_path)
+    truncate_weights(run_dir / "checkpoint-2")
+    weights = run_dir / "checkpoint-2" / "model.safetensors"
+    with pytest.raises(ValueError, match=re.escape(f"{weights} cannot be read, it is truncated or corrupted")):
+        average_checkpoints([run_dir / "checkpoint-4", run_dir / "checkpoint-2"])
+
+
+def test_a_save_over_an_existing_checkpoint_unmarks_it_first(saved_run, tmp_path, monkeypatch):
+    """Resumed from checkpoint-2, the run saves checkpoint-4 over the one there. A save that fails half-way (weights
+    written, the optimizer not) leaves files of two saves, and the old marker must not vouch for them: files of the
+    same model have the same sizes, so only removing the marker before the save tells."""
+    run_dir = copy_of(saved_run, tmp_path)
+    real_save = torch.save
+
+    def fail_on_the_optimizer(obj, path, *args, **kwargs):
+        if str(path).endswith("optimizer.pt"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, path, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", fail_on_the_optimizer)
+    trainer = trainer_for(run_dir, tiny_model(seed=4), max_steps=4, save_strategy="steps", save_steps=2)
+    with pytest.raises(OSError, match="No space left on device"):
+        trainer.train(resume_from_checkpoint=str(run_dir / "checkpoint-2"))
+    assert not (run_dir / "checkpoint-4" / COMPLETE_MARKER).exists()
+    assert complete_checkpoints(run_dir) == [run_dir / "checkpoint-2"]

@@ -37,6 +37,7 @@ from vaswani_hf.training import (
     VaswaniTrainingArguments,
     average_checkpoints,
     check_tokenizer_fits,
+    checkpoint_record,
     earlier_run_outputs,
     eq3_learning_rate,
     last_complete_checkpoint,
@@ -160,11 +161,11 @@ def test_a_checkpoint_without_its_completion_marker_is_never_resumed_from(tmp_pa
     for step, complete in ((10, True), (20, True), (30, False)):
         folder = tmp_path / f"checkpoint-{step}"
         folder.mkdir()
-        (folder / "model.safetensors").write_bytes(b"half-written")
+        (folder / "trainer_state.json").write_text(json.dumps({"global_step": step}))
         if complete:
-            (folder / COMPLETE_MARKER).write_text("{}")
+            (folder / COMPLETE_MARKER).write_text(json.dumps(checkpoint_record(folder)))
     assert last_complete_checkpoint(tmp_path) == tmp_path / "checkpoint-20"
-    assert not (tmp_path / "checkpoint-30").exists()
+    assert not (tmp_path / "checkpoint-30").exists() and (tmp_path / "incomplete-checkpoint-30").is_dir()
 
 
 def test_config_overrides_parse_values():
@@ -215,6 +216,30 @@ def test_time_budget_marks_and_stop_count_only_step_time(monkeypatch):
     for name, value in budget.state()["attributes"].items():
         setattr(restored, name, value)
     assert restored.trained_seconds == 200 and restored.marks_minutes == []
+
+
+def test_a_resumed_run_trains_on_to_the_recipes_larger_time_budget(small_corpus, tmp_path, monkeypatch):
+    """Trained for a 2-minute budget, then resumed with 4 minutes and a new mark: it trains on to 4 minutes, evaluating
+    at the new mark (3) and not again at the one already passed (1). Each update takes one minute of a fake clock
+    that only the updates move, so the counts are the same on any machine."""
+    clock = [0.0]
+    monkeypatch.setattr("vaswani_hf.training.time.perf_counter", lambda: clock[0])
+    training_step = VaswaniTrainer.training_step
+
+    def one_minute_update(self, *args, **kwargs):
+        clock[0] += 60
+        return training_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(VaswaniTrainer, "training_step", one_minute_update)
+    output_dir = tmp_path / "out"
+    common = dict(average_last_checkpoints=0, max_eval_samples=4, resume_from_checkpoint="last")
+    first = train(*tiny_run_arguments(small_corpus, output_dir, max_train_minutes=2, eval_at_minutes="1", **common))
+    assert first["train"]["time_marks"] == [[1, 1], [2, 2]]
+    again = train(*tiny_run_arguments(small_corpus, output_dir, max_train_minutes=4, eval_at_minutes="1,3", **common))
+    assert again["train"]["time_marks"] == [[1, 1], [2, 2], [3, 3], [4, 4]]
+    assert again["train"]["trained_minutes"] == 4  # the 2 minutes trained before count against the new budget
+    assert [entry["step"] for entry in again["log_history"] if "eval_bleu" in entry] == [1, 3]
+    assert json.loads((output_dir / "checkpoint-4" / "trainer_state.json").read_text())["global_step"] == 4
 
 
 def test_bf16_mixed_precision_trains_with_float32_master_weights(tmp_path):

@@ -7,7 +7,7 @@ import difflib
 import json
 import logging
 import os
-import shutil
+import re
 import time
 import typing
 from collections.abc import Iterable
@@ -17,6 +17,7 @@ from typing import Literal
 
 import torch
 from accelerate import PartialState
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader
@@ -43,7 +44,13 @@ from .tokenization import load_tokenizer, train_tokenizer
 
 logger = logging.getLogger(__name__)
 
-COMPLETE_MARKER = "checkpoint_complete"  # written last, atomically: a checkpoint without it is not resumed from
+# Written last, atomically, recording what the save wrote: a checkpoint without it, or whose files differ from its
+# record, is not resumed from.
+COMPLETE_MARKER = "checkpoint_complete"
+# The Trainer's own checkpoint folders; other names (a user's checkpoint-12-backup) are never read or moved.
+CHECKPOINT_NAME = re.compile(rf"{PREFIX_CHECKPOINT_DIR}-(\d+)")
+# Where a checkpoint that is not complete is moved: a name neither the Trainer's rotation nor ours matches.
+SET_ASIDE_PREFIX = "incomplete-"
 
 
 def eq3_learning_rate(step: int, d_model: int, warmup_steps: int, scale: float = 1.0) -> float:
@@ -163,8 +170,8 @@ class VaswaniTrainingArguments(Seq2SeqTrainingArguments):
 class TrainingTimeBudget(TrainerCallback, ExportableState):
     """Counts training time (time inside optimizer steps: evaluation and saving excluded), asks for an evaluation
     and a checkpoint at each of `marks_minutes`, and stops training with a checkpoint after `budget_minutes`. Its
-    count is saved in checkpoints, so a resumed run keeps its budget; `reached` records (minutes, step) of each mark
-    passed."""
+    count is saved in checkpoints: a resumed run goes on from it (`continue_from`) under the budget and marks it is
+    given; `reached` records (minutes, step) of each mark passed."""
 
     def __init__(self, budget_minutes: float | None, marks_minutes: list[float], trained_seconds: float = 0.0):
         self.budget_minutes = budget_minutes
@@ -178,6 +185,12 @@ class TrainingTimeBudget(TrainerCallback, ExportableState):
             "args": {"budget_minutes": self.budget_minutes, "marks_minutes": self.marks_minutes},
             "attributes": {"trained_seconds": self.trained_seconds, "reached": self.reached},
         }
+
+    def continue_from(self, trained_seconds: float, reached: list[list[float]]) -> None:
+        """Go on from a checkpoint's count: its training time counts against this budget and the marks it passed stay
+        passed, while the budget and the marks still ahead are this one's (a resumed recipe may extend them)."""
+        self.trained_seconds, self.reached = trained_seconds, reached
+        self.marks_minutes = [mark for mark in self.marks_minutes if mark > trained_seconds / 60]
 
     def on_step_begin(self, args, state, control, **kwargs):
         self._step_started = time.perf_counter()
@@ -199,7 +212,7 @@ class TrainingMinutesProgress(ProgressCallback):
     """transformers' `ProgressCallback` whose training bar counts minutes of training time (the `TrainingTimeBudget`'s
     count) against `max_train_minutes`, so its total and ETA follow the time budget; its steps bar would show the
     `max_steps` the Trainer derives from `num_train_epochs`, which the budget cuts short. The budget is looked up in
-    the trainer's callbacks at each step because a resume replaces it with the one restored from the checkpoint."""
+    the trainer's callbacks at each step, where a resume puts it back (`VaswaniTrainer._load_callback_state`)."""
 
     def __init__(self, callback_handler):
         super().__init__()
@@ -263,8 +276,10 @@ class VaswaniTrainer(Seq2SeqTrainer):
       `TokenBatchSampler` from the dataset's `source_length` / `target_length` columns; accelerate gives each
       process its share. With `max_tokens` 0 or None it batches `per_device_train_batch_size` sentences.
     - With `args.lr_schedule == "eq3"` the learning rate follows Eq. 3 exactly (peak at `warmup_steps`).
-    - Each checkpoint gets a marker written atomically after everything else; `last_complete_checkpoint` ignores
-      folders a kill left without it.
+    - Each checkpoint gets a marker written atomically after everything else, recording each file the save wrote
+      (`checkpoint_record`); `last_complete_checkpoint` skips checkpoints without it or whose files no longer match.
+    - On resume, a `TrainingTimeBudget` keeps the budget and marks given to this trainer (the recipe's) and takes
+      the training time and marks passed from the checkpoint.
     - A NaN or inf gradient stops training or skips the update (`args.nonfinite_gradients`), never reaching the
       weights.
     - With a `TrainingTimeBudget` of some minutes among the callbacks, the progress bar counts training minutes.
@@ -354,30 +369,125 @@ class VaswaniTrainer(Seq2SeqTrainer):
             self.model.generation_config = kept
 
     def _save_checkpoint(self, model, trial) -> None:
+        folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        if self.args.should_save:  # a run resumed from an older checkpoint saves over a newer one: unmark it first
+            (folder / COMPLETE_MARKER).unlink(missing_ok=True)
         super()._save_checkpoint(model, trial)
+        self.accelerator.wait_for_everyone()  # each process's RNG state is written before the marker lists the files
         if self.args.should_save:
-            folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-            write_json(folder / COMPLETE_MARKER, {"global_step": self.state.global_step})
+            write_json(folder / COMPLETE_MARKER, {"global_step": self.state.global_step, **checkpoint_record(folder)})
+
+    def _load_callback_state(self) -> None:
+        # The Trainer rebuilds each stateful callback from the checkpoint, arguments included: a time budget would come
+        # back with the budget and marks of the run that saved it. The budgets given to this trainer (the recipe's)
+        # are put back instead, going on from the checkpoint's training time and marks passed.
+        given = [c for c in self.callback_handler.callbacks if isinstance(c, TrainingTimeBudget)]
+        super()._load_callback_state()
+        restored = [c for c in self.callback_handler.callbacks if isinstance(c, TrainingTimeBudget) and c not in given]
+        for budget, stored in zip(given, restored, strict=False):
+            self.callback_handler.remove_callback(stored)
+            budget.continue_from(stored.trained_seconds, stored.reached)
+            self.callback_handler.add_callback(budget)
+
+
+def safetensors_names(path: Path) -> list[str]:
+    """The tensor names a safetensors file's header lists (reading the header only)."""
+    with safe_open(path, framework="pt") as weights:
+        return sorted(weights.keys())
+
+
+def checkpoint_record(folder: Path) -> dict:
+    """What a checkpoint's save wrote, for its completion marker: each file's size in bytes, and the tensor names of
+    each safetensors file. Hashes are left out: sizes and headers find a truncated, missing or rewritten file, and a
+    resume reads every checkpoint's record."""
+    files = {
+        path.relative_to(folder).as_posix(): path.stat().st_size
+        for path in sorted(folder.rglob("*"))
+        if path.is_file() and path.name != COMPLETE_MARKER
+    }
+    tensors = {name: safetensors_names(folder / name) for name in files if name.endswith(".safetensors")}
+    return {"files": files, "tensors": tensors}
+
+
+def checkpoint_problem(folder: str | os.PathLike) -> str | None:
+    """None if `folder` is a complete checkpoint, otherwise what is wrong with it, naming the file. Complete means: its
+    completion marker is there, every file the marker records has the recorded size, and each safetensors file's
+    header reads and lists the recorded tensors. (Trainer 5 resumes without a missing optimizer.pt, scheduler.pt or
+    rng_state.pth with at most a log line, and initialises a missing tensor at random.)"""
+    folder = Path(folder)
+    marker = folder / COMPLETE_MARKER
+    if not marker.is_file():
+        return f"{marker} is missing: the save that wrote the checkpoint did not finish"
+    try:
+        record = json.loads(marker.read_text(encoding="utf-8"))
+        files, tensors = dict(record["files"]), dict(record["tensors"])
+    except (ValueError, KeyError, TypeError) as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        return f"{marker} does not record the checkpoint's files ({type(error).__name__}: {error})"
+    for name, size in files.items():
+        path = folder / name
+        if not path.is_file():
+            return f"{path} is missing"
+        if path.stat().st_size != size:
+            return f"{path} has {path.stat().st_size} bytes, not the {size} its save wrote"
+    for name, expected in tensors.items():
+        try:
+            found = safetensors_names(folder / name)
+        except SafetensorError as error:
+            return f"{folder / name} cannot be read ({error})"
+        if found != sorted(expected):
+            missing, unexpected = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
+            return f"{folder / name} lacks the tensors {missing} and holds the unexpected tensors {unexpected}"
+    return None
 
 
 def checkpoint_step(folder: Path) -> int:
-    return int(folder.name.rsplit("-", 1)[1])
+    return int(CHECKPOINT_NAME.fullmatch(folder.name).group(1))
+
+
+def checkpoint_folders(output_dir: str | os.PathLike) -> list[Path]:
+    """The folders of `output_dir` named as the Trainer names its checkpoints (`checkpoint-<step>`), oldest first."""
+    folders = [p for p in Path(output_dir).glob(f"{PREFIX_CHECKPOINT_DIR}-*") if CHECKPOINT_NAME.fullmatch(p.name)]
+    return sorted((p for p in folders if p.is_dir()), key=checkpoint_step)
 
 
 def complete_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
-    """Checkpoint folders that were written to the end, oldest first."""
-    folders = [p for p in Path(output_dir).glob(f"{PREFIX_CHECKPOINT_DIR}-*") if p.name.rsplit("-", 1)[1].isdigit()]
-    return sorted((p for p in folders if (p / COMPLETE_MARKER).is_file()), key=checkpoint_step)
+    """Checkpoint folders written to the end and still whole (`checkpoint_problem`), oldest first."""
+    return [folder for folder in checkpoint_folders(output_dir) if checkpoint_problem(folder) is None]
+
+
+def set_aside(folder: Path) -> Path:
+    """Move `folder` to a free name starting with `SET_ASIDE_PREFIX` beside it, and return that name."""
+    aside = folder.with_name(SET_ASIDE_PREFIX + folder.name)
+    suffix = 1
+    while aside.exists():
+        suffix += 1
+        aside = folder.with_name(f"{SET_ASIDE_PREFIX}{folder.name}-{suffix}")
+    folder.rename(aside)
+    return aside
 
 
 def last_complete_checkpoint(output_dir: str | os.PathLike) -> Path | None:
-    """The newest complete checkpoint; incomplete folders (a kill during a save) are removed with a warning so
-    neither the Trainer nor a reader picks them up."""
-    complete = complete_checkpoints(output_dir)
-    for folder in Path(output_dir).glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
-        if folder.is_dir() and folder not in complete:
-            logger.warning("removing %s: the save that wrote it did not finish", folder)
-            shutil.rmtree(folder)
+    """The newest complete checkpoint of `output_dir`, to resume from. Checkpoint folders that are not complete are
+    moved aside (`set_aside`, with a warning naming the file at fault) so that neither the Trainer nor a reader
+    picks them up and the resumed run can save its own: those a kill left without their marker, and damaged ones (a
+    recorded file missing, of another size, or unreadable). A damaged checkpoint with no complete one to go back to
+    is an error naming the file. Folders not named `checkpoint-<step>` are never touched."""
+    complete, not_complete, damaged = [], [], []
+    for folder in checkpoint_folders(output_dir):
+        problem = checkpoint_problem(folder)
+        if problem is None:
+            complete.append(folder)
+        else:
+            not_complete.append((folder, problem))
+            if (folder / COMPLETE_MARKER).is_file():
+                damaged.append(problem)
+    if damaged and not complete:
+        raise ValueError(
+            f"no complete checkpoint to resume from in {output_dir}: {'; '.join(damaged)}. Restore the file, or "
+            "move the checkpoint folders away to train from the start"
+        )
+    for folder, problem in not_complete:
+        logger.warning("%s is not a complete checkpoint (%s): moved to %s", folder, problem, set_aside(folder))
     return complete[-1] if complete else None
 
 
@@ -390,7 +500,10 @@ def average_checkpoints(folders: list[str | os.PathLike]) -> dict[str, torch.Ten
         path = Path(folder) / "model.safetensors"
         if not path.is_file():
             raise FileNotFoundError(f"{path} not found: only safetensors checkpoints are averaged")
-        weights = load_file(path)
+        try:
+            weights = load_file(path)
+        except SafetensorError as error:
+            raise ValueError(f"{path} cannot be read, it is truncated or corrupted ({error})") from error
         if total and weights.keys() != total.keys():
             raise ValueError(f"{path} holds other weights than {Path(folders[0]) / 'model.safetensors'}")
         for name, tensor in weights.items():
@@ -681,23 +794,24 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: V
     )
     resume = training_args.resume_from_checkpoint
     if resume in ("last", "true", "True"):
-        resume = last_complete_checkpoint(output_dir)
+        with training_args.main_process_first(desc="checking the checkpoints"):  # one process moves folders aside
+            resume = last_complete_checkpoint(output_dir)
         resume = str(resume) if resume else None
+    elif resume is not None and (problem := checkpoint_problem(resume)):
+        raise ValueError(f"cannot resume from {resume}: {problem}")
     started = time.perf_counter()
     if resume is not None and _finished(Path(resume), training_args):
         # Trainer would take one more step past max_steps when resumed from the final checkpoint (measured:
         # tests/test_faults.py); the run is over, so its weights and state are taken as they are.
         trainer._load_from_checkpoint(resume)
         trainer.state = TrainerState.load_from_json(str(Path(resume) / "trainer_state.json"))
-        for name, value in _stored_budget(Path(resume)).get("attributes", {}).items():
-            setattr(budget, name, value)
+        stored = _stored_budget(Path(resume)).get("attributes", {})
+        budget.continue_from(stored.get("trained_seconds", 0.0), stored.get("reached", []))
         train_metrics = {"resumed_from_final_checkpoint": resume}
     else:
         train_metrics = trainer.train(resume_from_checkpoint=resume).metrics
     metrics = {"train": {**train_metrics, "wall_seconds": time.perf_counter() - started}}
     metrics["train"]["world_size"] = training_args.world_size
-    # the restored callback replaces ours on resume: read the one the trainer holds
-    budget = next(c for c in trainer.callback_handler.callbacks if isinstance(c, TrainingTimeBudget))
     metrics["train"]["trained_minutes"] = budget.trained_seconds / 60
     metrics["train"]["time_marks"] = budget.reached
     metrics["settings"] = run_settings(model_args, data_args, training_args, model)
@@ -773,13 +887,14 @@ def _stored_budget(checkpoint: Path) -> dict:
 
 
 def _finished(checkpoint: Path, training_args: VaswaniTrainingArguments) -> bool:
-    """Whether `checkpoint` ends the run: it holds max_steps updates, or the time budget was spent."""
+    """Whether `checkpoint` ends the run: it holds max_steps updates, or the training time it records has spent the
+    recipe's time budget (the budget it was saved under may have been smaller)."""
     state = json.loads((checkpoint / "trainer_state.json").read_text())
     if training_args.max_steps > 0 and state["global_step"] >= training_args.max_steps:
         return True
-    budget = _stored_budget(checkpoint)
-    minutes = budget.get("args", {}).get("budget_minutes")
-    return minutes is not None and budget.get("attributes", {}).get("trained_seconds", 0) / 60 >= minutes
+    minutes = training_args.max_train_minutes
+    trained_seconds = _stored_budget(checkpoint).get("attributes", {}).get("trained_seconds", 0)
+    return minutes is not None and trained_seconds / 60 >= minutes
 
 
 def _split_texts(dataset, data_args: DataArguments) -> tuple[list[str], list[str]]:
