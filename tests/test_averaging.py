@@ -10,13 +10,14 @@ from conftest import tiny_model
 from safetensors.torch import load_file
 
 from vaswani_hf.cli.average import main
-from vaswani_hf.training import COMPLETE_MARKER
+from vaswani_hf.training import COMPLETE_MARKER, checkpoint_record
 
 
 def checkpoint(folder, seed: int = 0, **overrides):
     """A complete checkpoint folder as the Trainer leaves it: the model's files and the completion marker."""
     tiny_model(seed=seed, **overrides).save_pretrained(folder)
-    (folder / COMPLETE_MARKER).write_text(json.dumps({"global_step": int(folder.name.rsplit("-", 1)[1])}))
+    record = {"global_step": int(folder.name.rsplit("-", 1)[1]), **checkpoint_record(folder)}
+    (folder / COMPLETE_MARKER).write_text(json.dumps(record))
     return folder
 
 
@@ -53,7 +54,8 @@ def test_last_must_be_a_count_of_at_least_one(run, tmp_path, capsys, last, named
 
 def test_an_input_is_never_the_output_nor_holds_it_nor_holds_the_output(run, capsys):
     before = digests(run)
-    assert len(before) == 9  # config, weights and marker of each of the three checkpoints
+    for step in (10, 20, 30):  # the three checkpoints' weights and markers, compared after each refusal
+        assert {f"checkpoint-{step}/model.safetensors", f"checkpoint-{step}/{COMPLETE_MARKER}"} <= before.keys()
     newest = run / "checkpoint-30"
     cases = [(newest, "is the checkpoint"), (newest / "avg", "is inside the checkpoint"), (run, "holds the checkpoint")]
     for output, named in cases:
