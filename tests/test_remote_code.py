@@ -63,3 +63,34 @@ def test_installed_package_needs_no_trust_remote_code(tmp_path):
 
     loaded = AutoModelForSeq2SeqLM.from_pretrained(tmp_path)
     assert type(loaded) is VaswaniForConditionalGeneration  # the package's class, not a dynamic module
+
+
+def test_remote_code_refuses_missing_weights_and_decodes_as_the_paper_without_a_generation_config(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    model = tiny_model(seed=23)
+    damaged, bare = tmp_path / "damaged", tmp_path / "bare"
+    for folder in (damaged, bare):
+        model.save_pretrained(folder)
+    weights = load_file(damaged / "model.safetensors")
+    del weights["model.decoder.layers.0.ffn.fc1.bias"]
+    save_file(weights, damaged / "model.safetensors", metadata={"format": "pt"})
+    (bare / "generation_config.json").unlink()
+    result = run_without_package(
+        f"""
+        from transformers import AutoModelForSeq2SeqLM
+        try:
+            AutoModelForSeq2SeqLM.from_pretrained({str(damaged)!r}, trust_remote_code=True)
+            raise SystemExit("loaded with a tensor missing")
+        except ValueError as error:
+            assert "model.decoder.layers.0.ffn.fc1.bias" in str(error), error
+        model = AutoModelForSeq2SeqLM.from_pretrained({str(bare)!r}, trust_remote_code=True)
+        assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+        config = model.generation_config
+        print((config.num_beams, config.length_penalty, config.max_new_tokens_offset))
+        """,
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1] == "(4, 0.6, 50)"
+    assert f"{bare} has no generation_config.json" in result.stderr

@@ -8,6 +8,7 @@ This file is uploaded with published models for `trust_remote_code=True`: it imp
 through relative imports.
 """
 
+import json
 import math
 from collections.abc import Callable
 
@@ -34,13 +35,15 @@ from transformers.modeling_outputs import (
     Seq2SeqModelOutput,
 )
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, slice_logits_to_keep
-from transformers.utils import cached_file
+from transformers.utils import GENERATION_CONFIG_NAME, cached_file, logging
 from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
 from .configuration_vaswani import VaswaniConfig
 from .generation_vaswani import beam_search, fast_decoding_applies, greedy_search
+
+logger = logging.get_logger(__name__)
 
 
 class VaswaniSinusoidalPositionalEncoding(nn.Module):
@@ -106,6 +109,51 @@ def _shape_mismatches(path, config: VaswaniConfig | None, model_class: type) -> 
         for name, tensor in expected.items()
         if name in found and found[name] != tuple(tensor.shape)
     )
+
+
+# from_pretrained's keyword arguments that say where files come from, passed on when it looks for the generation config
+_DOWNLOAD_ARGUMENTS = ("cache_dir", "force_download", "proxies", "local_files_only", "token", "revision", "subfolder")
+
+
+def _has_generation_config(path, from_pretrained_kwargs: dict) -> bool:
+    """Whether `path` has a generation_config.json, refusing one that cannot be read or that GenerationConfig
+    rejects, by name: transformers would fall back to its own defaults (greedy, 20 tokens) without a word."""
+    download = {name: from_pretrained_kwargs[name] for name in _DOWNLOAD_ARGUMENTS if name in from_pretrained_kwargs}
+    resolved = cached_file(path, GENERATION_CONFIG_NAME, _raise_exceptions_for_missing_entries=False, **download)
+    if resolved is None:
+        return False
+    try:
+        with open(resolved, encoding="utf-8") as file:
+            values = json.load(file)
+        if not isinstance(values, dict):
+            raise ValueError(f"it holds a JSON {type(values).__name__}, not an object of settings")
+        GenerationConfig.from_dict(values)
+    except (OSError, UnicodeDecodeError, ValueError, TypeError) as error:
+        raise ValueError(
+            f"{resolved} cannot be read as a generation config: {error}. Fix or delete it (without it the model "
+            "decodes as the paper, Sec. 6.1), or pass generation_config= to from_pretrained"
+        ) from error
+    return True
+
+
+def _check_all_weights_loaded(path, loading_info: dict) -> None:
+    """Refuse a load that left weights randomly initialised or dropped some (`from_pretrained(..., strict=False)`
+    allows it); transformers only reports them."""
+    problems = []
+    for key, what in (
+        ("missing_keys", "the model needs but the checkpoint lacks (randomly initialised otherwise)"),
+        ("unexpected_keys", "the checkpoint holds but the model has no place for (a config with fewer layers?)"),
+    ):
+        names = sorted(loading_info[key])
+        if names:
+            shown = ", ".join(names[:20]) + (f", ... ({len(names)} in all)" if len(names) > 20 else "")
+            problems.append(f"{len(names)} weight(s) {what}: {shown}")
+    if problems:
+        raise ValueError(
+            f"{path}: the weights do not match config.json: "
+            + "; ".join(problems)
+            + ". Use the config the weights were saved with, or pass strict=False to load them anyway"
+        )
 
 
 def check_token_inputs(
@@ -301,11 +349,27 @@ class VaswaniPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["VaswaniEncoderLayer", "VaswaniDecoderLayer"]
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
-        """`PreTrainedModel.from_pretrained`, with load failures that name the file and the problem: a truncated or
-        corrupted `model.safetensors`, or weights whose shapes do not fit `config.json` (another vocabulary size)."""
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, strict: bool = True, **kwargs):
+        """`PreTrainedModel.from_pretrained`, with nothing wrong loaded silently, and load failures that name the file
+        and the problem:
+        - a truncated or corrupted `model.safetensors`, or weights whose shapes do not fit `config.json` (another
+          vocabulary size), are a `ValueError`;
+        - weights the model needs but the checkpoint lacks (a tensor removed, a config with more layers than the
+          weights), or weights it holds that the model has no place for, are a `ValueError` naming them; weights tied
+          to another (`lm_head` to the shared embedding) are not missing. `strict=False` loads as transformers does:
+          missing weights randomly initialised, unexpected ones dropped, both only in its load report;
+        - for generation: a `generation_config.json` that cannot be read is a `ValueError` naming it; without one,
+          the model decodes as the paper (`paper_generation_config`), with a warning. A `generation_config=` argument
+          replaces both."""
+        wants_loading_info = kwargs.pop("output_loading_info", False)
+        check_generation = (
+            cls.can_generate() and kwargs.get("generation_config") is None and pretrained_model_name_or_path is not None
+        )
+        has_generation_file = check_generation and _has_generation_config(pretrained_model_name_or_path, kwargs)
         try:
-            return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+            model, loading_info = super().from_pretrained(
+                pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs
+            )
         except SafetensorError as error:
             raise ValueError(
                 f"{pretrained_model_name_or_path}: model.safetensors cannot be read, it is truncated or corrupted "
@@ -318,6 +382,15 @@ class VaswaniPreTrainedModel(PreTrainedModel):
                 f"{pretrained_model_name_or_path}: the weights in model.safetensors do not fit config.json: "
                 + _shape_mismatches(pretrained_model_name_or_path, kwargs.get("config"), cls)
             ) from error
+        if strict:
+            _check_all_weights_loaded(pretrained_model_name_or_path, loading_info)
+        if check_generation and not has_generation_file:
+            model.generation_config = paper_generation_config(model.config)
+            logger.warning(
+                f"{pretrained_model_name_or_path} has no generation_config.json: decoding as the paper (Sec. 6.1), "
+                "beam 4, length penalty 0.6, each output at most its source length + 50 tokens"
+            )
+        return (model, loading_info) if wants_loading_info else model
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -474,6 +547,8 @@ class VaswaniModel(VaswaniPreTrainedModel):
         "encoder.embed_tokens.weight": "shared.weight",
         "decoder.embed_tokens.weight": "shared.weight",
     }
+    # loaded from a VaswaniForConditionalGeneration checkpoint, the output projection has no place here by design
+    _keys_to_ignore_on_load_unexpected = [r"^lm_head\."]
 
     def __init__(self, config: VaswaniConfig):
         super().__init__(config)
@@ -657,6 +732,21 @@ def label_smoothed_loss(
     return loss / denominator, logits
 
 
+def paper_generation_config(config: VaswaniConfig) -> GenerationConfig:
+    """The decoding of Sec. 6.1 with the model's special tokens: beam size 4, length penalty 0.6, output length at
+    most the input length + 50 (`max_new_tokens_offset`, read by `generate`), stopping early when possible."""
+    return GenerationConfig(
+        decoder_start_token_id=config.decoder_start_token_id,
+        bos_token_id=config.bos_token_id,
+        eos_token_id=config.eos_token_id,
+        pad_token_id=config.pad_token_id,
+        num_beams=4,
+        length_penalty=0.6,
+        early_stopping=True,
+        max_new_tokens_offset=50,
+    )
+
+
 class VaswaniForConditionalGeneration(VaswaniPreTrainedModel, GenerationMixin):
     """The Transformer for sequence-to-sequence generation: `VaswaniModel` and the output projection, tied to the
     shared embedding (Sec. 3.4). Decoding defaults follow Sec. 6.1: beam 4, length penalty 0.6, output length at most
@@ -669,17 +759,7 @@ class VaswaniForConditionalGeneration(VaswaniPreTrainedModel, GenerationMixin):
         self.model = VaswaniModel(config)
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         self.post_init()
-        # Sec. 6.1: beam size 4, length penalty 0.6, output length at most input length + 50, stop early when possible.
-        self.generation_config = GenerationConfig(
-            decoder_start_token_id=config.decoder_start_token_id,
-            bos_token_id=config.bos_token_id,
-            eos_token_id=config.eos_token_id,
-            pad_token_id=config.pad_token_id,
-            num_beams=4,
-            length_penalty=0.6,
-            early_stopping=True,
-            max_new_tokens_offset=50,
-        )
+        self.generation_config = paper_generation_config(config)
 
     def get_encoder(self, modality: str | None = None) -> VaswaniEncoder:
         return self.model.encoder

@@ -29,7 +29,8 @@ class TranslationPipeline(Pipeline):
       smaller) raises a `ValueError` giving both lengths, unless `truncation=True`, which cuts it with a warning;
     - anything but a string (or a list of strings) raises a `TypeError` naming the item;
     - a string that is not valid Unicode (lone surrogates, as from bytes decoded with `errors="surrogateescape"`)
-      raises a `ValueError` naming the item and the character.
+      raises a `ValueError` naming the item and the character;
+    - special-token strings in the text (`"</s>"`, `"<pad>"`, ...) are translated as text, never as control tokens.
     """
 
     _pipeline_calls_generate = True
@@ -84,7 +85,8 @@ class TranslationPipeline(Pipeline):
         return min(limits) if limits else None
 
     def preprocess(self, text: str, truncation: bool = False) -> dict[str, Any]:
-        encoded = self.tokenizer(text, return_tensors="pt")
+        # a literal "</s>" or "<pad>" in the text is text, whatever the tokenizer was saved with
+        encoded = self.tokenizer(text, return_tensors="pt", split_special_tokens=True)
         limit = self.max_source_length()
         length = encoded["input_ids"].shape[-1]
         if limit is not None and length > limit:
@@ -95,7 +97,9 @@ class TranslationPipeline(Pipeline):
                     f"truncation=True to translate only its first {limit} tokens."
                 )
             logger.warning(f"Input of {length} tokens truncated to the model's limit of {limit} tokens.")
-            encoded = self.tokenizer(text, return_tensors="pt", truncation=True, max_length=limit)
+            encoded = self.tokenizer(
+                text, return_tensors="pt", truncation=True, max_length=limit, split_special_tokens=True
+            )
         return encoded
 
     def _forward(self, model_inputs: dict[str, Any], **generate_kwargs) -> dict[str, Any]:

@@ -3,6 +3,11 @@
 Byte-level BPE: every string, in any script, encodes without `<unk>` and decodes back to itself (after the NFKC
 normalisation applied on the way in), so BLEU is computed on exactly detokenized text. The result is a generic
 transformers fast tokenizer (`tokenizer.json`), which `AutoTokenizer` loads with no custom code.
+
+Text never produces control tokens: a literal "<pad>", "<s>", "</s>" or "<unk>" in a sentence is tokenized as the
+characters it is (transformers' `split_special_tokens=True`, saved in `tokenizer_config.json`), and only the
+post-processor adds the real `</s>`. Otherwise "The tag </s> ends it." would end the source in its middle, and
+"use the <pad> key" would decode without its word.
 """
 
 import os
@@ -60,6 +65,7 @@ def train_tokenizer(
         clean_up_tokenization_spaces=False,  # the byte-level decoder already restores the exact text
         model_max_length=model_max_length,
         padding_side="right",
+        split_special_tokens=True,
     )
 
 
@@ -75,11 +81,12 @@ def _non_empty(texts: Iterable[str]) -> Iterator[str]:
 
 def load_tokenizer(name_or_path: str | os.PathLike) -> PreTrainedTokenizerBase:
     """`AutoTokenizer.from_pretrained`, but a local folder without `tokenizer.json` fails naming the folder and what it
-    holds (transformers would say only that no backend tokenizer could be built)."""
+    holds (transformers would say only that no backend tokenizer could be built), and special-token strings in text
+    are tokenized as text even for a tokenizer saved without `split_special_tokens` (saved again, it has it)."""
     folder = Path(name_or_path)
     if folder.is_dir() and not (folder / "tokenizer.json").is_file():
         present = sorted(p.name for p in folder.iterdir())
         raise FileNotFoundError(
             f"{folder} has no tokenizer.json (the BPE vocabulary and merges); it holds {present or 'nothing'}"
         )
-    return AutoTokenizer.from_pretrained(name_or_path)
+    return AutoTokenizer.from_pretrained(name_or_path, split_special_tokens=True)
