@@ -190,20 +190,21 @@ def test_export_command_writes_a_self_contained_folder_and_never_replaces_one_un
 def run_ctranslate2_passage(document: str, model, tokenizer, cwd: Path, env: dict) -> None:
     """Run a document's CTranslate2 passage as a user would: its `vaswani-export` command in a shell, then its Python
     block (the one using ctranslate2) in a fresh interpreter, which must print the model's own beam search output
-    for the passage's one example source."""
+    for the passage's one example source, and also for a source holding the literal text `</s>` (text, not a token)."""
     (command,) = re.findall(r"```bash\n(vaswani-export .*?)\n```", document, re.S)
     (snippet,) = [block for block in re.findall(r"```python\n(.*?)```", document, re.S) if "ctranslate2" in block]
     env = {**os.environ, **env, "PYTHONPATH": ""}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"  # the venv's console commands
     exported = subprocess.run(command, shell=True, cwd=cwd, env=env, capture_output=True, text=True)
     assert exported.returncode == 0, exported.stderr[-3000:]
-    printed = subprocess.run([sys.executable, "-c", snippet], cwd=cwd, env=env, capture_output=True, text=True)
-    assert printed.returncode == 0, printed.stderr[-3000:]
-
     (source,) = re.findall(r'sources = \["(.*?)"\]', snippet)
-    generated = model.generate(**tokenizer([source], return_tensors="pt"))  # its generation config: beam 4, 0.6
-    expected = tokenizer.batch_decode(generated, skip_special_tokens=True)
-    assert expected[0].strip() and printed.stdout.strip() == repr(expected)
+    for text in (source, "The tag </s> ends it."):
+        code = snippet.replace(f'sources = ["{source}"]', f"sources = [{text!r}]")
+        printed = subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True)
+        assert printed.returncode == 0, printed.stderr[-3000:]
+        generated = model.generate(**tokenizer([text], return_tensors="pt"))  # its generation config: beam 4, 0.6
+        expected = tokenizer.batch_decode(generated, skip_special_tokens=True)
+        assert expected[0].strip() and printed.stdout.strip() == repr(expected), text
 
 
 @pytest.mark.slow
