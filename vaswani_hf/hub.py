@@ -18,7 +18,7 @@ from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 from transformers import GenerationConfig
 
 from .data import is_hub_dataset_id
-from .evaluation import atomic_folder
+from .evaluation import atomic_folder, read_json
 from .modeling_vaswani import VaswaniForConditionalGeneration
 from .pipeline_vaswani import TranslationPipeline
 from .tokenization import load_tokenizer
@@ -166,7 +166,7 @@ def build_repo_folder(
     missing = missing_run_files(run_dir)
     if missing:
         raise FileNotFoundError(f"{run_dir} cannot be published, it lacks: " + "; ".join(missing))
-    metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+    metrics = read_json(run_dir / "metrics.json")
     model = VaswaniForConditionalGeneration.from_pretrained(run_dir, use_safetensors=True)
     model.generation_config = GenerationConfig.from_pretrained(run_dir)
     tokenizer = load_tokenizer(run_dir)

@@ -75,11 +75,17 @@ def _non_empty(texts: Iterable[str]) -> Iterator[str]:
 
 def load_tokenizer(name_or_path: str | os.PathLike) -> PreTrainedTokenizerBase:
     """`AutoTokenizer.from_pretrained`, but a local folder without `tokenizer.json` fails naming the folder and what it
-    holds (transformers would say only that no backend tokenizer could be built)."""
+    holds (transformers would say only that no backend tokenizer could be built), and a truncated one naming it."""
     folder = Path(name_or_path)
     if folder.is_dir() and not (folder / "tokenizer.json").is_file():
         present = sorted(p.name for p in folder.iterdir())
         raise FileNotFoundError(
             f"{folder} has no tokenizer.json (the BPE vocabulary and merges); it holds {present or 'nothing'}"
         )
+    if folder.is_dir():  # transformers' JSONDecodeError for a truncated file would not name it
+        from .evaluation import read_json  # (evaluation imports this module)
+
+        for name in ("tokenizer.json", "tokenizer_config.json"):
+            if (folder / name).is_file():
+                read_json(folder / name)
     return AutoTokenizer.from_pretrained(name_or_path)
