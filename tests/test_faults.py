@@ -372,3 +372,20 @@ def test_a_missing_validation_split_names_the_splits_there_and_the_argument(smal
         f"{small_corpus} has no 'validation' split (validation_split); its splits are ['test', 'train']: set"
         " validation_split to one of them, or file_splits (split=stem pairs) for a folder's files"
     )
+
+
+def test_the_pipeline_names_a_model_folder_without_a_tokenizer_or_with_a_damaged_one(tiny_translator_folder, tmp_path):
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_translator_folder, folder)
+    tokenizer_file = folder / "tokenizer.json"
+    whole = tokenizer_file.read_text()
+    tokenizer_file.write_text(whole[: len(whole) // 2])
+    with pytest.raises(ValueError, match=f"the tokenizer in {folder} cannot be loaded: Expecting"):
+        pipeline("translation", model=str(folder))
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (folder / name).unlink()
+    with pytest.raises(FileNotFoundError, match=f"{folder} has no tokenizer.json .* it holds .*'config.json'"):
+        pipeline("translation", model=str(folder))
+    with pytest.raises(ValueError, match="no tokenizer could be loaded for the model: pass tokenizer="):
+        pipeline("translation", model=tiny_model())
+    assert pipeline("translation", model=str(tiny_translator_folder))("A dog runs.", max_new_tokens=3)
