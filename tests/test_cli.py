@@ -178,3 +178,23 @@ def test_the_command_line_reads_each_shipped_recipe_as_its_values_say(recipe_nam
     model_args, data_args, training_args = parser.parse_dict(values)
     assert from_command_line[0] == model_args and from_command_line[1] == data_args
     assert from_command_line[2].to_dict() == training_args.to_dict()
+
+
+def test_recipe_values_take_their_arguments_types(tmp_path, capsys):
+    """YAML reads `4e-1` as text and `10` as a number: each becomes the type of its argument, as a flag would, and a
+    value of another kind for a numeric argument is refused naming the key, the value and the type."""
+    head = "dataset: corpus_folder\noutput_dir: out\nuse_cpu: true\n"
+    path = tmp_path / "recipe.yaml"
+    path.write_text(head + "lr_scale: 4e-1\neval_at_minutes: 10\nmax_steps: 20.0\nwarmup_steps: 100\n")
+    _, _, training_args = parse_arguments([str(path)])
+    assert (training_args.lr_scale, training_args.eval_at_minutes, training_args.max_steps) == (0.4, "10", 20)
+    assert type(training_args.lr_scale) is float and type(training_args.max_steps) is int
+    for line, message in (
+        ("lr_scale: [0.4]", "lr_scale is [0.4], not a number"),
+        ("lr_scale: true", "lr_scale is True, not a number"),
+        ("max_steps: 2.5", "max_steps is 2.5, not an integer"),
+        ("lr_scale: four", "lr_scale is 'four', not a number"),
+        ("max_steps: 1e3", "max_steps is '1e3', not an integer"),
+    ):
+        path.write_text(f"{head}{line}\n")
+        assert message in refused([str(path)], capsys)

@@ -244,3 +244,55 @@ def test_padding_share_is_small(preprocessed):
 def test_an_example_longer_than_max_tokens_is_a_clear_error():
     with pytest.raises(ValueError, match="example 1 has 300 source \\+ 10 target tokens"):
         TokenBatchSampler([5, 300], [5, 10], max_tokens=256)
+
+
+def test_a_truncated_or_non_gzip_corpus_file_is_named(tmp_path):
+    lines = [f"sentence number {i} of a corpus" for i in range(2000)]
+    write_gz(tmp_path / "train.en.gz", lines)
+    write_gz(tmp_path / "train.de.gz", lines)
+    whole = (tmp_path / "train.de.gz").read_bytes()
+    for broken in (whole[: len(whole) // 2], "\n".join(lines).encode()):  # cut short; plain text named .gz
+        (tmp_path / "train.de.gz").write_bytes(broken)
+        with pytest.raises(ValueError, match=r"train.de.gz cannot be read as gzip .*truncated, damaged or not gzip"):
+            load_parallel_corpus(tmp_path, "en", "de")
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ('{"en": "Two", "de": ', r"dev.jsonl:2: not a JSON object \(Expecting value"),
+        ('{"en": 3, "de": "Drei"}', r"dev.jsonl:2: the 'en' text is 3, not a string"),
+        ('{"translation": {"en": "Two", "de": null}}', r"dev.jsonl:2: the 'de' text is null, not a string"),
+        ('["Two", "Zwei"]', r'dev.jsonl:2: \["Two", "Zwei"\] is not an object of \{"translation"'),
+    ],
+)
+def test_a_bad_jsonl_line_is_named_with_its_file_and_line(tmp_path, line, message):
+    path = tmp_path / "dev.jsonl"
+    path.write_text('{"en": "One", "de": "Eins"}\n' + line + "\n")
+    with pytest.raises(ValueError, match=message):
+        load_parallel_corpus({"validation": path}, "en", "de")
+
+
+def test_a_filter_that_drops_every_pair_says_which_filter_dropped_how_many():
+    from datasets import Dataset, DatasetDict
+
+    tokenizer = train_tokenizer(["a man rides a bike", "zwei hunde spielen im schnee"] * 20, vocab_size=300)
+    pairs = [
+        {"en": "", "de": "zwei hunde"},  # an empty side
+        {"en": "a man rides a bike and a man rides a bike", "de": "zwei"},  # source too long
+        {"en": "a man", "de": "zwei hunde spielen im schnee und zwei hunde"},  # target too long
+        {"en": "a man", "de": "   "},  # an empty side (whitespace only)
+        {"en": "a", "de": "zwei hunde spielen"},  # 2 and 4 tokens: a length ratio of 2
+    ]
+    corpus = DatasetDict({split: Dataset.from_dict({"translation": pairs}) for split in ("train", "test")})
+    with pytest.raises(ValueError) as refused:
+        preprocess(corpus, tokenizer, "en", "de", max_source_tokens=6, max_target_tokens=6, max_length_ratio=1.5)
+    assert str(refused.value) == (
+        "the length filters drop all 5 pairs of split 'train' (2 with an empty side; 1 with more than"
+        " max_source_tokens=6 source tokens; 1 with more than max_target_tokens=6 target tokens; 1 with a length"
+        " ratio above max_length_ratio=1.5): raise those limits (max_source_tokens, max_target_tokens,"
+        " max_length_ratio) or check the data"
+    )
+    # the same pairs with room for them: only the empty sides go, and the test split (not filtered) stays whole
+    data = preprocess(corpus, tokenizer, "en", "de", max_source_tokens=20, max_target_tokens=20, max_length_ratio=9)
+    assert (len(data["train"]), len(data["test"])) == (3, 5)

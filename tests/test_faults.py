@@ -18,13 +18,20 @@ import torch
 from conftest import padded_batch, recipe, run, tiny_model
 from safetensors.torch import load_file
 from test_training import folder_state, tiny_run_arguments, trainer_for
-from transformers import AutoModelForSeq2SeqLM, modeling_utils, pipeline
+from transformers import AutoModelForSeq2SeqLM, GenerationConfig, HfArgumentParser, modeling_utils, pipeline
 
-from vaswani_hf.evaluation import read_text_lines
+from vaswani_hf.cli import evaluate
+from vaswani_hf.cli import translate as translate_command
+from vaswani_hf.evaluation import bleu, read_text_lines, translate
+from vaswani_hf.hub import RUN_FILES, build_repo_folder
 from vaswani_hf.tokenization import load_tokenizer, train_tokenizer
 from vaswani_hf.training import (
     COMPLETE_MARKER,
+    DataArguments,
+    ModelArguments,
     NonFiniteGradientGuard,
+    VaswaniTrainingArguments,
+    _finished,
     average_checkpoints,
     checkpoint_step,
     complete_checkpoints,
@@ -386,3 +393,125 @@ def test_a_save_over_an_existing_checkpoint_unmarks_it_first(saved_run, tmp_path
         trainer.train(resume_from_checkpoint=str(run_dir / "checkpoint-2"))
     assert not (run_dir / "checkpoint-4" / COMPLETE_MARKER).exists()
     assert complete_checkpoints(run_dir) == [run_dir / "checkpoint-2"]
+
+
+def write_lines(path, lines: list[str]) -> str:
+    path.write_bytes("".join(line + "\n" for line in lines).encode("utf-8"))
+    return str(path)
+
+
+def test_evaluate_splits_lines_at_newlines_only_and_refuses_files_that_do_not_align(
+    tiny_translator_folder, tmp_path, capsys
+):
+    """U+2028 and form feed inside a line leave it one line (str.splitlines() would make four of these two), so
+    two sources give two hypotheses; files whose line counts differ, or empty ones, are refused naming them."""
+    sources = write_lines(tmp_path / "src.en", ["A man\u2028rides a bike.", "Two dogs\fplay."])
+    references = write_lines(tmp_path / "ref.de", ["Ein Mann\u2028fährt Rad.", "Zwei Hunde\fspielen."])
+    hypotheses = tmp_path / "hyp.de"
+    model = str(tiny_translator_folder)
+    evaluate.main([model, sources, references, "--output_file", str(hypotheses), "--num_beams", "1"])
+    assert hypotheses.read_bytes().count(b"\n") == 2
+    assert json.loads(capsys.readouterr().out)["bleu"] >= 0
+
+    longer = write_lines(tmp_path / "three.de", ["Ein Mann", "fährt Rad.", "Zwei Hunde spielen."])
+    empty = tmp_path / "empty.de"
+    empty.write_bytes(b"")
+    for reference, message in (
+        (longer, f"{sources} has 2 lines but {longer} has 3: the sources and references must align line by line"),
+        (str(empty), f"{empty} is empty"),
+    ):
+        with pytest.raises(SystemExit) as refused:
+            evaluate.main([model, sources, reference])
+        assert refused.value.code == 1
+        assert message in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        evaluate.main([model, str(empty), str(empty)])
+    assert f"{empty} is empty" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="no sentences to score"):
+        bleu([], [])
+
+
+@pytest.mark.parametrize("num_beams", [0, -1])
+def test_a_beam_count_below_one_is_refused_naming_it(tiny_translator, num_beams):
+    model, tokenizer = tiny_translator
+    message = f"num_beams must be a whole number of at least 1 .1: greedy search., got {num_beams}"
+    batch = tokenizer(["A dog runs."], return_tensors="pt")
+    with pytest.raises(ValueError, match=message):
+        model.generate(**batch, num_beams=num_beams)
+    with pytest.raises(ValueError, match=message):
+        model.generate(**batch, generation_config=GenerationConfig(num_beams=num_beams, max_new_tokens=5))
+    with pytest.raises(ValueError, match=message):
+        translate(model, tokenizer, ["A dog runs."], num_beams=num_beams)
+    with pytest.raises(ValueError, match=message):
+        pipeline("translation", model=model, tokenizer=tokenizer)("A dog runs.", num_beams=num_beams)
+
+
+@pytest.mark.parametrize("shape", [(0, 5), (2, 0)])
+def test_generate_on_no_rows_or_no_tokens_is_refused_naming_the_shape(shape):
+    model = tiny_model()
+    for num_beams in (1, 4):
+        with pytest.raises(ValueError, match=rf"input_ids has shape \({shape[0]}, {shape[1]}\): generate needs"):
+            model.generate(input_ids=torch.zeros(shape, dtype=torch.long), num_beams=num_beams)
+
+
+def test_truncated_json_files_are_named(tmp_path):
+    """tokenizer.json, a checkpoint's trainer_state.json and a run's metrics.json, cut short by a failed copy."""
+    tokenizer_folder = tmp_path / "tokenizer"
+    train_tokenizer(["a man rides a bike", "zwei hunde spielen"] * 20, vocab_size=300).save_pretrained(tokenizer_folder)
+    checkpoint = tmp_path / "run" / "checkpoint-4"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "trainer_state.json").write_text(json.dumps({"global_step": 4, "stateful_callbacks": {}}))
+    run_dir = tmp_path / "run"
+    for name in RUN_FILES:
+        (run_dir / name).write_text("{}")
+    (run_dir / "metrics.json").write_text(json.dumps({"settings": {}, "evaluation": {}}))
+    for path in (tokenizer_folder / "tokenizer.json", checkpoint / "trainer_state.json", run_dir / "metrics.json"):
+        whole = path.read_text()
+        path.write_text(whole[: len(whole) // 2])
+    with pytest.raises(ValueError, match=f"{tokenizer_folder / 'tokenizer.json'} is not valid JSON .truncated"):
+        load_tokenizer(tokenizer_folder)
+    arguments = VaswaniTrainingArguments(output_dir=str(run_dir), use_cpu=True, report_to=[], max_steps=10)
+    with pytest.raises(ValueError, match=f"{checkpoint / 'trainer_state.json'} is not valid JSON .truncated"):
+        _finished(checkpoint, arguments)
+    with pytest.raises(ValueError, match=f"{run_dir / 'metrics.json'} is not valid JSON .truncated"):
+        build_repo_folder(run_dir, tmp_path / "repo", "org/name")
+
+
+def test_the_commands_name_a_model_folder_without_a_tokenizer(tmp_path, capsys):
+    folder = tmp_path / "model"
+    tiny_model().save_pretrained(folder)
+    sources = write_lines(tmp_path / "src.en", ["A dog runs."])
+    commands = ((translate_command.main, [str(folder), "A dog."]), (evaluate.main, [str(folder), sources, sources]))
+    for main, argv in commands:
+        with pytest.raises(SystemExit) as refused:
+            main(argv)
+        assert refused.value.code == 1
+        assert f"{folder} has no tokenizer.json (the BPE vocabulary and merges); it holds" in capsys.readouterr().err
+
+
+def test_a_missing_validation_split_names_the_splits_there_and_the_argument(small_corpus, tmp_path):
+    values = recipe(small_corpus, tmp_path / "out", file_splits="train=train,test=test_2016_flickr")
+    parser = HfArgumentParser((ModelArguments, DataArguments, VaswaniTrainingArguments))
+    with pytest.raises(ValueError) as refused:
+        train(*parser.parse_dict(values))
+    assert str(refused.value) == (
+        f"{small_corpus} has no 'validation' split (validation_split); its splits are ['test', 'train']: set"
+        " validation_split to one of them, or file_splits (split=stem pairs) for a folder's files"
+    )
+
+
+def test_the_pipeline_names_a_model_folder_without_a_tokenizer_or_with_a_damaged_one(tiny_translator_folder, tmp_path):
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_translator_folder, folder)
+    tokenizer_file = folder / "tokenizer.json"
+    whole = tokenizer_file.read_text()
+    tokenizer_file.write_text(whole[: len(whole) // 2])
+    with pytest.raises(ValueError, match=f"the tokenizer in {folder} cannot be loaded: Expecting"):
+        pipeline("translation", model=str(folder))
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (folder / name).unlink()
+    with pytest.raises(FileNotFoundError, match=f"{folder} has no tokenizer.json .* it holds .*'config.json'"):
+        pipeline("translation", model=str(folder))
+    with pytest.raises(ValueError, match="no tokenizer could be loaded for the model: pass tokenizer="):
+        pipeline("translation", model=tiny_model())
+    assert pipeline("translation", model=str(tiny_translator_folder))("A dog runs.", max_new_tokens=3)

@@ -8,6 +8,8 @@ import gzip
 import json
 import math
 import os
+import zlib
+from collections import Counter
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -110,6 +112,11 @@ def _lines(path: Path) -> Iterator[str]:
                 yield line.rstrip("\r\n")
     except UnicodeDecodeError as error:
         raise ValueError(f"{path} is not valid UTF-8: {error}") from error
+    except (gzip.BadGzipFile, EOFError, zlib.error) as error:  # not gzip, cut short, or corrupted
+        raise ValueError(
+            f"{path} cannot be read as gzip ({error}): it is truncated, damaged or not gzip-compressed; copy it again,"
+            " or decompress it and drop the .gz from its name"
+        ) from error
 
 
 def _aligned_files_split(
@@ -168,11 +175,22 @@ def _tabular_pairs(file: str, source_lang: str, target_lang: str, stamps: str) -
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
-        record = json.loads(line)
-        pair = record.get("translation", record)
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}:{number}: not a JSON object ({error}); each line holds one pair") from error
+        pair = record.get("translation", record) if isinstance(record, dict) else record
+        if not isinstance(pair, dict):
+            raise ValueError(
+                f"{path}:{number}: {json.dumps(pair)[:80]} is not an object of"
+                ' {"translation": {lang: text}} or {lang: text}'
+            )
         missing = [lang for lang in langs if lang not in pair]
         if missing:
             raise ValueError(f"{path}:{number}: no text for {missing}; keys there: {sorted(pair)}")
+        for lang in langs:
+            if not isinstance(pair[lang], str):
+                raise ValueError(f"{path}:{number}: the {lang!r} text is {json.dumps(pair[lang])[:80]}, not a string")
         yield {"translation": {lang: pair[lang] for lang in langs}}
 
 
@@ -247,27 +265,39 @@ def preprocess(
         encoded["target_length"] = [len(ids) for ids in encoded["labels"]]
         return encoded
 
+    def drop_reason(pair: dict, source_length: int, target_length: int) -> str | None:
+        """Why the filter drops a pair (the first filter it fails, with the argument that sets it), or None."""
+        if not pair[source_lang].strip() or not pair[target_lang].strip():
+            return "an empty side"
+        if source_length > max_source_tokens:
+            return f"more than max_source_tokens={max_source_tokens} source tokens"
+        if target_length > max_target_tokens:
+            return f"more than max_target_tokens={max_target_tokens} target tokens"
+        longer, shorter = max(source_length, target_length), min(source_length, target_length)
+        if max_length_ratio is not None and longer > max_length_ratio * shorter:
+            return f"a length ratio above max_length_ratio={max_length_ratio}"
+        return None
+
     def keep(batch: dict) -> list[bool]:
-        kept = []
-        for pair, source_length, target_length in zip(
-            batch["translation"], batch["source_length"], batch["target_length"], strict=True
-        ):
-            ok = bool(pair[source_lang].strip()) and bool(pair[target_lang].strip())
-            ok = ok and source_length <= max_source_tokens and target_length <= max_target_tokens
-            if ok and max_length_ratio is not None:
-                ok = max(source_length, target_length) <= max_length_ratio * min(source_length, target_length)
-            kept.append(ok)
-        return kept
+        rows = zip(batch["translation"], batch["source_length"], batch["target_length"], strict=True)
+        return [drop_reason(*row) is None for row in rows]
 
     tokenized = corpus.map(tokenize, batched=True, num_proc=num_proc, desc="Tokenizing")
-    return DatasetDict(
-        {
-            split: dataset.filter(keep, batched=True, num_proc=num_proc, desc=f"Filtering {split}")
-            if split in filter_splits
-            else dataset
-            for split, dataset in tokenized.items()
-        }
-    )
+    result = {}
+    for split, dataset in tokenized.items():
+        if split in filter_splits:
+            result[split] = dataset.filter(keep, batched=True, num_proc=num_proc, desc=f"Filtering {split}")
+            if len(result[split]) == 0 and len(dataset) > 0:  # nothing to train on: say which filters took what
+                columns = zip(dataset["translation"], dataset["source_length"], dataset["target_length"], strict=True)
+                reasons = Counter(drop_reason(*row) for row in columns)
+                dropped = "; ".join(f"{count} with {reason}" for reason, count in reasons.most_common())
+                raise ValueError(
+                    f"the length filters drop all {len(dataset)} pairs of split {split!r} ({dropped}): raise those"
+                    " limits (max_source_tokens, max_target_tokens, max_length_ratio) or check the data"
+                )
+        else:
+            result[split] = dataset
+    return DatasetDict(result)
 
 
 def padded_size(batch: list[int], source_lengths: list[int], target_lengths: list[int]) -> int:

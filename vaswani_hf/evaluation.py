@@ -57,6 +57,8 @@ def _corpus_score(metric, hypotheses: list[str], references: list[str], fields: 
     """A sacreBLEU metric's corpus score: `score`, the result's `fields`, and the `signature` to quote with it."""
     if len(hypotheses) != len(references):
         raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} references")
+    if not references:  # sacreBLEU would fail with an IndexError
+        raise ValueError("no sentences to score: the hypotheses and references are empty")
     result = metric.corpus_score(hypotheses, [references])
     return {
         "score": result.score,
@@ -140,14 +142,22 @@ def evaluate_files(
 ) -> dict:
     """Translate `source_file` with a saved model and its tokenizer on `device`, `batch_size` sentences at a time,
     score against `reference_file`, optionally write the translations (one a line, atomically); returns the BLEU
-    result. `generate_kwargs` (`num_beams`, `length_penalty`, ...) override the model's generation config."""
+    result. `generate_kwargs` (`num_beams`, `length_penalty`, ...) override the model's generation config. Lines end
+    at "\n" only (`read_text_lines`); an empty file, or files whose line counts differ (one hypothesis is made per
+    source line), are refused naming them, before the model is loaded."""
     from transformers import AutoModelForSeq2SeqLM
 
     sources, references = read_text_lines(source_file), read_text_lines(reference_file)
+    for path, lines in ((source_file, sources), (reference_file, references)):
+        if not lines:
+            raise ValueError(f"{path} is empty: give a file of one sentence a line")
     if len(sources) != len(references):
-        raise ValueError(f"{source_file} has {len(sources)} lines but {reference_file} has {len(references)}")
+        raise ValueError(
+            f"{source_file} has {len(sources)} lines but {reference_file} has {len(references)}: the sources and"
+            " references must align line by line (lines end at \\n only)"
+        )
+    tokenizer = load_tokenizer(model_name_or_path)  # before the model: a missing tokenizer fails fast
     model = AutoModelForSeq2SeqLM.from_pretrained(model_name_or_path).to(device)
-    tokenizer = load_tokenizer(model_name_or_path)
     result, hypotheses = evaluate_translation(
         model, tokenizer, sources, references, batch_size=batch_size, **generate_kwargs
     )
@@ -265,6 +275,16 @@ def atomic_folder(
             write_json(record, {"built_by": built_by, "files": sorted(entry.name for entry in path.iterdir())})
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def read_json(path: str | os.PathLike):
+    """The JSON value in `path`; a file that is not valid JSON (a truncated write, say) is a `ValueError` naming it
+    (json's own error names only the line and column)."""
+    text = Path(path).read_text(encoding="utf-8")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON (truncated or damaged?): {error}") from error
 
 
 def write_json(path: str | os.PathLike, data: dict) -> None:

@@ -19,7 +19,7 @@ from huggingface_hub.errors import RepositoryNotFoundError
 from transformers import GenerationConfig
 
 from .data import is_hub_dataset_id
-from .evaluation import atomic_folder
+from .evaluation import atomic_folder, read_json
 from .modeling_vaswani import VaswaniForConditionalGeneration
 from .pipeline_vaswani import TranslationPipeline
 from .tokenization import load_tokenizer
@@ -172,7 +172,7 @@ def build_repo_folder(
     if missing:
         raise FileNotFoundError(f"{run_dir} cannot be published, it lacks: " + "; ".join(missing))
     with atomic_folder(repo_folder, overwrite, keep=[("the training run", run_dir)], built_by=BUILT_BY) as staging:
-        metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+        metrics = read_json(run_dir / "metrics.json")
         model = VaswaniForConditionalGeneration.from_pretrained(run_dir, use_safetensors=True)
         model.generation_config = GenerationConfig.from_pretrained(run_dir)
         tokenizer = load_tokenizer(run_dir)

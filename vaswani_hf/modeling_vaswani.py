@@ -178,6 +178,18 @@ def check_token_inputs(
         )
 
 
+def check_generate_inputs(input_ids: torch.Tensor | None, *num_beams: int | None) -> None:
+    """Refuse what `generate` would fail on deep inside with an unnamed error: a beam count below 1 (a division by
+    zero, or a negative size) and a batch of no sources or of sources with no tokens (a reshape error)."""
+    for value in num_beams:
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"num_beams must be a whole number of at least 1 (1: greedy search), got {value!r}")
+    if isinstance(input_ids, torch.Tensor) and 0 in input_ids.shape:
+        raise ValueError(
+            f"input_ids has shape {tuple(input_ids.shape)}: generate needs at least one source of at least one token"
+        )
+
+
 def eager_attention_forward(
     module: nn.Module,
     query: torch.Tensor,
@@ -842,6 +854,8 @@ class VaswaniForConditionalGeneration(VaswaniPreTrainedModel, GenerationMixin):
         """`GenerationMixin.generate`, plus the paper's length limit (Sec. 6.1) when no length is asked for: each
         output is at most its source length + `generation_config.max_new_tokens_offset` tokens."""
         config = generation_config if generation_config is not None else self.generation_config
+        input_ids = inputs if inputs is not None else kwargs.get("input_ids")
+        check_generate_inputs(input_ids, kwargs.get("num_beams"), config.num_beams)
         offset = getattr(config, "max_new_tokens_offset", None)
         length_given = (
             kwargs.get("max_length") is not None
@@ -849,7 +863,6 @@ class VaswaniForConditionalGeneration(VaswaniPreTrainedModel, GenerationMixin):
             or config.max_length is not None
             or config.max_new_tokens is not None
         )
-        input_ids = inputs if inputs is not None else kwargs.get("input_ids")
         if offset is None or length_given or input_ids is None or input_ids.dim() != 2:
             return super().generate(inputs, generation_config, logits_processor, **kwargs)
 

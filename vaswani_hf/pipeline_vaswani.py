@@ -6,9 +6,10 @@ under `custom_pipelines`, so `pipeline("translation", model=repo, trust_remote_c
 it imports nothing from `vaswani_hf`.
 """
 
+import os
 from typing import Any
 
-from transformers import Pipeline
+from transformers import AutoTokenizer, Pipeline
 from transformers.utils import logging
 
 logger = logging.get_logger(__name__)
@@ -34,11 +35,30 @@ class TranslationPipeline(Pipeline):
     """
 
     _pipeline_calls_generate = True
-    _load_tokenizer = True
+    # None: `pipeline()` tries to load the tokenizer without failing, so that __init__ can say what is missing
+    # (for a model folder without one, transformers' own error asks to install sentencepiece)
+    _load_tokenizer = None
     _load_processor = False
     _load_image_processor = False
     _load_video_processor = False
     _load_feature_extractor = False
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.tokenizer is not None:
+            return
+        source = self.model.name_or_path
+        if source and os.path.isdir(source):
+            if not os.path.isfile(os.path.join(source, "tokenizer.json")):
+                raise FileNotFoundError(
+                    f"{source} has no tokenizer.json (the BPE vocabulary and merges); it holds "
+                    f"{sorted(os.listdir(source))}: save the tokenizer beside the model, or pass tokenizer="
+                )
+            try:  # the load that failed, again, for its error (a damaged tokenizer.json, say)
+                AutoTokenizer.from_pretrained(source)
+            except Exception as error:
+                raise ValueError(f"the tokenizer in {source} cannot be loaded: {error}") from error
+        raise ValueError(f"no tokenizer could be loaded for {source or 'the model'}: pass tokenizer=")
 
     def _sanitize_parameters(
         self, truncation: bool | None = None, clean_up_tokenization_spaces: bool | None = None, **generate_kwargs

@@ -81,12 +81,19 @@ def _non_empty(texts: Iterable[str]) -> Iterator[str]:
 
 def load_tokenizer(name_or_path: str | os.PathLike) -> PreTrainedTokenizerBase:
     """`AutoTokenizer.from_pretrained`, but a local folder without `tokenizer.json` fails naming the folder and what it
-    holds (transformers would say only that no backend tokenizer could be built), and special-token strings in text
-    are tokenized as text even for a tokenizer saved without `split_special_tokens` (saved again, it has it)."""
+    holds (transformers would say only that no backend tokenizer could be built), a truncated one naming it, and
+    special-token strings in text are tokenized as text even for a tokenizer saved without `split_special_tokens`
+    (saved again, it has it)."""
     folder = Path(name_or_path)
     if folder.is_dir() and not (folder / "tokenizer.json").is_file():
         present = sorted(p.name for p in folder.iterdir())
         raise FileNotFoundError(
             f"{folder} has no tokenizer.json (the BPE vocabulary and merges); it holds {present or 'nothing'}"
         )
+    if folder.is_dir():  # transformers' JSONDecodeError for a truncated file would not name it
+        from .evaluation import read_json  # (evaluation imports this module)
+
+        for name in ("tokenizer.json", "tokenizer_config.json"):
+            if (folder / name).is_file():
+                read_json(folder / name)
     return AutoTokenizer.from_pretrained(name_or_path, split_special_tokens=True)

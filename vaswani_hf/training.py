@@ -38,7 +38,16 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .configuration_vaswani import PRESETS, VaswaniConfig
 from .data import TokenBatchSampler, load_parallel_corpus, preprocess
-from .evaluation import atomic_folder, bleu, bleu_metric_for_trainer, chrf, translate, write_json, write_text_lines
+from .evaluation import (
+    atomic_folder,
+    bleu,
+    bleu_metric_for_trainer,
+    chrf,
+    read_json,
+    translate,
+    write_json,
+    write_text_lines,
+)
 from .modeling_vaswani import VaswaniForConditionalGeneration
 from .tokenization import load_tokenizer, train_tokenizer
 
@@ -669,7 +678,7 @@ def check_tokenizer_fits(
     record_path = Path(folder) / TOKENIZER_RECORD
     fix = "set vocab_size and the languages to the tokenizer's, or choose another tokenizer or output_dir"
     if record_path.is_file():
-        record = json.loads(record_path.read_text(encoding="utf-8"))
+        record = read_json(record_path)
         if record["vocab_size"] != data_args.vocab_size:
             raise ValueError(
                 f"the tokenizer in {folder} was learned with vocab_size {record['vocab_size']}, but the recipe asks "
@@ -747,6 +756,19 @@ def dataset_source(data_args: DataArguments) -> tuple[str, str | None, dict[str,
     return data_args.hub_dataset, None, None
 
 
+def check_splits(corpus, data_args: DataArguments, source: str) -> None:
+    """Refuse a training or validation split the dataset does not have, naming the splits it has and the argument
+    that chooses it (before anything is learned from the data)."""
+    for argument in ("train_split", "validation_split"):
+        split = getattr(data_args, argument)
+        if split not in corpus:
+            folder = ", or file_splits (split=stem pairs) for a folder's files" if Path(source).is_dir() else ""
+            raise ValueError(
+                f"{source} has no {split!r} split ({argument}); its splits are {sorted(corpus)}: set {argument} to"
+                f" one of them{folder}"
+            )
+
+
 def train(model_args: ModelArguments, data_args: DataArguments, training_args: VaswaniTrainingArguments) -> dict:
     """The whole run: data, tokenizer, model, training (resumable), checkpoint averaging, sacreBLEU (BLEU, chrF) on
     the test split, and the output folder (model, tokenizer, generation config, metrics.json, test_predictions.txt,
@@ -758,6 +780,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: V
     output_dir.mkdir(parents=True, exist_ok=True)
     source, config_name, splits = dataset_source(data_args)
     corpus = load_parallel_corpus(source, data_args.source_lang, data_args.target_lang, config_name, splits)
+    check_splits(corpus, data_args, source)
     tokenizer = build_tokenizer(data_args, corpus, output_dir, training_args)
     set_seed(training_args.seed)  # before the model exists: its initial weights come from this seed
     model = build_model(model_args, tokenizer)
@@ -881,7 +904,7 @@ def pair_counts(corpus, data) -> dict[str, dict[str, int]]:
 
 def _stored_budget(checkpoint: Path) -> dict:
     """The `TrainingTimeBudget` state saved in a checkpoint's trainer_state.json: {"args": ..., "attributes": ...}."""
-    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    state = read_json(checkpoint / "trainer_state.json")
     budget = state.get("stateful_callbacks", {}).get("TrainingTimeBudget", {})
     return budget[0] if isinstance(budget, list) and budget else budget
 
@@ -889,7 +912,7 @@ def _stored_budget(checkpoint: Path) -> dict:
 def _finished(checkpoint: Path, training_args: VaswaniTrainingArguments) -> bool:
     """Whether `checkpoint` ends the run: it holds max_steps updates, or the training time it records has spent the
     recipe's time budget (the budget it was saved under may have been smaller)."""
-    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    state = read_json(checkpoint / "trainer_state.json")
     if training_args.max_steps > 0 and state["global_step"] >= training_args.max_steps:
         return True
     minutes = training_args.max_train_minutes

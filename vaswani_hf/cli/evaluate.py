@@ -21,15 +21,18 @@ def main(argv: list[str] | None = None) -> None:
     add_decoding_arguments(parser, batch_size=64)
     args = parser.parse_args(argv)
     device, generate_kwargs = decoding_options(parser, args)
-    result = evaluate_files(
-        args.model,
-        args.source_file,
-        args.reference_file,
-        args.output_file,
-        batch_size=args.batch_size,
-        device=device,
-        **generate_kwargs,
-    )
+    try:
+        result = evaluate_files(
+            args.model,
+            args.source_file,
+            args.reference_file,
+            args.output_file,
+            batch_size=args.batch_size,
+            device=device,
+            **generate_kwargs,
+        )
+    except (ValueError, OSError) as error:  # bad input, or a model folder that cannot be read: a message, no trace
+        parser.exit(1, f"{parser.prog}: error: {error}\n")
     if args.metrics_file:
         write_json(args.metrics_file, result)
     print(json.dumps({"bleu": round(result["score"], 2), "signature": result["signature"]}))

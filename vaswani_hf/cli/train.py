@@ -61,6 +61,41 @@ def read_recipe(path: Path, known: set[str]) -> dict:
     return values
 
 
+def typed_recipe_values(recipe: dict, parser: argparse.ArgumentParser, path: Path) -> dict:
+    """The recipe's values in their arguments' types, as flags are converted: text for a numeric argument is read as
+    the number it writes (YAML reads `4e-1` as text), a number for a text argument (`eval_at_minutes: 10`) becomes its
+    text; anything else for a numeric argument is refused naming the key, the value and the type (it would fail
+    later, far from the recipe, as "can't multiply sequence by non-int")."""
+    types = {}
+    for action in parser._actions:  # the first action of a name is its own (a --no_ flag shares the name)
+        types.setdefault(action.dest, action.type)
+    typed = {}
+    for key, value in recipe.items():
+        expected, number = types[key], isinstance(value, (int, float)) and not isinstance(value, bool)
+        if value is None or expected not in (int, float, str):
+            typed[key] = value
+        elif expected is str:
+            typed[key] = str(value) if number else value
+        else:
+            typed[key] = _as_number(value, expected, number)
+            if typed[key] is None:
+                kind = "an integer" if expected is int else "a number"
+                raise ValueError(f"recipe {path}: {key} is {value!r}, not {kind}")
+    return typed
+
+
+def _as_number(value, expected: type, number: bool) -> int | float | None:
+    """`value` (a number, or text writing one) as an `expected` int or float; None if it is not one."""
+    if isinstance(value, str):
+        try:
+            return expected(value)
+        except ValueError:
+            return None
+    if number and (expected is float or float(value).is_integer()):
+        return expected(value)
+    return None
+
+
 def parse_arguments(argv: list[str]) -> tuple[ModelArguments, DataArguments, VaswaniTrainingArguments]:
     """Recipe file and flags -> the three argument dataclasses; errors exit with argparse's usage message."""
     parser = build_parser()
@@ -69,7 +104,7 @@ def parse_arguments(argv: list[str]) -> tuple[ModelArguments, DataArguments, Vas
     recipe_path = argv[0] if argv and not argv[0].startswith("-") else None
     try:
         if recipe_path is not None:
-            recipe = read_recipe(Path(recipe_path), set(arguments))
+            recipe = typed_recipe_values(read_recipe(Path(recipe_path), set(arguments)), parser, Path(recipe_path))
             # The recipe's values become the defaults, so a flag on the command line wins over them; argparse
             # checks choices only for flags, and the dataclasses check recipe values when they are built.
             parser.set_defaults(**recipe)

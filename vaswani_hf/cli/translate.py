@@ -20,6 +20,7 @@ from transformers import Pipeline, pipeline
 import vaswani_hf  # noqa: F401  (registers the model and the translation pipeline)
 from vaswani_hf.cli.decoding import add_decoding_arguments, decoding_options
 from vaswani_hf.evaluation import as_text_lines, read_text_lines, split_text_lines, write_text_lines
+from vaswani_hf.tokenization import load_tokenizer
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -40,7 +41,8 @@ def main(argv: list[str] | None = None) -> None:
             sources = split_text_lines(sys.stdin.buffer.read(), "standard input")
         else:
             sources = read_text_lines(args.input)
-        translator = pipeline("translation", model=args.model, device=device)
+        # load_tokenizer names a model folder without a tokenizer (the pipeline's loader would ask for sentencepiece)
+        translator = pipeline("translation", model=args.model, tokenizer=load_tokenizer(args.model), device=device)
         translations = translate_in_length_order(translator, sources, args.batch_size, **generate_kwargs)
     except (ValueError, OSError) as error:  # bad input, or a model folder that cannot be read: a message, no trace
         parser.exit(1, f"{parser.prog}: error: {error}\n")
