@@ -51,10 +51,11 @@ def poison_forward(model, at_calls: set[int]) -> None:
     model.get_decoder().layers[-1].ffn_layer_norm.register_forward_hook(hook)
 
 
-def test_a_nan_gradient_stops_training_naming_the_update_before_the_weights_change(tmp_path):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_a_nan_gradient_stops_training_naming_the_update_before_the_weights_change(tmp_path, precision):
     model = tiny_model(seed=7)
     poison_forward(model, at_calls=set(range(4, 100)))
-    trainer = trainer_for(tmp_path, model, max_steps=10)
+    trainer = trainer_for(tmp_path, model, max_steps=10, bf16=precision == "bf16")
     with pytest.raises(FloatingPointError, match="at update 4"):
         trainer.train()
     assert trainer.state.global_step == 3
@@ -69,6 +70,57 @@ def test_skip_policy_drops_only_the_bad_update(tmp_path):
     guard = next(c for c in trainer.callback_handler.callbacks if isinstance(c, NonFiniteGradientGuard))
     assert guard.skipped_steps == [4] and trainer.state.global_step == 10
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def fp16_trainer(tmp_path, model, init_scale: float, **overrides):
+    """A VaswaniTrainer training in fp16 through the Trainer's own fp16 path (scaled backward, unscaling before the
+    norm, GradScaler's step and update), with a real torch.amp.GradScaler. accelerate makes the scaler and fp16
+    autocast for accelerators only (on a CPU its Accelerator leaves both off); here they are given to it as it sets
+    them up on a GPU, with GradScaler's CPU implementation."""
+    trainer = trainer_for(tmp_path, model, fp16=True, **overrides)
+    trainer.accelerator.scaler = torch.amp.GradScaler("cpu", init_scale=init_scale)
+    trainer.accelerator.native_amp = True
+    return trainer
+
+
+@pytest.mark.parametrize("optim", ["adamw_torch_fused", "adamw_torch"])
+def test_under_fp16_the_scalers_overflow_updates_are_left_to_it_and_training_goes_on(tmp_path, optim):
+    """Loss scale 2^24: the first updates' gradients overflow float16 for real; GradScaler skips each and halves
+    its scale until they fit, then trains. The guard (policy stop) lets it, recording the updates skipped, with the
+    fused AdamW (the default, which GradScaler lets skip inside its own step) and the plain one."""
+    model = tiny_model(seed=7)
+    initial = {name: p.detach().clone() for name, p in model.named_parameters()}
+    dtypes = set()
+    linear = next(m for m in model.modules() if isinstance(m, torch.nn.Linear))
+    linear.register_forward_hook(lambda module, args, output: dtypes.add(output.dtype))
+    trainer = fp16_trainer(tmp_path, model, init_scale=2.0**24, max_steps=20, optim=optim)
+    trainer.train()
+    guard = next(c for c in trainer.callback_handler.callbacks if isinstance(c, NonFiniteGradientGuard))
+    skipped = len(guard.skipped_steps)
+    assert dtypes == {torch.float16}  # autocast ran the projections in float16
+    assert 0 < skipped < 20 and guard.skipped_steps == list(range(1, skipped + 1))  # overflows, then none
+    assert trainer.accelerator.scaler.get_scale() == 2.0**24 / 2**skipped
+    assert trainer.state.global_step == 20
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert any(not torch.equal(p, initial[name]) for name, p in model.named_parameters())  # it trained
+
+
+def test_under_fp16_a_run_whose_updates_are_skipped_in_a_row_stops_naming_them(tmp_path):
+    """A NaN loss (a diverged run) makes GradScaler skip every update; lowering the scale never helps. Two skips in
+    a row (updates 4 and 5, 8 and 9) pass under a limit of 3; the third in a row (update 14) stops training."""
+    model = tiny_model(seed=7)
+    poison_forward(model, at_calls={4, 5, 8, 9, *range(12, 100)})
+    trainer = fp16_trainer(tmp_path, model, init_scale=2.0**8, max_steps=30, max_consecutive_fp16_skips=3)
+    with pytest.raises(FloatingPointError, match=r"skipped 3 updates in a row \(updates 12 to 14\)"):
+        trainer.train()
+    guard = next(c for c in trainer.callback_handler.callbacks if isinstance(c, NonFiniteGradientGuard))
+    assert guard.skipped_steps == [4, 5, 8, 9, 12, 13, 14] and trainer.state.global_step == 13
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_a_negative_fp16_skip_limit_is_refused():
+    with pytest.raises(ValueError, match="max_consecutive_fp16_skips must be 0 \\(no limit\\) or more, got -1"):
+        VaswaniTrainingArguments(output_dir="unused", use_cpu=True, report_to=[], max_consecutive_fp16_skips=-1)
 
 
 def test_unknown_nonfinite_policy_is_refused():

@@ -3,6 +3,7 @@ leaves behind, and how it refuses to mix two runs."""
 
 import io
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -18,6 +19,7 @@ from transformers import (
     HfArgumentParser,
     Seq2SeqTrainer,
     Seq2SeqTrainingArguments,
+    TrainerCallback,
     TrainerControl,
     TrainerState,
 )
@@ -37,7 +39,10 @@ from vaswani_hf.training import (
     VaswaniTrainingArguments,
     average_checkpoints,
     check_tokenizer_fits,
+    checkpoint_folders,
     checkpoint_record,
+    checkpoint_step,
+    complete_checkpoints,
     earlier_run_outputs,
     eq3_learning_rate,
     last_complete_checkpoint,
@@ -80,7 +85,7 @@ def pad(features: list[dict]) -> dict:
     }
 
 
-def trainer_for(tmp_path, model, **overrides) -> VaswaniTrainer:
+def trainer_for(tmp_path, model, eval_dataset=None, compute_metrics=None, **overrides) -> VaswaniTrainer:
     fields = dict(
         output_dir=str(tmp_path),
         report_to=[],
@@ -93,13 +98,57 @@ def trainer_for(tmp_path, model, **overrides) -> VaswaniTrainer:
         label_smoothing_factor=0.0,
     )
     args = VaswaniTrainingArguments(**{**fields, **overrides})
-    return VaswaniTrainer(model=model, args=args, train_dataset=reversal_dataset(), data_collator=pad)
+    return VaswaniTrainer(
+        model=model,
+        args=args,
+        train_dataset=reversal_dataset(),
+        eval_dataset=eval_dataset,
+        data_collator=pad,
+        compute_metrics=compute_metrics,
+    )
 
 
 def test_defaults_are_the_papers():
     args = VaswaniTrainingArguments(output_dir="unused", use_cpu=True, report_to=[])
     assert (args.adam_beta1, args.adam_beta2, args.adam_epsilon, args.weight_decay) == (0.9, 0.98, 1e-9, 0.0)
     assert (args.warmup_steps, args.label_smoothing_factor, args.lr_schedule) == (4000, 0.1, "eq3")
+    assert args.max_grad_norm == 0  # no clipping (the Trainer clips only above 0)
+    assert (args.average_last_checkpoints, args.save_total_limit) == (5, 5)
+
+
+class GradientNorms(TrainerCallback):
+    """Records the total gradient norm that each optimizer step receives (after any clipping)."""
+
+    def __init__(self):
+        self.norms = []
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        self.norms.append(torch.nn.utils.get_total_norm([p.grad for p in model.parameters()]).item())
+
+
+def test_gradients_are_not_clipped_unless_max_grad_norm_is_set(tmp_path):
+    """The paper and fairseq's reproduction (--clip-norm 0) clip no gradient: by default Adam gets the gradients
+    whose norm the Trainer logs (before clipping); with max_grad_norm set, it gets them clipped to that norm."""
+    received, logged = {}, {}
+    for max_grad_norm in (None, 0.5):
+        setting = {} if max_grad_norm is None else {"max_grad_norm": max_grad_norm}
+        trainer = trainer_for(
+            tmp_path / str(max_grad_norm),
+            tiny_model(seed=5),
+            max_steps=3,
+            logging_strategy="steps",
+            logging_steps=1,
+            **setting,
+        )
+        norms = GradientNorms()
+        trainer.add_callback(norms)
+        trainer.train()
+        received[max_grad_norm] = norms.norms
+        logged[max_grad_norm] = [entry["grad_norm"] for entry in trainer.state.log_history if "grad_norm" in entry]
+    assert min(logged[None]) > 1.0  # above the Trainer's default max_grad_norm of 1.0 and the 0.5 set here
+    assert received[None] == pytest.approx(logged[None], rel=1e-5)
+    assert logged[0.5][0] == pytest.approx(logged[None][0], rel=1e-5)  # the same first gradient, then clipped
+    assert received[0.5] == pytest.approx([0.5] * 3, rel=1e-4) and min(logged[0.5]) > 0.5
 
 
 def test_learning_rate_follows_eq_3_and_adam_has_the_papers_hyperparameters(tmp_path):
@@ -168,6 +217,60 @@ def test_a_checkpoint_without_its_completion_marker_is_never_resumed_from(tmp_pa
     assert not (tmp_path / "checkpoint-30").exists() and (tmp_path / "incomplete-checkpoint-30").is_dir()
 
 
+# Validation scores of the evaluations after updates 1 to 10: the best is update 2's.
+SCORES = [1.0, 5.0, 2.0, 3.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+
+
+@pytest.mark.parametrize(
+    ("setting", "kept"),
+    [
+        ({"average_last_checkpoints": 3}, [2, 8, 9, 10]),  # default: the 3 averaged, and the best
+        ({"average_last_checkpoints": 0, "save_total_limit": 1}, [2, 10]),  # the newest, for resuming, and the best
+        ({"average_last_checkpoints": 3, "save_total_limit": 0}, list(range(1, 11))),  # every one
+    ],
+)
+def test_checkpoints_kept_are_the_averaged_ones_and_the_best_and_other_folders_are_untouched(tmp_path, setting, kept):
+    """A checkpoint and an evaluation after each of 10 updates. As the run goes, complete checkpoints are deleted but
+    the newest save_total_limit (by default average_last_checkpoints) and the best by metric_for_best_model; a
+    user's checkpoint-12-backup (older than every checkpoint, so first in the Trainer's mtime order) and a
+    checkpoint set aside as incomplete stay as they were."""
+    (tmp_path / "checkpoint-12-backup").mkdir(parents=True)
+    (tmp_path / "checkpoint-12-backup" / "model.safetensors").write_bytes(b"the user's")
+    os.utime(tmp_path / "checkpoint-12-backup", (0, 0))
+    (tmp_path / "incomplete-checkpoint-5").mkdir()
+    untouched = {name: folder_state(tmp_path / name) for name in ("checkpoint-12-backup", "incomplete-checkpoint-5")}
+    scores = iter(SCORES)
+    trainer = trainer_for(
+        tmp_path,
+        tiny_model(seed=6),
+        max_steps=10,
+        save_strategy="steps",
+        save_steps=1,
+        eval_strategy="steps",
+        eval_steps=1,
+        metric_for_best_model="score",
+        predict_with_generate=False,
+        label_names=["labels"],  # the Trainer would infer ["labels", "label_smoothing"] from forward()
+        eval_dataset=reversal_dataset(4).remove_columns(["source_length", "target_length"]),
+        compute_metrics=lambda prediction: {"score": next(scores)},
+        **setting,
+    )
+    trainer.train()
+    assert [checkpoint_step(folder) for folder in checkpoint_folders(tmp_path)] == kept
+    assert [checkpoint_step(folder) for folder in complete_checkpoints(tmp_path)] == kept
+    assert {name: folder_state(tmp_path / name) for name in untouched} == untouched
+    assert trainer.args.save_total_limit == setting.get("save_total_limit", 3)  # as given, after the run too
+
+
+def test_a_checkpoint_limit_below_the_averaging_or_negative_is_refused():
+    common = dict(output_dir="unused", use_cpu=True, report_to=[])
+    with pytest.raises(ValueError, match="save_total_limit 2 keeps fewer checkpoints than average_last_checkpoints 5"):
+        VaswaniTrainingArguments(save_total_limit=2, **common)
+    with pytest.raises(ValueError, match=r"save_total_limit must be 0 \(keep every checkpoint\) or more, got -1"):
+        VaswaniTrainingArguments(save_total_limit=-1, **common)
+    assert VaswaniTrainingArguments(average_last_checkpoints=0, **common).save_total_limit == 1
+
+
 def test_config_overrides_parse_values():
     assert parse_overrides("dropout=0.3, decoder_layers=4,activation_function=gelu") == {
         "dropout": 0.3,
@@ -192,6 +295,13 @@ def test_shipped_recipes_parse(recipe):
     assert data_args.source_lang == "en" and data_args.target_lang in {"de", "fr", "tree"}
     assert (data_args.target_lang == "tree") == data_args.dataset.endswith("treebank.zip")
     VaswaniConfig.from_preset(model_args.preset, **parse_overrides(model_args.config_overrides))
+    assert training_args.max_grad_norm == 0  # the paper clips no gradient
+    if recipe.startswith(("wmt14", "multi30k")):
+        # bounded: the checkpoints averaged at the end, and the best by validation BLEU
+        assert training_args.save_total_limit == training_args.average_last_checkpoints > 0
+        assert training_args.metric_for_best_model == "bleu"
+        # every evaluation by steps falls on a checkpoint, so that the best is one on disk
+        assert training_args.eval_steps % training_args.save_steps == 0
 
 
 def test_time_budget_marks_and_stop_count_only_step_time(monkeypatch):

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import time
 import typing
 from collections.abc import Iterable
@@ -165,14 +166,54 @@ class VaswaniTrainingArguments(Seq2SeqTrainingArguments):
         default=None, metadata={"help": "comma-separated training minutes at which to evaluate and save, e.g. 10,30"}
     )
     average_last_checkpoints: int = field(default=5, metadata={"help": "Sec. 6.1: average the last N (0: off)"})
+    save_total_limit: int | None = field(
+        default=None,
+        metadata={
+            "help": "checkpoints kept as the run goes: the newest N complete ones, plus the best by "
+            "metric_for_best_model; only checkpoint-<step> folders are deleted. Default: average_last_checkpoints "
+            "(at least 1), what the final averaging reads; 0: keep every checkpoint"
+        },
+    )
+    max_grad_norm: float = field(
+        default=0.0,
+        metadata={
+            "help": "clip the gradients to this total norm; 0 (default): no clipping, as in the paper and fairseq's "
+            "reproduction (Ott et al. 2018, --clip-norm 0)"
+        },
+    )
     restore_callback_states_from_checkpoint: bool = True  # the time budget continues across a resume
     nonfinite_gradients: Literal["stop", "skip"] = field(
         default="stop",
-        metadata={"help": "on a NaN/inf gradient: 'stop' (an error naming the step) or 'skip' the update"},
+        metadata={
+            "help": "on a NaN/inf gradient: 'stop' (an error naming the step) or 'skip' the update; under fp16, "
+            "GradScaler skips such updates itself (see max_consecutive_fp16_skips)"
+        },
+    )
+    max_consecutive_fp16_skips: int = field(
+        default=30,
+        metadata={
+            "help": "fp16: stop training after this many updates in a row that GradScaler skipped for overflowing "
+            "gradients (it halves its scale each time: 30 take its initial 2^16 below fairseq's --min-loss-scale "
+            "1e-4); 0: never"
+        },
     )
 
     def __post_init__(self):
         check_choices(self)
+        if self.save_total_limit is None:
+            self.save_total_limit = max(self.average_last_checkpoints, 1)
+        elif self.save_total_limit < 0:
+            raise ValueError(f"save_total_limit must be 0 (keep every checkpoint) or more, got {self.save_total_limit}")
+        elif 0 < self.save_total_limit < self.average_last_checkpoints:
+            raise ValueError(
+                f"save_total_limit {self.save_total_limit} keeps fewer checkpoints than average_last_checkpoints "
+                f"{self.average_last_checkpoints} averages: raise save_total_limit (0 keeps all) or lower "
+                "average_last_checkpoints"
+            )
+        if self.max_consecutive_fp16_skips < 0:
+            raise ValueError(
+                f"max_consecutive_fp16_skips must be 0 (no limit) or more, got {self.max_consecutive_fp16_skips}"
+            )
         super().__post_init__()
 
 
@@ -253,16 +294,34 @@ class TrainingMinutesProgress(ProgressCallback):
 class NonFiniteGradientGuard(TrainerCallback):
     """Before each optimizer step, check the gradients: a NaN or inf (a diverging run, a bad batch, an overflow) would
     otherwise be written into every weight by Adam. `policy="stop"` raises an error naming the update; `"skip"`
-    drops that update (the optimizer skips parameters without gradients), logs a warning and records the step."""
+    drops that update (the optimizer skips parameters without gradients), logs a warning and records the step.
 
-    def __init__(self, policy: str = "stop"):
+    Under fp16 GradScaler checks the gradients itself: an update whose gradients overflow is skipped and the loss
+    scale lowered, a routine event (most often in the first updates), so the guard leaves those to it, whatever the
+    policy. Training stops only after `max_consecutive_fp16_skips` skipped updates in a row (0: never), which no
+    lowering of the scale cures (a NaN loss, a diverged run), as fairseq stops at its `--min-loss-scale`. Skipped
+    updates are recorded in `skipped_steps` in both cases."""
+
+    def __init__(self, policy: str = "stop", max_consecutive_fp16_skips: int = 30):
         if policy not in ("stop", "skip"):
             raise ValueError(f"nonfinite_gradients must be 'stop' or 'skip', got {policy!r}")
         self.policy = policy
+        self.max_consecutive_fp16_skips = max_consecutive_fp16_skips
         self.skipped_steps: list[int] = []
+        self.skipped_in_a_row = 0
+        self.scale: float | None = None  # fp16: GradScaler's scale after the last update (or before the first)
 
-    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.scale, self.skipped_in_a_row = None, 0  # a resumed run's scaler comes from its checkpoint
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, optimizer=None, **kwargs):
+        scaler = getattr(optimizer, "scaler", None)
+        if scaler is not None:  # fp16: GradScaler's step checks these gradients; on_optimizer_step reads its verdict
+            if self.scale is None:
+                self.scale = scaler.get_scale()
+            return control
         gradients = [p.grad for p in model.parameters() if p.grad is not None]
+        # The norm is reduced on the device: reading back whether it is finite is this update's one host sync.
         if not gradients or torch.isfinite(torch.nn.utils.get_total_norm(gradients)):
             return control
         update = state.global_step + 1
@@ -275,6 +334,30 @@ class NonFiniteGradientGuard(TrainerCallback):
         self.skipped_steps.append(update)
         for parameter in model.parameters():
             parameter.grad = None
+        return control
+
+    def on_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
+        scaler = getattr(optimizer, "scaler", None)
+        if scaler is None:
+            return control
+        # GradScaler lowers its scale exactly when it skipped the update. (accelerate's step_was_skipped misses the
+        # skips of fused optimizers, which GradScaler lets skip inside their own step.) Reading the scale is the
+        # update's one host sync.
+        previous, self.scale = self.scale, scaler.get_scale()
+        if self.scale >= previous:
+            self.skipped_in_a_row = 0
+            return control
+        update = state.global_step + 1
+        self.skipped_steps.append(update)
+        self.skipped_in_a_row += 1
+        logger.info("fp16: gradient overflow at update %d, skipped by GradScaler, which lowered its scale", update)
+        if self.max_consecutive_fp16_skips and self.skipped_in_a_row >= self.max_consecutive_fp16_skips:
+            raise FloatingPointError(
+                f"fp16: GradScaler skipped {self.skipped_in_a_row} updates in a row (updates "
+                f"{update - self.skipped_in_a_row + 1} to {update}) for NaN or inf gradients, lowering its loss scale "
+                "each time: the run has diverged (max_consecutive_fp16_skips). Resume from the last checkpoint with "
+                "a lower learning rate, or train in bf16"
+            )
         return control
 
 
@@ -290,7 +373,10 @@ class VaswaniTrainer(Seq2SeqTrainer):
     - On resume, a `TrainingTimeBudget` keeps the budget and marks given to this trainer (the recipe's) and takes
       the training time and marks passed from the checkpoint.
     - A NaN or inf gradient stops training or skips the update (`args.nonfinite_gradients`), never reaching the
-      weights.
+      weights; under fp16 GradScaler skips such updates, and training stops after
+      `args.max_consecutive_fp16_skips` of them in a row.
+    - After each save, complete checkpoints but the newest `args.save_total_limit` and the best are deleted
+      (`delete_old_checkpoints`, in place of the Trainer's rotation); folders of other names are never touched.
     - With a `TrainingTimeBudget` of some minutes among the callbacks, the progress bar counts training minutes.
     - In training our model computes the label-smoothed loss itself (`label_smoothing=`), fused with its output
       projection, instead of the Trainer's `LabelSmoother` reading the stored logits; evaluation, and other models
@@ -299,7 +385,12 @@ class VaswaniTrainer(Seq2SeqTrainer):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.add_callback(NonFiniteGradientGuard(getattr(self.args, "nonfinite_gradients", "stop")))
+        self.checkpoints_kept = self.args.save_total_limit
+        self.add_callback(
+            NonFiniteGradientGuard(
+                getattr(self.args, "nonfinite_gradients", "stop"), getattr(self.args, "max_consecutive_fp16_skips", 30)
+            )
+        )
         callbacks = self.callback_handler.callbacks
         timed = any(isinstance(c, TrainingTimeBudget) and c.budget_minutes is not None for c in callbacks)
         if timed and any(type(c) is ProgressCallback for c in callbacks):
@@ -377,6 +468,16 @@ class VaswaniTrainer(Seq2SeqTrainer):
         finally:
             self.model.generation_config = kept
 
+    def train(self, *args, **kwargs):
+        # The Trainer's own rotation (after each save, and at the end with save_total_limit 1) globs checkpoint-*, a
+        # user's checkpoint-12-backup too, orders by mtime and runs before the completion marker is written. While
+        # it trains it sees no limit; _save_checkpoint rotates instead (delete_old_checkpoints).
+        self.checkpoints_kept, self.args.save_total_limit = self.args.save_total_limit, None
+        try:
+            return super().train(*args, **kwargs)
+        finally:
+            self.args.save_total_limit = self.checkpoints_kept
+
     def _save_checkpoint(self, model, trial) -> None:
         folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
         if self.args.should_save:  # a run resumed from an older checkpoint saves over a newer one: unmark it first
@@ -385,6 +486,8 @@ class VaswaniTrainer(Seq2SeqTrainer):
         self.accelerator.wait_for_everyone()  # each process's RNG state is written before the marker lists the files
         if self.args.should_save:
             write_json(folder / COMPLETE_MARKER, {"global_step": self.state.global_step, **checkpoint_record(folder)})
+            best = self.state.best_model_checkpoint
+            delete_old_checkpoints(folder.parent, self.checkpoints_kept or 0, keep=[folder, *([best] if best else [])])
 
     def _load_callback_state(self) -> None:
         # The Trainer rebuilds each stateful callback from the checkpoint, arguments included: a time budget would come
@@ -462,6 +565,26 @@ def checkpoint_folders(output_dir: str | os.PathLike) -> list[Path]:
 def complete_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
     """Checkpoint folders written to the end and still whole (`checkpoint_problem`), oldest first."""
     return [folder for folder in checkpoint_folders(output_dir) if checkpoint_problem(folder) is None]
+
+
+def delete_old_checkpoints(
+    output_dir: str | os.PathLike, keep_newest: int, keep: Iterable[str | os.PathLike] = ()
+) -> list[Path]:
+    """Delete the complete checkpoints of `output_dir` but the newest `keep_newest` (by step; 0 keeps all) and those
+    in `keep` (the best, the one just saved), and return them. Only complete `checkpoint-<step>` folders are
+    deleted: one that is not complete is left for `last_complete_checkpoint` to set aside, and folders of other
+    names (a user's checkpoint-12-backup) are never touched. Each loses its completion marker first, so that a kill
+    during the deletion leaves a checkpoint that no longer counts, never a damaged one that does."""
+    if keep_newest <= 0:
+        return []
+    complete = complete_checkpoints(output_dir)
+    kept = {folder.name for folder in complete[-keep_newest:]} | {Path(folder).name for folder in keep}
+    deleted = [folder for folder in complete if folder.name not in kept]
+    for folder in deleted:
+        (folder / COMPLETE_MARKER).unlink()
+        shutil.rmtree(folder)
+        logger.info("deleted %s (save_total_limit %d)", folder, keep_newest)
+    return deleted
 
 
 def set_aside(folder: Path) -> Path:
@@ -877,6 +1000,7 @@ RECIPE_SETTINGS = (
     "max_steps",
     "max_train_minutes",
     "save_steps",
+    "save_total_limit",
     "average_last_checkpoints",
     "bf16",
     "fp16",
