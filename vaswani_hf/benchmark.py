@@ -490,7 +490,8 @@ def write_wmt_sized_corpus(
     finally:
         for file in files.values():
             file.close()
-    return {"pairs": pairs, "words_per_sentence": counts["words"] / (2 * pairs), "new_words": counts["new_words"]}
+    words_per_sentence = round(counts["words"] / (2 * pairs), 2)
+    return {"pairs": pairs, "words_per_sentence": words_per_sentence, "new_words": counts["new_words"]}
 
 
 # Run in a fresh process per size, so that its peak resident memory (the parent's wait4) is this step's alone.

@@ -664,9 +664,11 @@ def save_learned_tokenizer(
 
 
 # Above this many training pairs, a multi-process run refuses to learn its BPE: the other processes would wait for it
-# at a barrier that fails after ddp_timeout (1,800 s by default), and how long learning takes depends on the corpus and
-# the machine, so no timeout is known to suffice. The tokenizer is then a step of its own (vaswani-train-tokenizer),
-# learned once for every run that uses it. Measured on 2 cores: MEASURED (docs/benchmarks/tokenizer_scale.md).
+# at a barrier that fails after ddp_timeout (1,800 s by default), and the learning time grows with the corpus and
+# depends on the machine, so no timeout is known to suffice. The tokenizer is then a step of its own
+# (vaswani-train-tokenizer), learned once for every run that uses it. Measured on 2 shared cores
+# (docs/benchmarks/tokenizer_scale.md): 35 s for 0.5M pairs, 162 s for 1.5M, 488 s for WMT14 En-De's 4.5M (3.5 GB),
+# and En-Fr's 36M would take an hour or more; below 1M pairs it waits under 3 minutes here.
 MAX_PAIRS_TO_LEARN_BPE_IN_MULTI_PROCESS_RUN = 1_000_000
 
 
