@@ -13,7 +13,13 @@ from transformers import HfArgumentParser
 from vaswani_hf.cli.train import parse_arguments
 from vaswani_hf.cli.train_tokenizer import main as train_tokenizer_main
 from vaswani_hf.tokenization import load_tokenizer
-from vaswani_hf.training import DataArguments, ModelArguments, VaswaniTrainingArguments, parse_overrides
+from vaswani_hf.training import (
+    DataArguments,
+    ModelArguments,
+    VaswaniTrainingArguments,
+    parse_overrides,
+    train_tokenizer_command,
+)
 
 RECIPE = {"dataset": "corpus_folder", "output_dir": "from_recipe", "use_cpu": True, "max_train_minutes": 60, "seed": 4}
 
@@ -198,3 +204,24 @@ def test_recipe_values_take_their_arguments_types(tmp_path, capsys):
     ):
         path.write_text(f"{head}{line}\n")
         assert message in refused([str(path)], capsys)
+
+
+def test_the_wmt14_recipes_use_a_tokenizer_learned_first_and_report_the_papers_metric_the_others_do_not():
+    """A WMT14 recipe's comments give the exact vaswani-train-tokenizer command that learns its tokenizer_name_or_path
+    (one for base and big), and it asks for the paper's tokenized BLEU; Multi30k and parsing recipes do not."""
+    tokenizers = {}
+    for path in sorted((ROOT / "recipes").glob("*.yaml")):
+        if path.name.startswith("accelerate"):
+            continue
+        _, data_args, training_args = parse_arguments([str(path), "--use_cpu", "true", "--bf16", "false"])
+        if path.name.startswith("wmt14"):
+            command = train_tokenizer_command(data_args, data_args.tokenizer_name_or_path)
+            assert f"# {command}\n" in path.read_text(), path.name
+            assert training_args.tokenized_bleu, path.name
+            tokenizers.setdefault(path.name.rsplit("_", 1)[0], set()).add(data_args.tokenizer_name_or_path)
+        else:
+            assert not training_args.tokenized_bleu, path.name
+    assert tokenizers == {
+        "wmt14_en_de": {"runs/tokenizers/en_de_bpe37000"},
+        "wmt14_en_fr": {"runs/tokenizers/en_fr_bpe32000"},
+    }

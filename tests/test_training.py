@@ -4,6 +4,7 @@ leaves behind, and how it refuses to mix two runs."""
 import io
 import json
 import os
+import shlex
 import shutil
 import sys
 from pathlib import Path
@@ -25,10 +26,12 @@ from transformers import (
 )
 from transformers.trainer_callback import ProgressCallback
 
-from vaswani_hf import VaswaniConfig, convert_to_marian
-from vaswani_hf.evaluation import bleu, chrf, translate
+from vaswani_hf import VaswaniConfig, convert_to_marian, training
+from vaswani_hf.cli.train_tokenizer import main as train_tokenizer_main
+from vaswani_hf.data import load_parallel_corpus
+from vaswani_hf.evaluation import TOKENIZED_BLEU_LABEL, bleu, chrf, tokenized_bleu, translate
 from vaswani_hf.parsing import parse
-from vaswani_hf.tokenization import train_tokenizer
+from vaswani_hf.tokenization import load_tokenizer, train_tokenizer
 from vaswani_hf.training import (
     COMPLETE_MARKER,
     DataArguments,
@@ -37,7 +40,9 @@ from vaswani_hf.training import (
     TrainingTimeBudget,
     VaswaniTrainer,
     VaswaniTrainingArguments,
+    _print_summary,
     average_checkpoints,
+    build_tokenizer,
     check_tokenizer_fits,
     checkpoint_folders,
     checkpoint_record,
@@ -434,8 +439,68 @@ def finished_run(filtered_corpus, tmp_path_factory):
     """A tiny run of 4 updates with checkpoints at 2 and 4, so that the final evaluation has two candidates (the last
     weights and the average of the two checkpoints): its output folder and the metrics train() returned."""
     output_dir = tmp_path_factory.mktemp("run") / "out"
-    arguments = tiny_run_arguments(filtered_corpus, output_dir, max_steps=4, save_steps=2, average_last_checkpoints=2)
+    arguments = tiny_run_arguments(
+        filtered_corpus, output_dir, max_steps=4, save_steps=2, average_last_checkpoints=2, tokenized_bleu=True
+    )
     return output_dir, train(*arguments)
+
+
+def test_a_run_asked_for_the_papers_metric_reports_it_labelled_beside_sacrebleu(finished_run, small_corpus, capsys):
+    output_dir, metrics = finished_run
+    references = (small_corpus / "test_2016_flickr.de").read_text(encoding="utf-8").splitlines()
+    for result in metrics["evaluation"].values():
+        hypotheses = (output_dir / result["test_predictions"]).read_text(encoding="utf-8").split("\n")[:-1]
+        assert result["test_tokenized_bleu"] == tokenized_bleu(hypotheses, references)
+        assert result["test_bleu"] == bleu(hypotheses, references)  # sacreBLEU stays the main score
+        for role in ("validation", "test"):
+            assert result[f"{role}_tokenized_bleu"]["label"] == TOKENIZED_BLEU_LABEL
+    assert metrics["settings"]["training"]["tokenized_bleu"] is True
+    _print_summary(metrics, output_dir)
+    printed = capsys.readouterr().out
+    scores = {role: metrics["evaluation"]["last"][f"{role}_tokenized_bleu"]["score"] for role in ("validation", "test")}
+    shown = f"validation {scores['validation']:.2f}, test {scores['test']:.2f}"
+    assert f"    {TOKENIZED_BLEU_LABEL}: {shown}" in printed.splitlines()
+
+
+def test_a_multi_process_run_refuses_to_learn_a_bpe_of_a_large_corpus_and_gives_the_command(
+    small_corpus, tmp_path, monkeypatch
+):
+    """The other processes would wait at main_process_first's barrier while one learns it (ddp_timeout 1,800 s):
+    above the limit, every process refuses before the barrier, naming the vaswani-train-tokenizer command, and the
+    command given learns a tokenizer the run then takes."""
+    data_args = DataArguments(dataset=str(small_corpus), vocab_size=400, file_splits="train=train,validation=val")
+    corpus = load_parallel_corpus(small_corpus, "en", "de", splits={"train": "train", "validation": "val"})
+    monkeypatch.setattr(training, "MAX_PAIRS_TO_LEARN_BPE_IN_MULTI_PROCESS_RUN", 299)  # the slice holds 300
+    two_processes = SimpleNamespace(world_size=2, ddp_timeout=1800)  # refused before any barrier is reached
+    output_dir = tmp_path / "runs" / "run"
+    with pytest.raises(ValueError) as refused:
+        build_tokenizer(data_args, corpus, output_dir, two_processes)
+    message = str(refused.value)
+    folder = tmp_path / "runs" / "tokenizers" / "en_de_bpe400"
+    command = f"vaswani-train-tokenizer {small_corpus} en de {folder} --vocab_size 400"
+    assert "learning a BPE from 300 training pairs (more than 299) in a run of 2 processes" in message
+    assert "ddp_timeout (1800 s)" in message and f"{command} and set tokenizer_name_or_path: {folder}" in message
+    assert not output_dir.exists()
+    train_tokenizer_main(shlex.split(command)[1:])
+    reused = DataArguments(dataset=str(small_corpus), vocab_size=400, tokenizer_name_or_path=str(folder))
+    assert len(build_tokenizer(reused, corpus, output_dir, two_processes)) == len(load_tokenizer(folder))
+    # one process learns it itself, at any size
+    one_process = VaswaniTrainingArguments(output_dir=str(output_dir), use_cpu=True)
+    build_tokenizer(data_args, corpus, output_dir, one_process)
+    assert (output_dir / "tokenizer" / "learned_for.json").is_file()
+
+
+def test_a_tokenizer_folder_that_does_not_exist_is_named_with_the_command_that_learns_it(small_corpus, tmp_path):
+    folder = "runs/tokenizers/en_de_bpe37000"
+    data_args = DataArguments(
+        dataset="wmt/wmt14", dataset_config="de-en", vocab_size=37000, tokenizer_name_or_path=folder
+    )
+    with pytest.raises(FileNotFoundError) as refused:
+        build_tokenizer(data_args, {}, tmp_path, SimpleNamespace(world_size=8))
+    assert str(refused.value) == (
+        f"tokenizer_name_or_path {folder} does not exist: learn it first with vaswani-train-tokenizer wmt/wmt14 en de"
+        f" {folder} --config_name de-en --vocab_size 37000"
+    )
 
 
 def test_a_run_writes_every_test_translation_and_chrf_beside_bleu(finished_run, small_corpus):

@@ -4,9 +4,13 @@ import copy
 import ctypes
 import gc
 import json
+import math
 import os
 import random
+import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -446,3 +450,142 @@ def write_tables(name: str, results: dict, output_dir: str | os.PathLike, comman
     path = output / f"{name}.json"
     path.write_text(json.dumps(results, indent=2) + "\n")
     return path
+
+
+def write_wmt_sized_corpus(
+    multi30k_dir: str | os.PathLike,
+    folder: str | os.PathLike,
+    pairs: int,
+    source_lang: str = "en",
+    target_lang: str = "de",
+    seed: int = 0,
+) -> dict:
+    """Write `pairs` aligned sentence pairs of WMT14-like length to `folder`/train.{source,target}_lang, made
+    deterministically from Multi30k train: each pair joins two Multi30k pairs drawn at random (Multi30k sentences
+    average about 12 words, WMT14's about 25), and about one word in a hundred of each side is glued to a random
+    corpus word, a new word, so that the distinct words keep growing with the corpus as a real one's do (Multi30k has
+    about 10k in English, 18k in German). Returns the pairs, words per sentence and new words made."""
+    corpus = load_parallel_corpus(multi30k_dir, source_lang, target_lang, splits={"train": "train"})
+    rows = corpus["train"]["translation"]
+    sentences = {lang: [row[lang] for row in rows] for lang in (source_lang, target_lang)}
+    words = {lang: sorted({w.lower() for text in texts for w in text.split()}) for lang, texts in sentences.items()}
+    rng = random.Random(seed)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    counts = {"pairs": pairs, "words": 0, "new_words": 0}
+    files = {lang: (folder / f"train.{lang}").open("w", encoding="utf-8") for lang in sentences}
+    try:
+        for _ in range(pairs):
+            first, second = rng.randrange(len(rows)), rng.randrange(len(rows))
+            for lang, texts in sentences.items():
+                text = f"{texts[first]} {texts[second]}"
+                if rng.random() < 0.25:  # ~0.25 new words in ~25: one in a hundred
+                    tokens = text.split()
+                    position = rng.randrange(len(tokens))
+                    tokens[position] += words[lang][rng.randrange(len(words[lang]))]
+                    text = " ".join(tokens)
+                    counts["new_words"] += 1
+                counts["words"] += text.count(" ") + 1
+                files[lang].write(text + "\n")
+    finally:
+        for file in files.values():
+            file.close()
+    words_per_sentence = round(counts["words"] / (2 * pairs), 2)
+    return {"pairs": pairs, "words_per_sentence": words_per_sentence, "new_words": counts["new_words"]}
+
+
+# Run in a fresh process per size, so that its peak resident memory (the parent's wait4) is this step's alone.
+_LEARN_BPE = """
+import json, sys, time
+from vaswani_hf.data import load_parallel_corpus
+from vaswani_hf.tokenization import train_tokenizer
+folder, source, target, vocab_size = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+started = time.perf_counter()
+corpus = load_parallel_corpus(folder, source, target, splits={"train": "train"}, cache_dir=sys.argv[5])
+loaded = time.perf_counter()
+# as training.build_tokenizer and vaswani-train-tokenizer learn it: both sides of every training pair
+texts = (text for pair in corpus["train"]["translation"] for text in pair.values())
+tokenizer = train_tokenizer(texts, vocab_size=vocab_size)
+print(json.dumps({"load_seconds": loaded - started, "learn_seconds": time.perf_counter() - loaded,
+                  "vocabulary": len(tokenizer)}))
+"""
+
+
+def _learn_bpe_in_child(folder: Path, source_lang: str, target_lang: str, vocab_size: int, cache_dir: Path) -> dict:
+    command = [sys.executable, "-c", _LEARN_BPE, str(folder), source_lang, target_lang, str(vocab_size), str(cache_dir)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    output = process.stdout.read()
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode != 0:
+        raise RuntimeError(f"learning the BPE on {folder} failed ({process.returncode})")
+    return {**json.loads(output), "peak_memory_mb": round(usage.ru_maxrss / 1024)}  # ru_maxrss is in KiB
+
+
+def tokenizer_scale_benchmark(
+    multi30k_dir: str | os.PathLike,
+    sizes: tuple[int, ...] = (500_000, 1_500_000, 4_500_000),
+    vocab_size: int = 37000,
+    max_minutes: float = 15.0,
+    source_lang: str = "en",
+    target_lang: str = "de",
+) -> dict:
+    """Time to learn the shared BPE (what a multi-process run's other processes would wait for at the barrier) and
+    to load the corpus, and peak memory, on `write_wmt_sized_corpus` corpora of each size (in a temporary folder,
+    deleted after). A size whose time, extrapolated from the sizes measured, would exceed `max_minutes` is not run:
+    its row holds the extrapolation, marked `extrapolated`. Time grows as pairs^slope, the log-log slope between
+    the largest two sizes measured."""
+    rows: dict[str, dict] = {}
+    measured: list[tuple[int, float]] = []
+    with tempfile.TemporaryDirectory(prefix="wmt-sized-") as tmp:
+        for pairs in sorted(sizes):
+            if len(measured) >= 1:
+                slope = _log_slope(measured) if len(measured) >= 2 else 1.0
+                (last_pairs, last_seconds) = measured[-1]
+                predicted = last_seconds * (pairs / last_pairs) ** slope
+                if predicted > 60 * max_minutes:
+                    basis = "linear from the last size" if len(measured) < 2 else f"slope {slope:.2f}"
+                    rows[f"{pairs} pairs"] = {
+                        "pairs": pairs,
+                        "learn_seconds": round(predicted, 1),
+                        "how": f"EXTRAPOLATED, not run ({basis} predicts over {max_minutes} minutes)",
+                    }
+                    continue
+            folder = Path(tmp) / f"corpus-{pairs}"
+            started = time.perf_counter()
+            generated = write_wmt_sized_corpus(multi30k_dir, folder, pairs, source_lang, target_lang)
+            generation_seconds = time.perf_counter() - started
+            load_before = os.getloadavg()[0]
+            result = _learn_bpe_in_child(folder, source_lang, target_lang, vocab_size, Path(tmp) / f"cache-{pairs}")
+            rows[f"{pairs} pairs"] = {
+                "how": "measured",
+                **generated,
+                "load_seconds": round(result["load_seconds"], 1),
+                "learn_seconds": round(result["learn_seconds"], 1),
+                "peak_memory_mb": result["peak_memory_mb"],
+                "vocabulary": result["vocabulary"],
+                "generation_seconds": round(generation_seconds, 1),
+                "load_average_before": round(load_before, 2),
+                "load_average_after": round(os.getloadavg()[0], 2),
+            }
+            measured.append((pairs, result["learn_seconds"]))
+            shutil.rmtree(folder)
+    summary = {
+        "vocab_size": vocab_size,
+        "machine": f"{_cpu_model()}, {os.cpu_count()} cores",
+        "learn_time_slope": round(_log_slope(measured), 2) if len(measured) >= 2 else None,
+    }
+    return {"bpe learning": {**rows, **summary}}
+
+
+def _log_slope(points: list[tuple[int, float]]) -> float:
+    """The exponent b of seconds = a * pairs^b through the last two points."""
+    (x0, y0), (x1, y1) = points[-2], points[-1]
+    return math.log(y1 / y0) / math.log(x1 / x0)
+
+
+def _cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown CPU"

@@ -67,18 +67,45 @@ def _corpus_score(metric, hypotheses: list[str], references: list[str], fields: 
     }
 
 
+BLEU_FIELDS = ("counts", "totals", "precisions", "bp", "sys_len", "ref_len")
+
+
 def bleu(hypotheses: list[str], references: list[str]) -> dict:
     """Corpus BLEU of detokenized text with sacreBLEU's defaults (13a tokenizer, cased), in the keys of the
     `evaluate` sacrebleu metric (`score`, `counts`, `totals`, `precisions`, `bp`, `sys_len`, `ref_len`) plus the
     `signature` to quote with the score."""
-    fields = ("counts", "totals", "precisions", "bp", "sys_len", "ref_len")
-    return _corpus_score(sacrebleu.BLEU(), hypotheses, references, fields)
+    return _corpus_score(sacrebleu.BLEU(), hypotheses, references, BLEU_FIELDS)
 
 
 def chrf(hypotheses: list[str], references: list[str]) -> dict:
     """Corpus chrF of detokenized text with sacreBLEU's defaults (character 6-grams, no word n-grams, beta 2): the
     `score`, those settings, and the `signature` to quote with the score."""
     return _corpus_score(sacrebleu.CHRF(), hypotheses, references, ("char_order", "word_order", "beta"))
+
+
+# The paper's BLEU (27.3 / 28.4 En-De, 38.1 / 41.8 En-Fr) is tensor2tensor's get_ende_bleu.sh: Moses-tokenized text,
+# compounds split by `perl -ple 's{(\S)-(\S)}{$1 ##AT##-##AT## $2}g'`, then multi-bleu.perl (no smoothing). Scores on
+# tokenized text are not comparable to sacreBLEU's, hence the label stored with every such score.
+TOKENIZED_BLEU_LABEL = "tokenized BLEU (tensor2tensor get_ende_bleu, not comparable to sacreBLEU)"
+# Like Perl's s///g, re.sub does not overlap matches: "a-b-c" becomes "a ##AT##-##AT## b-c", as in t2t's numbers.
+COMPOUND_HYPHEN = re.compile(r"(\S)-(\S)")
+_TOKENIZER_13A = sacrebleu.BLEU(tokenize="13a").tokenizer
+
+
+def tokenize_as_t2t(text: str) -> str:
+    """`text` as get_ende_bleu scores it: tokenized (sacreBLEU's 13a, mteval's tokenizer, standing in for Moses'
+    tokenizer.perl; both keep hyphens inside words), then every hyphen between two non-space characters set apart
+    as the token ##AT##-##AT##."""
+    return COMPOUND_HYPHEN.sub(r"\1 ##AT##-##AT## \2", _TOKENIZER_13A(text))
+
+
+def tokenized_bleu(hypotheses: list[str], references: list[str]) -> dict:
+    """The paper's metric, for comparison with its tables only: corpus BLEU of `tokenize_as_t2t` text, split at
+    spaces (sacreBLEU with tokenize none), unsmoothed as multi-bleu.perl; the keys of `bleu`, plus `label`
+    (`TOKENIZED_BLEU_LABEL`). The honest score to report is `bleu`'s sacreBLEU."""
+    metric = sacrebleu.BLEU(tokenize="none", smooth_method="none")
+    tokenized = [tokenize_as_t2t(text) for text in hypotheses], [tokenize_as_t2t(text) for text in references]
+    return {**_corpus_score(metric, *tokenized, BLEU_FIELDS), "label": TOKENIZED_BLEU_LABEL}
 
 
 def evaluate_translation(

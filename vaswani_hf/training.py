@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import re
+import shlex
 import shutil
 import time
 import typing
@@ -38,13 +39,14 @@ from transformers.trainer_callback import ExportableState, ProgressCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .configuration_vaswani import PRESETS, VaswaniConfig
-from .data import TokenBatchSampler, load_parallel_corpus, preprocess
+from .data import TokenBatchSampler, is_hub_dataset_id, load_parallel_corpus, preprocess
 from .evaluation import (
     atomic_folder,
     bleu,
     bleu_metric_for_trainer,
     chrf,
     read_json,
+    tokenized_bleu,
     translate,
     write_json,
     write_text_lines,
@@ -182,6 +184,13 @@ class VaswaniTrainingArguments(Seq2SeqTrainingArguments):
         },
     )
     restore_callback_states_from_checkpoint: bool = True  # the time budget continues across a resume
+    tokenized_bleu: bool = field(
+        default=False,
+        metadata={
+            "help": "also report the paper's metric, tokenized BLEU with compound splitting (tensor2tensor "
+            "get_ende_bleu), beside sacreBLEU in metrics.json (WMT14 recipes: for comparison with the paper's tables)"
+        },
+    )
     nonfinite_gradients: Literal["stop", "skip"] = field(
         default="stop",
         metadata={
@@ -777,11 +786,54 @@ def save_learned_tokenizer(
         write_json(staging / TOKENIZER_RECORD, {"languages": languages, "vocab_size": vocab_size})
 
 
+# Above this many training pairs, a multi-process run refuses to learn its BPE: the other processes would wait for it
+# at a barrier that fails after ddp_timeout (1,800 s by default), and the learning time grows with the corpus and
+# depends on the machine, so no timeout is known to suffice. The tokenizer is then a step of its own
+# (vaswani-train-tokenizer), learned once for every run that uses it. Measured on 2 shared cores
+# (docs/benchmarks/tokenizer_scale.md): 35 s for 0.5M pairs, 162 s for 1.5M, 488 s for WMT14 En-De's 4.5M (3.5 GB),
+# and En-Fr's 36M would take an hour or more; below 1M pairs it waits under 3 minutes here.
+MAX_PAIRS_TO_LEARN_BPE_IN_MULTI_PROCESS_RUN = 1_000_000
+
+
+def train_tokenizer_command(data_args: DataArguments, folder: str | os.PathLike) -> str:
+    """The vaswani-train-tokenizer command line that learns the recipe's BPE into `folder`."""
+    command = [
+        "vaswani-train-tokenizer", data_args.dataset, data_args.source_lang, data_args.target_lang, str(folder)
+    ]
+    if data_args.dataset_config:
+        command += ["--config_name", data_args.dataset_config]
+    if data_args.train_split != "train":
+        command += ["--split", data_args.train_split]
+    return shlex.join([*command, "--vocab_size", str(data_args.vocab_size)])
+
+
 def build_tokenizer(data_args: DataArguments, corpus, output_dir: Path, training_args) -> PreTrainedTokenizerBase:
+    """The recipe's tokenizer: `tokenizer_name_or_path`, the run's own `tokenizer/` (on resume), or a BPE learned
+    here from the training split. A missing local `tokenizer_name_or_path`, and learning from more than
+    `MAX_PAIRS_TO_LEARN_BPE_IN_MULTI_PROCESS_RUN` pairs in a multi-process run, are refused with the
+    vaswani-train-tokenizer command to run first."""
     if data_args.tokenizer_name_or_path:
         folder = data_args.tokenizer_name_or_path
+        if not Path(folder).exists() and not is_hub_dataset_id(folder):  # a local path: never looked up on the Hub
+            raise FileNotFoundError(
+                f"tokenizer_name_or_path {folder} does not exist: learn it first with "
+                f"{train_tokenizer_command(data_args, folder)}"
+            )
     else:
         folder = output_dir / "tokenizer"
+        pairs = len(corpus[data_args.train_split])
+        # Checked by every process before the barrier: an error inside main_process_first would leave the others
+        # waiting there until ddp_timeout.
+        limit = MAX_PAIRS_TO_LEARN_BPE_IN_MULTI_PROCESS_RUN
+        if training_args.world_size > 1 and pairs > limit and not (folder / "tokenizer.json").is_file():
+            name = f"{data_args.source_lang}_{data_args.target_lang}_bpe{data_args.vocab_size}"
+            learned = output_dir.parent / "tokenizers" / name  # beside the runs: one tokenizer serves several
+            raise ValueError(
+                f"learning a BPE from {pairs:,} training pairs (more than {limit:,}) in a run of "
+                f"{training_args.world_size} processes would keep all but one waiting at a barrier that fails after "
+                f"ddp_timeout ({training_args.ddp_timeout} s); learn it first, once, with "
+                f"{train_tokenizer_command(data_args, learned)} and set tokenizer_name_or_path: {learned}"
+            )
         with training_args.main_process_first(desc="learning the shared BPE"):
             if not (folder / "tokenizer.json").is_file():
                 texts = (text for pair in corpus[data_args.train_split]["translation"] for text in pair.values())
@@ -1002,6 +1054,7 @@ RECIPE_SETTINGS = (
     "save_steps",
     "save_total_limit",
     "average_last_checkpoints",
+    "tokenized_bleu",
     "bf16",
     "fp16",
 )
@@ -1071,6 +1124,8 @@ def _final_evaluation(trainer, data, data_args, training_args, output_dir: Path)
             )
             results[name][f"{role}_bleu"] = bleu(outputs[role], references)
             results[name][f"{role}_chrf"] = chrf(outputs[role], references)
+            if training_args.tokenized_bleu:
+                results[name][f"{role}_tokenized_bleu"] = tokenized_bleu(outputs[role], references)
         if "test" in outputs:
             test_hypotheses[name] = outputs["test"]
             results[name]["test_hypotheses_head"] = outputs["test"][:5]
@@ -1098,6 +1153,10 @@ def _print_summary(metrics: dict, output_dir: Path) -> None:
             line += f", test BLEU {result['test_bleu']['score']:.2f} chrF {result['test_chrf']['score']:.2f}"
             line += f" ({output_dir / result['test_predictions']})"
         lines.append(line)
+        if "validation_tokenized_bleu" in result:  # the paper's metric, labelled as such
+            roles = [role for role in ("validation", "test") if f"{role}_tokenized_bleu" in result]
+            shown = ", ".join(f"{role} {result[f'{role}_tokenized_bleu']['score']:.2f}" for role in roles)
+            lines.append(f"    {result['validation_tokenized_bleu']['label']}: {shown}")
     scores = next(iter(metrics["evaluation"].values()))
     lines.append(f"  sacreBLEU signatures: BLEU {scores['validation_bleu']['signature']}")
     lines.append(f"                        chrF {scores['validation_chrf']['signature']}")
