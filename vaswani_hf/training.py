@@ -17,6 +17,7 @@ from typing import Literal
 
 import torch
 from accelerate import PartialState
+from accelerate.utils import str_to_bool
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from torch.optim.lr_scheduler import LambdaLR
@@ -769,11 +770,34 @@ def check_splits(corpus, data_args: DataArguments, source: str) -> None:
             )
 
 
+# Set by `accelerate launch --use_fsdp` / `--use_deepspeed` or an accelerate config of that distributed_type; the
+# Accelerator the Trainer builds reads them.
+ENGINE_VARIABLES = {"ACCELERATE_USE_FSDP": "FSDP", "ACCELERATE_USE_DEEPSPEED": "DeepSpeed"}
+
+
+def check_engine(training_args: VaswaniTrainingArguments) -> None:
+    """Refuse FSDP and DeepSpeed, from the training arguments (`fsdp`, `deepspeed`) or from accelerate's launcher:
+    DDP is the engine this package trains and saves with."""
+    engines = [name for name, value in (("FSDP", training_args.fsdp), ("DeepSpeed", training_args.deepspeed)) if value]
+    engines += [name for variable, name in ENGINE_VARIABLES.items() if str_to_bool(os.environ.get(variable, "0"))]
+    if engines:
+        raise ValueError(
+            f"{' and '.join(dict.fromkeys(engines))} requested (training arguments or accelerate launch/config), but"
+            " DDP is the supported engine: the largest model (big, the paper's 213M parameters) fits on every GPU"
+            " with its gradients and Adam state (about 3.4 GB in float32), so sharding it buys nothing, and the"
+            " checkpoint, averaging and resume code reads DDP's layouts (one model.safetensors, one optimizer.pt)."
+            " Unset fsdp and deepspeed and launch with --multi_gpu (distributed_type: MULTI_GPU, as in"
+            " recipes/accelerate_8gpu.yaml)"
+        )
+
+
 def train(model_args: ModelArguments, data_args: DataArguments, training_args: VaswaniTrainingArguments) -> dict:
     """The whole run: data, tokenizer, model, training (resumable), checkpoint averaging, sacreBLEU (BLEU, chrF) on
     the test split, and the output folder (model, tokenizer, generation config, metrics.json, test_predictions.txt,
     training_curves.png). An output folder holding an earlier run is refused unless `resume_from_checkpoint` is set,
-    and a reused tokenizer must fit the recipe (`check_tokenizer_fits`), both before anything is written."""
+    and a reused tokenizer must fit the recipe (`check_tokenizer_fits`), both before anything is written. FSDP and
+    DeepSpeed are refused before anything is read (`check_engine`)."""
+    check_engine(training_args)
     output_dir = Path(training_args.output_dir)
     check_output_dir(training_args)
     PartialState().wait_for_everyone()  # every process has looked before the first one writes anything
