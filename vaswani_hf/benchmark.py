@@ -4,8 +4,10 @@ import copy
 import ctypes
 import gc
 import json
+import math
 import os
 import random
+import shutil
 import statistics
 import tempfile
 import threading
@@ -76,10 +78,14 @@ def data_benchmark(
 
 
 class PeakMemory:
-    """Peak resident memory above the level at entry, sampled every 0.5 ms from /proc/self/statm.
+    """Peak resident memory above the level at entry, sampled every `interval` seconds (0.5 ms by default) from
+    /proc/self/statm.
 
     PyTorch keeps no CPU allocator statistics, so this measures the process: freed memory is first returned to the
     system (`malloc_trim`) so that the baseline is what is really held."""
+
+    def __init__(self, interval: float = 0.0005):
+        self.interval = interval
 
     def __enter__(self) -> "PeakMemory":
         gc.collect()
@@ -94,7 +100,7 @@ class PeakMemory:
     def _sample(self) -> None:
         while self._running:
             self.peak = max(self.peak, _resident_bytes())
-            time.sleep(0.0005)
+            time.sleep(self.interval)
 
     def __exit__(self, *exc) -> None:
         self._running = False
@@ -446,3 +452,288 @@ def write_tables(name: str, results: dict, output_dir: str | os.PathLike, comman
     path = output / f"{name}.json"
     path.write_text(json.dumps(results, indent=2) + "\n")
     return path
+
+
+# --- scale: the data pipeline and the first training steps at WMT14's size ----------------------------------------
+
+WMT14_EN_DE_PAIRS = 4_500_000  # the training pairs of WMT14 En-De (Sec. 5.1)
+# English words per generated pair: log-normal around 16 words, before the last Multi30k sentence overshoots it,
+# so that pairs average about 25 words with a tail past 60, as news and parliament text has (Multi30k's image
+# captions average 12); the measured lengths are in the results.
+GENERATED_MEDIAN_WORDS, GENERATED_SIGMA = 16, 0.6
+
+
+def generate_wmt_sized_corpus(
+    multi30k_dir: str | os.PathLike, folder: str | os.PathLike, pairs: int, seed: int = 0, validation_pairs: int = 1
+) -> dict:
+    """Write `pairs` En-De training pairs to `folder`/train.{en,de}, each one or more Multi30k training pairs
+    joined (so both sides stay translations of each other), drawn from `seed` alone: the first n pairs of a larger
+    corpus are the smaller one. Also `validation_pairs` Multi30k validation pairs as val.{en,de}. Returns length and
+    vocabulary statistics of what was written."""
+    import gzip
+
+    def lines(stem: str, lang: str) -> list[str]:
+        with gzip.open(Path(multi30k_dir) / f"{stem}.{lang}.gz", "rt", encoding="utf-8") as file:
+            return file.read().splitlines()
+
+    english, german = lines("train", "en"), lines("train", "de")
+    english_words = [len(sentence.split()) for sentence in english]
+    rng = random.Random(seed)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    lengths, vocabulary = [], set()
+    with open(folder / "train.en", "w", encoding="utf-8") as en, open(folder / "train.de", "w", encoding="utf-8") as de:
+        for _ in range(pairs):
+            wanted = rng.lognormvariate(math.log(GENERATED_MEDIAN_WORDS), GENERATED_SIGMA)
+            chosen, words = [], 0
+            while words < wanted:
+                chosen.append(rng.randrange(len(english)))
+                words += english_words[chosen[-1]]
+            en.write(" ".join(english[i] for i in chosen) + "\n")
+            de.write(" ".join(german[i] for i in chosen) + "\n")
+            lengths.append(words)
+    for lang in ("en", "de"):
+        (folder / f"val.{lang}").write_text("\n".join(lines("val", lang)[:validation_pairs]) + "\n", encoding="utf-8")
+    for sentence in english + german:
+        vocabulary.update(sentence.split())
+    lengths.sort()
+    return {
+        "english_words_mean": round(sum(lengths) / len(lengths), 1),
+        "english_words_median": lengths[len(lengths) // 2],
+        "english_words_p99": lengths[int(0.99 * (len(lengths) - 1))],
+        "distinct_words_in_the_multi30k_sentences": len(vocabulary),
+        "text_bytes": sum((folder / f"train.{lang}").stat().st_size for lang in ("en", "de")),
+    }
+
+
+def folder_bytes(folder: str | os.PathLike) -> int:
+    return sum(path.stat().st_size for path in Path(folder).rglob("*") if path.is_file())
+
+
+def _measured(function: Callable, *args, **kwargs) -> tuple[object, float, int]:
+    """(result, seconds, peak resident memory increase in bytes) of one call of `function(*args, **kwargs)`. Memory
+    is sampled every 20 ms: these stages last seconds to minutes, and a busier sampler would slow Python-bound ones."""
+    with PeakMemory(interval=0.02) as peak:
+        started = time.perf_counter()
+        result = function(*args, **kwargs)
+        seconds = time.perf_counter() - started
+    return result, seconds, peak.increase
+
+
+def _child_peak_bytes() -> int:
+    """The largest peak resident memory of any child process waited for so far (getrusage reports kilobytes)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+
+
+def training_start_benchmark(
+    corpus_dir: Path,
+    tokenizer_dir: Path,
+    work_dir: Path,
+    steps: int,
+    processes: int,
+    preset: str,
+    config_overrides: str | None,
+    max_tokens: int,
+    vocab_size: int,
+    num_proc: int | None,
+) -> dict:
+    """`accelerate launch` of the training command on the generated corpus (tokenizer given): seconds from the launch
+    to the first update, and per update after it, read from the wall times of the TensorBoard log of each update's
+    loss (the Trainer's own logging, every step)."""
+    import subprocess
+    import sys
+
+    import yaml
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    output_dir = work_dir / "run"
+    recipe = {
+        "dataset": str(corpus_dir),
+        "file_splits": "train=train,validation=val",
+        "test_split": None,
+        "tokenizer_name_or_path": str(tokenizer_dir),
+        "vocab_size": vocab_size,
+        "preset": preset,
+        "config_overrides": config_overrides,
+        "max_tokens": max_tokens,
+        "max_steps": steps,
+        "save_strategy": "no",
+        "eval_strategy": "no",
+        "average_last_checkpoints": 0,
+        "logging_steps": 1,
+        "report_to": "tensorboard",
+        "use_cpu": True,
+        "disable_tqdm": True,
+        "preprocessing_num_workers": num_proc,
+        "output_dir": str(output_dir),
+    }
+    recipe_path = work_dir / "recipe.yaml"
+    recipe_path.write_text(yaml.safe_dump(recipe))
+    # one process: --cpu gives it all cores; two: --multi_gpu starts them through torchrun (gloo on a CPU)
+    engine = ["--cpu"] if processes == 1 else ["--multi_gpu"]
+    command = [sys.executable, "-m", "accelerate.commands.launch", *engine, "--num_processes", str(processes)]
+    command += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    command += ["-m", "vaswani_hf.cli.train", str(recipe_path)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_CACHE": str(work_dir / "datasets")}
+    launched = time.time()
+    finished = subprocess.run(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if finished.returncode != 0:
+        raise RuntimeError(f"the training run failed ({finished.returncode}):\n{finished.stdout[-4000:]}")
+    events = EventAccumulator(str(next(output_dir.glob("runs/**/events.out.tfevents*")).parent))
+    events.Reload()
+    walls = [event.wall_time for event in sorted(events.Scalars("train/loss"), key=lambda e: e.step)]
+    result = {
+        "processes": processes,
+        "updates": len(walls),
+        "seconds_to_first_update": round(walls[0] - launched, 1),
+        "peak_memory_mb_per_process": round(_child_peak_bytes() / 2**20),
+    }
+    if len(walls) > 1:
+        result["seconds_per_update_after_the_first"] = round((walls[-1] - walls[0]) / (len(walls) - 1), 2)
+    return result
+
+
+def log_log_slope(sizes: list[int], costs: list[float]) -> float | None:
+    """The exponent b of cost ~ size^b, fitted by least squares on logarithms (None with fewer than two points)."""
+    import numpy
+
+    points = [(math.log(s), math.log(c)) for s, c in zip(sizes, costs, strict=True) if c > 0]
+    if len(points) < 2:
+        return None
+    x, y = zip(*points, strict=True)
+    return round(float(numpy.polyfit(x, y, 1)[0]), 2)
+
+
+def scale_benchmark(
+    multi30k_dir: str | os.PathLike,
+    sizes: list[int],
+    work_dir: str | os.PathLike | None = None,
+    vocab_size: int = 37000,
+    num_proc: int | None = 2,
+    max_tokens: int = 6250,
+    replicas: int = 8,
+    training_steps: int = 20,
+    processes: int = 1,
+    preset: str = "base",
+    config_overrides: str | None = None,
+    seed: int = 0,
+) -> dict:
+    """At each corpus size (pairs generated from Multi30k with WMT-like lengths, `generate_wmt_sized_corpus`), the
+    costs of the data pipeline: loading (`load_parallel_corpus`), learning the shared BPE (`train_tokenizer`),
+    preprocessing (`preprocess`, datasets.map with `num_proc`), and `TokenBatchSampler` for `replicas` processes
+    (build and one epoch); then, at the largest size, the time from `accelerate launch` to the first update and per
+    update of `preset` with the WMT recipe's `max_tokens` (`training_steps` updates on `processes` processes). Each
+    size's entry names its number of pairs (`pairs`); `slopes` are the log-log exponents of each cost in pairs."""
+    sizes = sorted(sizes)
+    results: dict = {
+        "machine": _machine(),
+        "settings": {
+            "vocab_size": vocab_size,
+            "num_proc": num_proc,
+            "max_tokens": max_tokens,
+            "sampler_replicas": replicas,
+            "preset": preset,
+            "config_overrides": config_overrides,
+            "training_steps": training_steps,
+            "training_processes": processes,
+            "seed": seed,
+        },
+    }
+    with tempfile.TemporaryDirectory(dir=work_dir) as scratch:
+        for pairs in sizes:
+            folder = Path(scratch) / f"pairs-{pairs}"
+            entry: dict = {"pairs": pairs}
+            entry.update(generate_wmt_sized_corpus(multi30k_dir, folder / "corpus", pairs, seed=seed))
+            cache = folder / "datasets"
+            splits = {"train": "train", "validation": "val"}
+            corpus, seconds, memory = _measured(
+                load_parallel_corpus, folder / "corpus", "en", "de", splits=splits, cache_dir=str(cache)
+            )
+            entry["loading_seconds"], entry["loading_memory_mb"] = round(seconds, 2), round(memory / 2**20)
+            entry["loaded_disk_mb"] = round(folder_bytes(cache) / 2**20)
+            texts = (text for pair in corpus["train"]["translation"] for text in pair.values())  # as train() does
+            tokenizer, seconds, memory = _measured(train_tokenizer, texts, vocab_size=vocab_size)
+            entry["bpe_seconds"], entry["bpe_memory_mb"] = round(seconds, 2), round(memory / 2**20)
+            entry["bpe_vocabulary"] = len(tokenizer)
+            data, seconds, memory = _measured(preprocess, corpus, tokenizer, "en", "de", num_proc=num_proc)
+            entry["preprocessing_seconds"], entry["preprocessing_memory_mb"] = round(seconds, 2), round(memory / 2**20)
+            entry["preprocessing_worker_peak_mb"] = round(_child_peak_bytes() / 2**20)
+            entry["preprocessed_disk_mb"] = round(folder_bytes(cache) / 2**20) - entry["loaded_disk_mb"]
+            entry["pairs_kept"] = len(data["train"])
+            lengths = data["train"]["source_length"], data["train"]["target_length"]
+            sampler, seconds, memory = _measured(
+                TokenBatchSampler, *lengths, max_tokens=max_tokens, seed=seed, num_replicas=replicas
+            )
+            entry["sampler_build_seconds"], entry["sampler_memory_mb"] = round(seconds, 2), round(memory / 2**20)
+            sampler.set_epoch(1)
+            _, seconds, _ = _measured(list, sampler)
+            entry["sampler_epoch_seconds"] = round(seconds, 3)
+            entry["batches_per_epoch"] = len(sampler)
+            entry[f"updates_per_epoch_on_{replicas}_processes"] = len(sampler) // replicas
+            if pairs == sizes[-1] and training_steps > 0:
+                tokenizer.save_pretrained(folder / "tokenizer")
+                overrides = config_overrides
+                if len(tokenizer) < vocab_size:  # the output layer of the recipe's vocabulary, whatever BPE learned
+                    overrides = ",".join(filter(None, [overrides, f"vocab_size={vocab_size}"]))
+                entry["training"] = training_start_benchmark(
+                    folder / "corpus",
+                    folder / "tokenizer",
+                    folder,
+                    training_steps,
+                    processes,
+                    preset,
+                    overrides,
+                    max_tokens,
+                    vocab_size,
+                    num_proc,
+                )
+            del corpus, data, lengths, sampler
+            shutil.rmtree(folder)
+            results[f"pairs_{pairs}"] = entry
+    measured = [results[f"pairs_{pairs}"] for pairs in sizes]
+    costs = [key for key in measured[0] if key.endswith(("_seconds", "_mb")) and key != "text_bytes"]
+    results["slopes"] = {cost: log_log_slope(sizes, [entry[cost] for entry in measured]) for cost in costs}
+    results["expectations"] = _scale_expectations(measured, results["slopes"], replicas)
+    return results
+
+
+def _machine() -> dict:
+    """The CPU, its cores and matrix units, memory, torch, and the load and niceness this ran under."""
+    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")), "")
+    flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), [])
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "amx": sorted(flag for flag in flags if flag.startswith("amx")),
+        "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "torch": torch.__version__,
+        "niceness": os.nice(0),
+        "load_average_1_5_15_min_at_start": [round(load, 2) for load in os.getloadavg()],
+    }
+
+
+def _scale_expectations(measured: list[dict], slopes: dict, replicas: int) -> dict:
+    """What the measured sizes say for WMT14 En-De's 4.5M pairs (measured there, or extrapolated on the slope)."""
+    largest = measured[-1]
+    factor = WMT14_EN_DE_PAIRS / largest["pairs"]
+    how = "measured" if factor == 1 else f"extrapolated from {largest['pairs']:,} pairs on the slope"
+    stages = ("loading_seconds", "bpe_seconds", "preprocessing_seconds", "sampler_build_seconds")
+    at_wmt = {
+        stage: round(largest[stage] * factor ** (slopes[stage] if slopes.get(stage) is not None else 1), 1)
+        for stage in stages
+    }
+    updates = round(largest[f"updates_per_epoch_on_{replicas}_processes"] * factor)
+    return {
+        "at_4.5M_pairs": f"{how}: " + ", ".join(f"{stage} {value}" for stage, value in at_wmt.items()),
+        f"on_{replicas}_GPUs": (
+            f"before the first update: loading, BPE (learn it once, train_tokenizer.py, and point the recipe at it) "
+            f"and preprocessing take about {sum(at_wmt[s] for s in stages[:3]):.0f} s on this machine's cores at 4.5M "
+            f"pairs ({how}; datasets.map spreads over preprocessing_num_workers), then every process builds the "
+            f"sampler ({at_wmt['sampler_build_seconds']} s); an epoch is about {updates:,} updates of {replicas} x "
+            "max_tokens, so the recipe's 100,000 updates are about "
+            f"{100_000 / max(updates, 1):.1f} epochs. The per-update time measured here is a CPU's, not a GPU's."
+        ),
+    }
