@@ -53,3 +53,12 @@ def test_scale_benchmark_writes_each_size_with_its_pairs_slopes_and_the_training
     assert "Command: `python scripts/benchmark.py scale --sizes 2000,4000,8000" in markdown
     assert "## pairs_8000" in markdown
     assert not list(tmp_path.glob("tmp*"))  # the generated corpus is removed
+
+
+def test_the_committed_scale_figures_name_their_command_and_sizes():
+    results = json.loads((ROOT / "docs" / "benchmarks" / "scale.json").read_text())
+    entries = [entry for key, entry in results.items() if key.startswith("pairs_")]
+    assert len(entries) >= 3 and all(f"pairs_{entry['pairs']}" in results for entry in entries)
+    assert "training" in entries[-1] and set(results["slopes"]) >= {"bpe_seconds", "preprocessing_seconds"}
+    markdown = (ROOT / "docs" / "benchmarks" / "scale.md").read_text()
+    assert "Command: `python scripts/benchmark.py scale --sizes" in markdown

@@ -696,7 +696,34 @@ def scale_benchmark(
     costs = [key for key in measured[0] if key.endswith(("_seconds", "_mb")) and key != "text_bytes"]
     results["slopes"] = {cost: log_log_slope(sizes, [entry[cost] for entry in measured]) for cost in costs}
     results["expectations"] = _scale_expectations(measured, results["slopes"], replicas)
+    results["notes"] = scale_notes(results)
     return results
+
+
+def scale_notes(results: dict) -> dict:
+    """What the scale figures are and are not: the corpus, the training run, the machine's load."""
+    measured = [entry for key, entry in results.items() if key.startswith("pairs_")]
+    settings = results["settings"]
+    return {
+        "sizes_measured": ", ".join(f"{entry['pairs']:,}" for entry in measured)
+        + " pairs"
+        + ("" if measured[-1]["pairs"] >= WMT14_EN_DE_PAIRS else "; figures for 4.5M pairs are extrapolated"),
+        "corpus": "generated: each pair is one or more Multi30k training pairs joined, English lengths log-normal "
+        "(mean, median, p99 words per size above). Lengths and counts are WMT-like; the vocabulary is Multi30k's "
+        f"({measured[0]['distinct_words_in_the_multi30k_sentences']:,} distinct words), far smaller than WMT14's, "
+        "so BPE time and memory are lower bounds (its counting pass is representative, its merges are not)",
+        "training": f"measured at the largest size only ({settings['training_steps']} updates, "
+        f"{settings['training_processes']} process(es) on {results['machine']['cores']} cores, float32, max_tokens "
+        f"{settings['max_tokens']}, output layer of "
+        f"vocab_size {settings['vocab_size']}): the update's cost does not depend on the corpus size, and the time "
+        "before the first update grows as loading, preprocessing and the sampler do (measured at every size). "
+        "The run is given the tokenizer the benchmark learned and its datasets cache: the loaded corpus is reused; "
+        "preprocessing is redone (and counted before the first update) unless datasets' fingerprint of the map, "
+        "which hashes the tokenizer, matches",
+        "load": f"run at niceness {results['machine']['niceness']} on a machine shared with other jobs (load average "
+        f"{results['machine']['load_average_1_5_15_min_at_start']} over 1, 5, 15 minutes at the start): times are "
+        "upper bounds for this machine",
+    }
 
 
 def _machine() -> dict:
