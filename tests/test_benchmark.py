@@ -10,7 +10,6 @@ from vaswani_hf.benchmark import (
     training_benchmark,
     training_step_flops,
     translation_benchmark,
-    write_wmt_sized_corpus,
 )
 from vaswani_hf.modeling_vaswani import VaswaniForConditionalGeneration
 
@@ -74,14 +73,3 @@ def test_dynamic_int8_stays_close_to_float32():
     assert (quantized - reference).abs().max() < 0.1 * reference.abs().max()
     assert any(type(m).__module__.startswith("torch.ao") for m in quantize_dynamic_int8(model).modules())
 
-
-def test_the_wmt_sized_corpus_is_deterministic_aligned_and_of_wmt_length(multi30k_dir, tmp_path):
-    stats = write_wmt_sized_corpus(multi30k_dir, tmp_path / "a", 2000)
-    write_wmt_sized_corpus(multi30k_dir, tmp_path / "b", 2000)
-    for lang in ("en", "de"):
-        assert (tmp_path / "a" / f"train.{lang}").read_bytes() == (tmp_path / "b" / f"train.{lang}").read_bytes()
-    english = (tmp_path / "a" / "train.en").read_text(encoding="utf-8").splitlines()
-    german = (tmp_path / "a" / "train.de").read_text(encoding="utf-8").splitlines()
-    assert len(english) == len(german) == stats["pairs"] == 2000
-    assert 20 <= stats["words_per_sentence"] <= 30  # WMT14's ~25 (two Multi30k sentences of ~12)
-    assert 0.2 < stats["new_words"] / (2 * 2000) < 0.3  # a new word in about a quarter of the sentences

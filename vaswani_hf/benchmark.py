@@ -9,8 +9,6 @@ import os
 import random
 import shutil
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -80,10 +78,14 @@ def data_benchmark(
 
 
 class PeakMemory:
-    """Peak resident memory above the level at entry, sampled every 0.5 ms from /proc/self/statm.
+    """Peak resident memory above the level at entry, sampled every `interval` seconds (0.5 ms by default) from
+    /proc/self/statm.
 
     PyTorch keeps no CPU allocator statistics, so this measures the process: freed memory is first returned to the
     system (`malloc_trim`) so that the baseline is what is really held."""
+
+    def __init__(self, interval: float = 0.0005):
+        self.interval = interval
 
     def __enter__(self) -> "PeakMemory":
         gc.collect()
@@ -98,7 +100,7 @@ class PeakMemory:
     def _sample(self) -> None:
         while self._running:
             self.peak = max(self.peak, _resident_bytes())
-            time.sleep(0.0005)
+            time.sleep(self.interval)
 
     def __exit__(self, *exc) -> None:
         self._running = False
@@ -452,140 +454,313 @@ def write_tables(name: str, results: dict, output_dir: str | os.PathLike, comman
     return path
 
 
-def write_wmt_sized_corpus(
-    multi30k_dir: str | os.PathLike,
-    folder: str | os.PathLike,
-    pairs: int,
-    source_lang: str = "en",
-    target_lang: str = "de",
-    seed: int = 0,
+# --- scale: the data pipeline and the first training steps at WMT14's size ----------------------------------------
+
+WMT14_EN_DE_PAIRS = 4_500_000  # the training pairs of WMT14 En-De (Sec. 5.1)
+# English words per generated pair: log-normal around 16 words, before the last Multi30k sentence overshoots it,
+# so that pairs average about 25 words with a tail past 60, as news and parliament text has (Multi30k's image
+# captions average 12); the measured lengths are in the results.
+GENERATED_MEDIAN_WORDS, GENERATED_SIGMA = 16, 0.6
+
+
+def generate_wmt_sized_corpus(
+    multi30k_dir: str | os.PathLike, folder: str | os.PathLike, pairs: int, seed: int = 0, validation_pairs: int = 1
 ) -> dict:
-    """Write `pairs` aligned sentence pairs of WMT14-like length to `folder`/train.{source,target}_lang, made
-    deterministically from Multi30k train: each pair joins two Multi30k pairs drawn at random (Multi30k sentences
-    average about 12 words, WMT14's about 25), and about one word in a hundred of each side is glued to a random
-    corpus word, a new word, so that the distinct words keep growing with the corpus as a real one's do (Multi30k has
-    about 10k in English, 18k in German). Returns the pairs, words per sentence and new words made."""
-    corpus = load_parallel_corpus(multi30k_dir, source_lang, target_lang, splits={"train": "train"})
-    rows = corpus["train"]["translation"]
-    sentences = {lang: [row[lang] for row in rows] for lang in (source_lang, target_lang)}
-    words = {lang: sorted({w.lower() for text in texts for w in text.split()}) for lang, texts in sentences.items()}
+    """Write `pairs` En-De training pairs to `folder`/train.{en,de}, each one or more Multi30k training pairs
+    joined (so both sides stay translations of each other), drawn from `seed` alone: the first n pairs of a larger
+    corpus are the smaller one. Also `validation_pairs` Multi30k validation pairs as val.{en,de}. Returns length and
+    vocabulary statistics of what was written."""
+    import gzip
+
+    def lines(stem: str, lang: str) -> list[str]:
+        with gzip.open(Path(multi30k_dir) / f"{stem}.{lang}.gz", "rt", encoding="utf-8") as file:
+            return file.read().splitlines()
+
+    english, german = lines("train", "en"), lines("train", "de")
+    english_words = [len(sentence.split()) for sentence in english]
     rng = random.Random(seed)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    counts = {"pairs": pairs, "words": 0, "new_words": 0}
-    files = {lang: (folder / f"train.{lang}").open("w", encoding="utf-8") for lang in sentences}
-    try:
+    lengths, vocabulary = [], set()
+    with open(folder / "train.en", "w", encoding="utf-8") as en, open(folder / "train.de", "w", encoding="utf-8") as de:
         for _ in range(pairs):
-            first, second = rng.randrange(len(rows)), rng.randrange(len(rows))
-            for lang, texts in sentences.items():
-                text = f"{texts[first]} {texts[second]}"
-                if rng.random() < 0.25:  # ~0.25 new words in ~25: one in a hundred
-                    tokens = text.split()
-                    position = rng.randrange(len(tokens))
-                    tokens[position] += words[lang][rng.randrange(len(words[lang]))]
-                    text = " ".join(tokens)
-                    counts["new_words"] += 1
-                counts["words"] += text.count(" ") + 1
-                files[lang].write(text + "\n")
-    finally:
-        for file in files.values():
-            file.close()
-    words_per_sentence = round(counts["words"] / (2 * pairs), 2)
-    return {"pairs": pairs, "words_per_sentence": words_per_sentence, "new_words": counts["new_words"]}
-
-
-# Run in a fresh process per size, so that its peak resident memory (the parent's wait4) is this step's alone.
-_LEARN_BPE = """
-import json, sys, time
-from vaswani_hf.data import load_parallel_corpus
-from vaswani_hf.tokenization import train_tokenizer
-folder, source, target, vocab_size = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-started = time.perf_counter()
-corpus = load_parallel_corpus(folder, source, target, splits={"train": "train"}, cache_dir=sys.argv[5])
-loaded = time.perf_counter()
-# as training.build_tokenizer and vaswani-train-tokenizer learn it: both sides of every training pair
-texts = (text for pair in corpus["train"]["translation"] for text in pair.values())
-tokenizer = train_tokenizer(texts, vocab_size=vocab_size)
-print(json.dumps({"load_seconds": loaded - started, "learn_seconds": time.perf_counter() - loaded,
-                  "vocabulary": len(tokenizer)}))
-"""
-
-
-def _learn_bpe_in_child(folder: Path, source_lang: str, target_lang: str, vocab_size: int, cache_dir: Path) -> dict:
-    command = [sys.executable, "-c", _LEARN_BPE, str(folder), source_lang, target_lang, str(vocab_size), str(cache_dir)]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
-    output = process.stdout.read()
-    _, status, usage = os.wait4(process.pid, 0)
-    process.returncode = os.waitstatus_to_exitcode(status)
-    if process.returncode != 0:
-        raise RuntimeError(f"learning the BPE on {folder} failed ({process.returncode})")
-    return {**json.loads(output), "peak_memory_mb": round(usage.ru_maxrss / 1024)}  # ru_maxrss is in KiB
-
-
-def tokenizer_scale_benchmark(
-    multi30k_dir: str | os.PathLike,
-    sizes: tuple[int, ...] = (500_000, 1_500_000, 4_500_000),
-    vocab_size: int = 37000,
-    max_minutes: float = 15.0,
-    source_lang: str = "en",
-    target_lang: str = "de",
-) -> dict:
-    """Time to learn the shared BPE (what a multi-process run's other processes would wait for at the barrier) and
-    to load the corpus, and peak memory, on `write_wmt_sized_corpus` corpora of each size (in a temporary folder,
-    deleted after). A size whose time, extrapolated from the sizes measured, would exceed `max_minutes` is not run:
-    its row holds the extrapolation, marked `extrapolated`. Time grows as pairs^slope, the log-log slope between
-    the largest two sizes measured."""
-    rows: dict[str, dict] = {}
-    measured: list[tuple[int, float]] = []
-    with tempfile.TemporaryDirectory(prefix="wmt-sized-") as tmp:
-        for pairs in sorted(sizes):
-            if len(measured) >= 1:
-                slope = _log_slope(measured) if len(measured) >= 2 else 1.0
-                (last_pairs, last_seconds) = measured[-1]
-                predicted = last_seconds * (pairs / last_pairs) ** slope
-                if predicted > 60 * max_minutes:
-                    basis = "linear from the last size" if len(measured) < 2 else f"slope {slope:.2f}"
-                    rows[f"{pairs} pairs"] = {
-                        "pairs": pairs,
-                        "learn_seconds": round(predicted, 1),
-                        "how": f"EXTRAPOLATED, not run ({basis} predicts over {max_minutes} minutes)",
-                    }
-                    continue
-            folder = Path(tmp) / f"corpus-{pairs}"
-            started = time.perf_counter()
-            generated = write_wmt_sized_corpus(multi30k_dir, folder, pairs, source_lang, target_lang)
-            generation_seconds = time.perf_counter() - started
-            load_before = os.getloadavg()[0]
-            result = _learn_bpe_in_child(folder, source_lang, target_lang, vocab_size, Path(tmp) / f"cache-{pairs}")
-            rows[f"{pairs} pairs"] = {
-                "how": "measured",
-                **generated,
-                "load_seconds": round(result["load_seconds"], 1),
-                "learn_seconds": round(result["learn_seconds"], 1),
-                "peak_memory_mb": result["peak_memory_mb"],
-                "vocabulary": result["vocabulary"],
-                "generation_seconds": round(generation_seconds, 1),
-                "load_average_before": round(load_before, 2),
-                "load_average_after": round(os.getloadavg()[0], 2),
-            }
-            measured.append((pairs, result["learn_seconds"]))
-            shutil.rmtree(folder)
-    summary = {
-        "vocab_size": vocab_size,
-        "machine": f"{_cpu_model()}, {os.cpu_count()} cores",
-        "learn_time_slope": round(_log_slope(measured), 2) if len(measured) >= 2 else None,
+            wanted = rng.lognormvariate(math.log(GENERATED_MEDIAN_WORDS), GENERATED_SIGMA)
+            chosen, words = [], 0
+            while words < wanted:
+                chosen.append(rng.randrange(len(english)))
+                words += english_words[chosen[-1]]
+            en.write(" ".join(english[i] for i in chosen) + "\n")
+            de.write(" ".join(german[i] for i in chosen) + "\n")
+            lengths.append(words)
+    for lang in ("en", "de"):
+        (folder / f"val.{lang}").write_text("\n".join(lines("val", lang)[:validation_pairs]) + "\n", encoding="utf-8")
+    for sentence in english + german:
+        vocabulary.update(sentence.split())
+    lengths.sort()
+    return {
+        "english_words_mean": round(sum(lengths) / len(lengths), 1),
+        "english_words_median": lengths[len(lengths) // 2],
+        "english_words_p99": lengths[int(0.99 * (len(lengths) - 1))],
+        "distinct_words_in_the_multi30k_sentences": len(vocabulary),
+        "text_bytes": sum((folder / f"train.{lang}").stat().st_size for lang in ("en", "de")),
     }
-    return {"bpe learning": {**rows, **summary}}
 
 
-def _log_slope(points: list[tuple[int, float]]) -> float:
-    """The exponent b of seconds = a * pairs^b through the last two points."""
-    (x0, y0), (x1, y1) = points[-2], points[-1]
-    return math.log(y1 / y0) / math.log(x1 / x0)
+def folder_bytes(folder: str | os.PathLike) -> int:
+    return sum(path.stat().st_size for path in Path(folder).rglob("*") if path.is_file())
 
 
-def _cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown CPU"
+def _measured(function: Callable, *args, **kwargs) -> tuple[object, float, int]:
+    """(result, seconds, peak resident memory increase in bytes) of one call of `function(*args, **kwargs)`. Memory
+    is sampled every 20 ms: these stages last seconds to minutes, and a busier sampler would slow Python-bound ones."""
+    with PeakMemory(interval=0.02) as peak:
+        started = time.perf_counter()
+        result = function(*args, **kwargs)
+        seconds = time.perf_counter() - started
+    return result, seconds, peak.increase
+
+
+def _child_peak_bytes() -> int:
+    """The largest peak resident memory of any child process waited for so far (getrusage reports kilobytes)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+
+
+def training_start_benchmark(
+    corpus_dir: Path,
+    tokenizer_dir: Path,
+    work_dir: Path,
+    steps: int,
+    processes: int,
+    preset: str,
+    config_overrides: str | None,
+    max_tokens: int,
+    vocab_size: int,
+    num_proc: int | None,
+) -> dict:
+    """`accelerate launch` of the training command on the generated corpus (tokenizer given): seconds from the launch
+    to the first update, and per update after it, read from the wall times of the TensorBoard log of each update's
+    loss (the Trainer's own logging, every step)."""
+    import subprocess
+    import sys
+
+    import yaml
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    output_dir = work_dir / "run"
+    recipe = {
+        "dataset": str(corpus_dir),
+        "file_splits": "train=train,validation=val",
+        "test_split": None,
+        "tokenizer_name_or_path": str(tokenizer_dir),
+        "vocab_size": vocab_size,
+        "preset": preset,
+        "config_overrides": config_overrides,
+        "max_tokens": max_tokens,
+        "max_steps": steps,
+        "save_strategy": "no",
+        "eval_strategy": "no",
+        "average_last_checkpoints": 0,
+        "logging_steps": 1,
+        "report_to": "tensorboard",
+        "use_cpu": True,
+        "disable_tqdm": True,
+        "preprocessing_num_workers": num_proc,
+        "output_dir": str(output_dir),
+    }
+    recipe_path = work_dir / "recipe.yaml"
+    recipe_path.write_text(yaml.safe_dump(recipe))
+    # one process: --cpu gives it all cores; two: --multi_gpu starts them through torchrun (gloo on a CPU)
+    engine = ["--cpu"] if processes == 1 else ["--multi_gpu"]
+    command = [sys.executable, "-m", "accelerate.commands.launch", *engine, "--num_processes", str(processes)]
+    command += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    command += ["-m", "vaswani_hf.cli.train", str(recipe_path)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_CACHE": str(work_dir / "datasets")}
+    launched = time.time()
+    finished = subprocess.run(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if finished.returncode != 0:
+        raise RuntimeError(f"the training run failed ({finished.returncode}):\n{finished.stdout[-4000:]}")
+    events = EventAccumulator(str(next(output_dir.glob("runs/**/events.out.tfevents*")).parent))
+    events.Reload()
+    walls = [event.wall_time for event in sorted(events.Scalars("train/loss"), key=lambda e: e.step)]
+    result = {
+        "processes": processes,
+        "updates": len(walls),
+        "seconds_to_first_update": round(walls[0] - launched, 1),
+        "peak_memory_mb_per_process": round(_child_peak_bytes() / 2**20),
+    }
+    if len(walls) > 1:
+        result["seconds_per_update_after_the_first"] = round((walls[-1] - walls[0]) / (len(walls) - 1), 2)
+    return result
+
+
+def log_log_slope(sizes: list[int], costs: list[float]) -> float | None:
+    """The exponent b of cost ~ size^b, fitted by least squares on logarithms (None with fewer than two points)."""
+    import numpy
+
+    points = [(math.log(s), math.log(c)) for s, c in zip(sizes, costs, strict=True) if c > 0]
+    if len(points) < 2:
+        return None
+    x, y = zip(*points, strict=True)
+    return round(float(numpy.polyfit(x, y, 1)[0]), 2)
+
+
+def scale_benchmark(
+    multi30k_dir: str | os.PathLike,
+    sizes: list[int],
+    work_dir: str | os.PathLike | None = None,
+    vocab_size: int = 37000,
+    num_proc: int | None = 2,
+    max_tokens: int = 6250,
+    replicas: int = 8,
+    training_steps: int = 20,
+    processes: int = 1,
+    preset: str = "base",
+    config_overrides: str | None = None,
+    seed: int = 0,
+) -> dict:
+    """At each corpus size (pairs generated from Multi30k with WMT-like lengths, `generate_wmt_sized_corpus`), the
+    costs of the data pipeline: loading (`load_parallel_corpus`), learning the shared BPE (`train_tokenizer`),
+    preprocessing (`preprocess`, datasets.map with `num_proc`), and `TokenBatchSampler` for `replicas` processes
+    (build and one epoch); then, at the largest size, the time from `accelerate launch` to the first update and per
+    update of `preset` with the WMT recipe's `max_tokens` (`training_steps` updates on `processes` processes). Each
+    size's entry names its number of pairs (`pairs`); `slopes` are the log-log exponents of each cost in pairs."""
+    sizes = sorted(sizes)
+    results: dict = {
+        "machine": _machine(),
+        "settings": {
+            "vocab_size": vocab_size,
+            "num_proc": num_proc,
+            "max_tokens": max_tokens,
+            "sampler_replicas": replicas,
+            "preset": preset,
+            "config_overrides": config_overrides,
+            "training_steps": training_steps,
+            "training_processes": processes,
+            "seed": seed,
+        },
+    }
+    with tempfile.TemporaryDirectory(dir=work_dir) as scratch:
+        for pairs in sizes:
+            folder = Path(scratch) / f"pairs-{pairs}"
+            entry: dict = {"pairs": pairs}
+            entry.update(generate_wmt_sized_corpus(multi30k_dir, folder / "corpus", pairs, seed=seed))
+            cache = folder / "datasets"
+            splits = {"train": "train", "validation": "val"}
+            corpus, seconds, memory = _measured(
+                load_parallel_corpus, folder / "corpus", "en", "de", splits=splits, cache_dir=str(cache)
+            )
+            entry["loading_seconds"], entry["loading_memory_mb"] = round(seconds, 2), round(memory / 2**20)
+            entry["loaded_disk_mb"] = round(folder_bytes(cache) / 2**20)
+            texts = (text for pair in corpus["train"]["translation"] for text in pair.values())  # as train() does
+            tokenizer, seconds, memory = _measured(train_tokenizer, texts, vocab_size=vocab_size)
+            entry["bpe_seconds"], entry["bpe_memory_mb"] = round(seconds, 2), round(memory / 2**20)
+            entry["bpe_vocabulary"] = len(tokenizer)
+            data, seconds, memory = _measured(preprocess, corpus, tokenizer, "en", "de", num_proc=num_proc)
+            entry["preprocessing_seconds"], entry["preprocessing_memory_mb"] = round(seconds, 2), round(memory / 2**20)
+            entry["preprocessing_worker_peak_mb"] = round(_child_peak_bytes() / 2**20)
+            entry["preprocessed_disk_mb"] = round(folder_bytes(cache) / 2**20) - entry["loaded_disk_mb"]
+            entry["pairs_kept"] = len(data["train"])
+            lengths = data["train"]["source_length"], data["train"]["target_length"]
+            sampler, seconds, memory = _measured(
+                TokenBatchSampler, *lengths, max_tokens=max_tokens, seed=seed, num_replicas=replicas
+            )
+            entry["sampler_build_seconds"], entry["sampler_memory_mb"] = round(seconds, 2), round(memory / 2**20)
+            sampler.set_epoch(1)
+            _, seconds, _ = _measured(list, sampler)
+            entry["sampler_epoch_seconds"] = round(seconds, 3)
+            entry["batches_per_epoch"] = len(sampler)
+            entry[f"updates_per_epoch_on_{replicas}_processes"] = len(sampler) // replicas
+            if pairs == sizes[-1] and training_steps > 0:
+                tokenizer.save_pretrained(folder / "tokenizer")
+                overrides = config_overrides
+                if len(tokenizer) < vocab_size:  # the output layer of the recipe's vocabulary, whatever BPE learned
+                    overrides = ",".join(filter(None, [overrides, f"vocab_size={vocab_size}"]))
+                entry["training"] = training_start_benchmark(
+                    folder / "corpus",
+                    folder / "tokenizer",
+                    folder,
+                    training_steps,
+                    processes,
+                    preset,
+                    overrides,
+                    max_tokens,
+                    vocab_size,
+                    num_proc,
+                )
+            del corpus, data, lengths, sampler
+            shutil.rmtree(folder)
+            results[f"pairs_{pairs}"] = entry
+    measured = [results[f"pairs_{pairs}"] for pairs in sizes]
+    costs = [key for key in measured[0] if key.endswith(("_seconds", "_mb")) and key != "text_bytes"]
+    results["slopes"] = {cost: log_log_slope(sizes, [entry[cost] for entry in measured]) for cost in costs}
+    results["expectations"] = _scale_expectations(measured, results["slopes"], replicas)
+    results["notes"] = scale_notes(results)
+    return results
+
+
+def scale_notes(results: dict) -> dict:
+    """What the scale figures are and are not: the corpus, the training run, the machine's load."""
+    measured = [entry for key, entry in results.items() if key.startswith("pairs_")]
+    settings = results["settings"]
+    return {
+        "sizes_measured": ", ".join(f"{entry['pairs']:,}" for entry in measured)
+        + " pairs"
+        + ("" if measured[-1]["pairs"] >= WMT14_EN_DE_PAIRS else "; figures for 4.5M pairs are extrapolated"),
+        "corpus": "generated: each pair is one or more Multi30k training pairs joined, English lengths log-normal "
+        "(mean, median, p99 words per size above). Lengths and counts are WMT-like; the vocabulary is Multi30k's "
+        f"({measured[0]['distinct_words_in_the_multi30k_sentences']:,} distinct words), far smaller than WMT14's, "
+        "so BPE time and memory are lower bounds (its counting pass is representative, its merges are not)",
+        "training": f"measured at the largest size only ({settings['training_steps']} updates, "
+        f"{settings['training_processes']} process(es) on {results['machine']['cores']} cores, float32, max_tokens "
+        f"{settings['max_tokens']}, output layer of "
+        f"vocab_size {settings['vocab_size']}): the update's cost does not depend on the corpus size, and the time "
+        "before the first update grows as loading, preprocessing and the sampler do (measured at every size). "
+        "The run is given the tokenizer the benchmark learned and its datasets cache: the loaded corpus is reused; "
+        "preprocessing is redone (and counted before the first update) unless datasets' fingerprint of the map, "
+        "which hashes the tokenizer, matches",
+        "load": f"run at niceness {results['machine']['niceness']} on a machine shared with other jobs (load average "
+        f"{results['machine']['load_average_1_5_15_min_at_start']} over 1, 5, 15 minutes at the start): times are "
+        "upper bounds for this machine",
+    }
+
+
+def _machine() -> dict:
+    """The CPU, its cores and matrix units, memory, torch, and the load and niceness this ran under."""
+    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")), "")
+    flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), [])
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "amx": sorted(flag for flag in flags if flag.startswith("amx")),
+        "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "torch": torch.__version__,
+        "niceness": os.nice(0),
+        "load_average_1_5_15_min_at_start": [round(load, 2) for load in os.getloadavg()],
+    }
+
+
+def _scale_expectations(measured: list[dict], slopes: dict, replicas: int) -> dict:
+    """What the measured sizes say for WMT14 En-De's 4.5M pairs (measured there, or extrapolated on the slope)."""
+    largest = measured[-1]
+    factor = WMT14_EN_DE_PAIRS / largest["pairs"]
+    how = "measured" if factor == 1 else f"extrapolated from {largest['pairs']:,} pairs on the slope"
+    stages = ("loading_seconds", "bpe_seconds", "preprocessing_seconds", "sampler_build_seconds")
+    at_wmt = {
+        stage: round(largest[stage] * factor ** (slopes[stage] if slopes.get(stage) is not None else 1), 1)
+        for stage in stages
+    }
+    updates = round(largest[f"updates_per_epoch_on_{replicas}_processes"] * factor)
+    return {
+        "at_4.5M_pairs": f"{how}: " + ", ".join(f"{stage} {value}" for stage, value in at_wmt.items()),
+        f"on_{replicas}_GPUs": (
+            f"before the first update: loading, BPE (learn it once, train_tokenizer.py, and point the recipe at it) "
+            f"and preprocessing take about {sum(at_wmt[s] for s in stages[:3]):.0f} s on this machine's cores at 4.5M "
+            f"pairs ({how}; datasets.map spreads over preprocessing_num_workers), then every process builds the "
+            f"sampler ({at_wmt['sampler_build_seconds']} s); an epoch is about {updates:,} updates of {replicas} x "
+            "max_tokens, so the recipe's 100,000 updates are about "
+            f"{100_000 / max(updates, 1):.1f} epochs. The per-update time measured here is a CPU's, not a GPU's."
+        ),
+    }

@@ -19,6 +19,7 @@ from typing import Literal
 
 import torch
 from accelerate import PartialState
+from accelerate.utils import str_to_bool
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from torch.optim.lr_scheduler import LambdaLR
@@ -834,7 +835,10 @@ def build_tokenizer(data_args: DataArguments, corpus, output_dir: Path, training
                 f"ddp_timeout ({training_args.ddp_timeout} s); learn it first, once, with "
                 f"{train_tokenizer_command(data_args, learned)} and set tokenizer_name_or_path: {learned}"
             )
-        with training_args.main_process_first(desc="learning the shared BPE"):
+        # One process of the whole run learns it into the shared output_dir (per machine only where each machine
+        # saves to its own disk): two machines saving one folder would collide.
+        local = training_args.save_on_each_node
+        with training_args.main_process_first(local=local, desc="learning the shared BPE"):
             if not (folder / "tokenizer.json").is_file():
                 texts = (text for pair in corpus[data_args.train_split]["translation"] for text in pair.values())
                 languages = [data_args.source_lang, data_args.target_lang]
@@ -944,11 +948,34 @@ def check_splits(corpus, data_args: DataArguments, source: str) -> None:
             )
 
 
+# Set by `accelerate launch --use_fsdp` / `--use_deepspeed` or an accelerate config of that distributed_type; the
+# Accelerator the Trainer builds reads them.
+ENGINE_VARIABLES = {"ACCELERATE_USE_FSDP": "FSDP", "ACCELERATE_USE_DEEPSPEED": "DeepSpeed"}
+
+
+def check_engine(training_args: VaswaniTrainingArguments) -> None:
+    """Refuse FSDP and DeepSpeed, from the training arguments (`fsdp`, `deepspeed`) or from accelerate's launcher:
+    DDP is the engine this package trains and saves with."""
+    engines = [name for name, value in (("FSDP", training_args.fsdp), ("DeepSpeed", training_args.deepspeed)) if value]
+    engines += [name for variable, name in ENGINE_VARIABLES.items() if str_to_bool(os.environ.get(variable, "0"))]
+    if engines:
+        raise ValueError(
+            f"{' and '.join(dict.fromkeys(engines))} requested (training arguments or accelerate launch/config), but"
+            " DDP is the supported engine: the largest model (big, the paper's 213M parameters) fits on every GPU"
+            " with its gradients and Adam state (about 3.4 GB in float32), so sharding it buys nothing, and the"
+            " checkpoint, averaging and resume code reads DDP's layouts (one model.safetensors, one optimizer.pt)."
+            " Unset fsdp and deepspeed and launch with --multi_gpu (distributed_type: MULTI_GPU, as in"
+            " recipes/accelerate_8gpu.yaml)"
+        )
+
+
 def train(model_args: ModelArguments, data_args: DataArguments, training_args: VaswaniTrainingArguments) -> dict:
     """The whole run: data, tokenizer, model, training (resumable), checkpoint averaging, sacreBLEU (BLEU, chrF) on
     the test split, and the output folder (model, tokenizer, generation config, metrics.json, test_predictions.txt,
     training_curves.png). An output folder holding an earlier run is refused unless `resume_from_checkpoint` is set,
-    and a reused tokenizer must fit the recipe (`check_tokenizer_fits`), both before anything is written."""
+    and a reused tokenizer must fit the recipe (`check_tokenizer_fits`), both before anything is written. FSDP and
+    DeepSpeed are refused before anything is read (`check_engine`)."""
+    check_engine(training_args)
     output_dir = Path(training_args.output_dir)
     check_output_dir(training_args)
     PartialState().wait_for_everyone()  # every process has looked before the first one writes anything
@@ -992,7 +1019,8 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: V
     )
     resume = training_args.resume_from_checkpoint
     if resume in ("last", "true", "True"):
-        with training_args.main_process_first(desc="checking the checkpoints"):  # one process moves folders aside
+        # one process moves folders aside (one per machine only where each machine saves to its own disk)
+        with training_args.main_process_first(local=training_args.save_on_each_node, desc="checking the checkpoints"):
             resume = last_complete_checkpoint(output_dir)
         resume = str(resume) if resume else None
     elif resume is not None and (problem := checkpoint_problem(resume)):
