@@ -6,16 +6,19 @@ import importlib
 import inspect
 import json
 import logging
+import os
 import pkgutil
 import random
 import re
 import shutil
+import socket
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import padded_batch, recipe, run, tiny_model
+from conftest import HANG_GUARD_SECONDS, ROOT, padded_batch, recipe, run, tiny_model
 from safetensors.torch import load_file
 from test_training import folder_state, tiny_run_arguments, trainer_for
 from transformers import AutoModelForSeq2SeqLM, GenerationConfig, HfArgumentParser, modeling_utils, pipeline
@@ -363,6 +366,45 @@ def test_resume_moves_aside_only_the_trainers_incomplete_checkpoints(saved_run, 
     shutil.copytree(run_dir / "incomplete-checkpoint-6", run_dir / "checkpoint-6")
     last_complete_checkpoint(run_dir)
     assert (run_dir / "incomplete-checkpoint-6").is_dir() and (run_dir / "incomplete-checkpoint-6-2").is_dir()
+
+
+def test_on_two_nodes_only_the_saving_process_moves_checkpoints_and_the_other_looks_after_it(saved_run, tmp_path):
+    """Two processes, each its node's main process (a two-node run on a shared file system), look up the checkpoint
+    to resume from as train() does: process 0, which saves, moves the incomplete checkpoint aside while process 1
+    waits; process 1 then looks, moves nothing, and finds the same checkpoint (tests/checkpoint_lookup.py makes
+    process 0 hold its move until process 1 is either looking or waiting, so a race shows on any machine)."""
+    run_dir = copy_of(saved_run, tmp_path)
+    shutil.copytree(run_dir / "checkpoint-4", run_dir / "checkpoint-6")  # killed during the save of checkpoint-6
+    (run_dir / "checkpoint-6" / COMPLETE_MARKER).unlink()
+    signals = tmp_path / "signals"
+    signals.mkdir()
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    processes = []
+    for rank in (0, 1):
+        node = {"RANK": str(rank), "GROUP_RANK": str(rank), "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1"}
+        world = {"WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1"}
+        env = {**os.environ, **node, **world}
+        script = [sys.executable, str(ROOT / "tests" / "checkpoint_lookup.py"), str(run_dir), str(signals)]
+        processes.append(
+            subprocess.Popen(
+                [*script, str(tmp_path / f"result-{rank}.json")],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
+    outputs = [process.communicate(timeout=HANG_GUARD_SECONDS)[0] for process in processes]
+    for process, output in zip(processes, outputs, strict=True):
+        assert process.returncode == 0, output[-4000:]
+    first, second = (json.loads((tmp_path / f"result-{rank}.json").read_text()) for rank in (0, 1))
+    assert first["world_size"] == second["world_size"] == 2 and first["local_main"] and second["local_main"]
+    assert first["moved"] == ["checkpoint-6"] and second["moved"] == []
+    assert second["0_done_when_1_looked"] is True
+    assert first["found"] == second["found"] == "checkpoint-4"
+    assert (run_dir / "incomplete-checkpoint-6").is_dir() and not (run_dir / "incomplete-checkpoint-6-2").exists()
 
 
 def delete(name: str):

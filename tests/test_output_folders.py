@@ -3,11 +3,19 @@
 and checkpoint averaging use. Publishing's and averaging's own cases are in tests/test_hub.py and
 tests/test_averaging.py."""
 
+import itertools
+import logging
+import os
+import shutil
+import signal
+import traceback
+from pathlib import Path
+
 import pytest
 from transformers import AutoModelForSeq2SeqLM
 
 from vaswani_hf import export_ctranslate2
-from vaswani_hf.evaluation import atomic_folder
+from vaswani_hf.evaluation import atomic_folder, recover_interrupted_swap
 
 
 def build(path, **policy) -> None:
@@ -88,3 +96,82 @@ def test_export_ctranslate2_never_replaces_a_folder_unasked_nor_the_model_it_cam
         with pytest.raises(FileExistsError, match="the model .*replacing it would delete the model"):
             export_ctranslate2(loaded, tokenizer, target, overwrite=True)
     assert (tiny_translator_folder / "model.safetensors").is_file()
+
+
+def files_of(folder: Path) -> dict[str, str] | None:
+    """{relative path: text} of every file under `folder`, or None when there is no folder."""
+    if not folder.is_dir():
+        return None
+    return {p.relative_to(folder).as_posix(): p.read_text() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def replace_and_die(target: Path, files: dict[str, str], kill_at: int) -> int:
+    """Replace `target` by a folder of `files` with `atomic_folder` in a forked child that SIGKILLs itself just before
+    its `kill_at`-th call (from 1) of os.replace, os.rename, os.unlink, os.rmdir or shutil.rmtree once the build is
+    done: every call through which the swap changes folders, shutil.rmtree's own unlink and rmdir calls included (a
+    kill halfway through a deletion). Returns the child's wait status. The fault is injected here, by patching."""
+    child = os.fork()
+    if child == 0:  # the child: build, swap, die on cue; never back into pytest
+        calls, swapped = {"n": 0}, False
+        try:
+
+            def counted(function):
+                def call(*args, **kwargs):
+                    calls["n"] += 1
+                    if calls["n"] == kill_at:
+                        os.kill(os.getpid(), signal.SIGKILL)
+                    return function(*args, **kwargs)
+
+                return call
+
+            with atomic_folder(target, overwrite=True, built_by="vaswani-test") as staging:
+                for name, text in files.items():
+                    (staging / name).parent.mkdir(parents=True, exist_ok=True)
+                    (staging / name).write_text(text)
+                changing = ((os, "replace"), (os, "rename"), (os, "unlink"), (os, "rmdir"), (shutil, "rmtree"))
+                for module, name in changing:
+                    setattr(module, name, counted(getattr(module, name)))
+            swapped = True
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            os._exit(0 if swapped else 1)
+    return os.waitpid(child, 0)[1]
+
+
+def test_a_kill_at_any_step_of_a_replacement_leaves_the_old_or_the_new_folder_and_the_next_call_recovers(
+    tmp_path, caplog
+):
+    target = tmp_path / "target"
+    old_files, new_files = {"old.txt": "old", "sub/deeper.txt": "old too"}, {"new.txt": "new"}
+    recovered_to = []
+    for kill_at in itertools.count(1):
+        assert replace_and_die(target, old_files, kill_at=0) == 0  # the old folder, built whole (no kill)
+        status = replace_and_die(target, new_files, kill_at)
+        if os.WIFEXITED(status):  # the swap made fewer calls than kill_at: it ran to the end
+            assert os.WEXITSTATUS(status) == 0 and files_of(target) == new_files
+            break
+        assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+        # nothing lost: the old or the new folder is in place, or nothing is and the old one is aside, whole
+        aside = files_of(tmp_path / ".target.atomic-old")
+        assert files_of(target) in (old_files, new_files) or (files_of(target) is None and aside == old_files)
+        with caplog.at_level(logging.WARNING, logger="vaswani_hf.evaluation"):
+            recover_interrupted_swap(target)
+        recovered_to.append("old" if files_of(target) == old_files else "new")
+        assert files_of(target) in (old_files, new_files)
+        assert [p.name for p in tmp_path.iterdir() if p.is_dir()] == ["target"]  # nothing left beside it
+    assert kill_at > 3 and set(recovered_to) == {"old", "new"}
+    assert "putting back the old folder" in caplog.text and "the old folder an interrupted replacement" in caplog.text
+
+    # the next atomic_folder call recovers by itself: the old folder is put back, then replaced as its builder may
+    assert replace_and_die(target, old_files, kill_at=0) == 0
+    assert os.WIFSIGNALED(replace_and_die(target, new_files, kill_at=2))  # old aside, new not yet in
+    assert files_of(target) is None
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="vaswani_hf.evaluation"):
+        with pytest.raises(FileExistsError, match="not empty"):  # the old folder is back, not this call's to replace
+            build(target)
+        assert "putting back the old folder" in caplog.text
+    assert files_of(target) == old_files
+    build(target, built_by="vaswani-test")  # its builder rebuilds it without overwrite, as before the kill
+    assert files_of(target) == {"built.txt": "new"}

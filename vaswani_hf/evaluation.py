@@ -1,10 +1,10 @@
 """Translation with the paper's decoding and scoring with sacreBLEU (BLEU, chrF) on detokenized text (Sec. 6.1)."""
 
 import json
+import logging
 import os
 import re
 import shutil
-import tempfile
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -13,10 +13,14 @@ from pathlib import Path
 import numpy as np
 import sacrebleu
 import torch
+from accelerate import PartialState
+from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 from transformers import EvalPrediction, PreTrainedModel, PreTrainedTokenizerBase
 
 from .tokenization import load_tokenizer
+
+logger = logging.getLogger(__name__)
 
 
 @torch.no_grad()
@@ -27,29 +31,43 @@ def translate(
     batch_size: int = 64,
     progress_bar: bool = True,
     description: str = "Translating",
+    across_processes: bool = False,
     **generate_kwargs,
 ) -> list[str]:
     """Translate `sources` with `model.generate` (its generation config: beam 4, length penalty 0.6, length limit,
     unless `generate_kwargs` say otherwise). Sentences are batched by length and returned in input order. A tqdm bar
-    counts the sentences on a terminal (never when stderr is not one, nor with `progress_bar=False`)."""
+    counts the sentences on a terminal (never when stderr is not one, nor with `progress_bar=False`).
+
+    With `across_processes`, every process of the run (accelerate's `PartialState`) must call it with the same
+    sources: process r of n translates batches r, r + n, ... of the same length-sorted batches one process would
+    make, and every process gets all the translations in input order (`gather_object`). One process translates all,
+    as without it."""
     model.eval()
     order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
-    translations: list[str] = [""] * len(sources)
-    # disable=None: tqdm turns itself off when stderr is not a terminal (logs, pipes, CI)
+    batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+    state = PartialState() if across_processes else None
+    if state is not None:
+        batches = batches[state.process_index :: state.num_processes]
+    translated: list[tuple[int, str]] = []
+    # disable=None: tqdm turns itself off when stderr is not a terminal (logs, pipes, CI); one bar, the main process's
+    shown = progress_bar and (state is None or state.is_main_process)
     with tqdm(
-        total=len(sources),
+        total=sum(map(len, batches)),
         desc=description,
         unit="sentence",
-        disable=None if progress_bar else True,
+        disable=None if shown else True,
         dynamic_ncols=True,
     ) as bar:
-        for start in range(0, len(order), batch_size):
-            indices = order[start : start + batch_size]
+        for indices in batches:
             batch = tokenizer([sources[i] for i in indices], return_tensors="pt", padding=True).to(model.device)
             generated = model.generate(**batch, **generate_kwargs)
-            for index, text in zip(indices, tokenizer.batch_decode(generated, skip_special_tokens=True), strict=True):
-                translations[index] = text
+            translated.extend(zip(indices, tokenizer.batch_decode(generated, skip_special_tokens=True), strict=True))
             bar.update(len(indices))
+    if state is not None and state.num_processes > 1:
+        translated = gather_object(translated)  # every process's (index, translation) pairs, to every process
+    translations: list[str] = [""] * len(sources)
+    for index, text in translated:
+        translations[index] = text
     return translations
 
 
@@ -165,13 +183,17 @@ def evaluate_files(
     output_file: str | os.PathLike | None = None,
     batch_size: int = 64,
     device: str | torch.device = "cpu",
+    across_processes: bool = False,
     **generate_kwargs,
-) -> dict:
+) -> dict | None:
     """Translate `source_file` with a saved model and its tokenizer on `device`, `batch_size` sentences at a time,
     score against `reference_file`, optionally write the translations (one a line, atomically); returns the BLEU
     result. `generate_kwargs` (`num_beams`, `length_penalty`, ...) override the model's generation config. Lines end
     at "\n" only (`read_text_lines`); an empty file, or files whose line counts differ (one hypothesis is made per
-    source line), are refused naming them, before the model is loaded."""
+    source line), are refused naming them, before the model is loaded.
+
+    With `across_processes` (under `accelerate launch`), every process calls it and translates its share
+    (`translate`); the main process alone scores and writes, and the others return None."""
     from transformers import AutoModelForSeq2SeqLM
 
     sources, references = read_text_lines(source_file), read_text_lines(reference_file)
@@ -183,14 +205,18 @@ def evaluate_files(
             f"{source_file} has {len(sources)} lines but {reference_file} has {len(references)}: the sources and"
             " references must align line by line (lines end at \\n only)"
         )
+    if across_processes:  # on a CPU, accelerate joins the processes (gloo) only when told that the CPU is the device
+        PartialState(cpu=torch.device(device).type == "cpu")
     tokenizer = load_tokenizer(model_name_or_path)  # before the model: a missing tokenizer fails fast
     model = AutoModelForSeq2SeqLM.from_pretrained(model_name_or_path).to(device)
-    result, hypotheses = evaluate_translation(
-        model, tokenizer, sources, references, batch_size=batch_size, **generate_kwargs
+    hypotheses = translate(
+        model, tokenizer, sources, batch_size=batch_size, across_processes=across_processes, **generate_kwargs
     )
+    if across_processes and not PartialState().is_main_process:
+        return None
     if output_file is not None:
         write_text_lines(output_file, hypotheses)
-    return result
+    return bleu(hypotheses, references)
 
 
 def bleu_metric_for_trainer(tokenizer: PreTrainedTokenizerBase) -> Callable[[EvalPrediction], dict]:
@@ -271,6 +297,33 @@ def check_output_folder(
     )
 
 
+def _swap_folders(path: Path) -> tuple[Path, Path]:
+    """Where `atomic_folder` builds the new folder for `path`, and where it moves the old one during the swap."""
+    path = Path(os.path.abspath(path))  # "." and ".." have no name to put beside them (they are refused later)
+    return path.with_name(f".{path.name}.atomic-new"), path.with_name(f".{path.name}.atomic-old")
+
+
+def recover_interrupted_swap(path: str | os.PathLike) -> None:
+    """Finish what a kill inside `atomic_folder` left beside `path`, with a warning: an old folder moved aside while
+    nothing is at `path` (killed between the two renames) is put back; one moved aside while the new folder is in
+    place (killed before deleting it) is deleted; a new folder that was never renamed in is deleted. `atomic_folder`
+    calls it first; running it again after a kill inside it goes on where it stopped."""
+    path = Path(path)
+    if not Path(os.path.abspath(path)).name:  # the root: never built (check_output_folder refuses it)
+        return
+    new, old = _swap_folders(path)
+    if old.is_dir():
+        if path.exists() or path.is_symlink():
+            logger.warning("%s: deleting %s, the old folder an interrupted replacement left aside", path, old)
+            shutil.rmtree(old)
+        else:
+            logger.warning("%s: an interrupted replacement left it missing; putting back the old folder %s", path, old)
+            os.replace(old, path)
+    if new.is_dir():
+        logger.warning("%s: deleting %s, a new folder an interrupted build never put in place", path, new)
+        shutil.rmtree(new)
+
+
 @contextmanager
 def atomic_folder(
     path: str | os.PathLike,
@@ -279,29 +332,34 @@ def atomic_folder(
     untouched: Iterable[tuple[str, str | os.PathLike]] = (),
     built_by: str | None = None,
 ) -> Iterator[Path]:
-    """Yield an empty staging folder beside `path`; on success it replaces `path` in one rename, on failure it is
-    removed, so a reader never sees a half-built folder. `path` is first checked by `check_output_folder` (same
-    arguments): nothing it refuses is ever replaced. With `built_by`, the folder's file names are recorded beside it
-    so that the same command may rebuild it."""
+    """Yield an empty folder beside `path` to build in; on success it replaces `path`, on failure it is removed, so
+    a reader never sees a half-built folder. The swap moves the old folder aside, renames the new one in, then
+    deletes the old one: a kill at any moment leaves the old folder or the new one at `path`, or the old one aside
+    with nothing at `path`, which the next call puts back first (`recover_interrupted_swap`). `path` is checked by
+    `check_output_folder` (same arguments): nothing it refuses is ever replaced. With `built_by`, the folder's file
+    names are recorded beside it so that the same command may rebuild it."""
     path = Path(path)
     keep, untouched = list(keep), list(untouched)
+    recover_interrupted_swap(path)
     check_output_folder(path, overwrite=overwrite, keep=keep, untouched=untouched, built_by=built_by)
     path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
+    new, old = _swap_folders(path)
+    new.mkdir()
     try:
-        yield staging
+        yield new
         # again: the build may have run long enough for something to be written there meanwhile
         check_output_folder(path, overwrite=overwrite, keep=keep, untouched=untouched, built_by=built_by)
         if path.exists():
-            shutil.rmtree(path)
-        os.replace(staging, path)
+            os.replace(path, old)
+        os.replace(new, path)
         record = _built_by_record(path)
         if built_by is None:
             record.unlink(missing_ok=True)
         else:
             write_json(record, {"built_by": built_by, "files": sorted(entry.name for entry in path.iterdir())})
+        shutil.rmtree(old, ignore_errors=True)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(new, ignore_errors=True)
 
 
 def read_json(path: str | os.PathLike):

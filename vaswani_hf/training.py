@@ -19,7 +19,7 @@ from typing import Literal
 
 import torch
 from accelerate import PartialState
-from accelerate.utils import str_to_bool
+from accelerate.utils import broadcast_object_list, str_to_bool
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from torch.optim.lr_scheduler import LambdaLR
@@ -608,12 +608,13 @@ def set_aside(folder: Path) -> Path:
     return aside
 
 
-def last_complete_checkpoint(output_dir: str | os.PathLike) -> Path | None:
+def last_complete_checkpoint(output_dir: str | os.PathLike, move_aside: bool = True) -> Path | None:
     """The newest complete checkpoint of `output_dir`, to resume from. Checkpoint folders that are not complete are
     moved aside (`set_aside`, with a warning naming the file at fault) so that neither the Trainer nor a reader
     picks them up and the resumed run can save its own: those a kill left without their marker, and damaged ones (a
     recorded file missing, of another size, or unreadable). A damaged checkpoint with no complete one to go back to
-    is an error naming the file. Folders not named `checkpoint-<step>` are never touched."""
+    is an error naming the file. Folders not named `checkpoint-<step>` are never touched, and with
+    `move_aside=False` none is (the look of a process that leaves the moving to another: `resumable_checkpoint`)."""
     complete, not_complete, damaged = [], [], []
     for folder in checkpoint_folders(output_dir):
         problem = checkpoint_problem(folder)
@@ -628,9 +629,25 @@ def last_complete_checkpoint(output_dir: str | os.PathLike) -> Path | None:
             f"no complete checkpoint to resume from in {output_dir}: {'; '.join(damaged)}. Restore the file, or "
             "move the checkpoint folders away to train from the start"
         )
-    for folder, problem in not_complete:
+    for folder, problem in not_complete if move_aside else ():
         logger.warning("%s is not a complete checkpoint (%s): moved to %s", folder, problem, set_aside(folder))
     return complete[-1] if complete else None
+
+
+def resumable_checkpoint(output_dir: str | os.PathLike, training_args: VaswaniTrainingArguments) -> Path | None:
+    """`last_complete_checkpoint` for every process of a run. The processes that save checkpoints
+    (`training_args.should_save`: the main one, or each node's with `save_on_each_node`) look first and move the
+    incomplete ones aside while the others wait; the others then look without moving anything. (Each node's main
+    process first, as `main_process_first` orders them, would have the nodes move the same folders of a shared
+    file system at once.)"""
+    state = PartialState()
+    if training_args.should_save:
+        try:
+            return last_complete_checkpoint(output_dir)
+        finally:  # also when it fails: the others then find the same fault and fail with it instead of waiting
+            state.wait_for_everyone()
+    state.wait_for_everyone()
+    return last_complete_checkpoint(output_dir, move_aside=False)
 
 
 def average_checkpoints(folders: list[str | os.PathLike]) -> dict[str, torch.Tensor]:
@@ -1019,9 +1036,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: V
     )
     resume = training_args.resume_from_checkpoint
     if resume in ("last", "true", "True"):
-        # one process moves folders aside (one per machine only where each machine saves to its own disk)
-        with training_args.main_process_first(local=training_args.save_on_each_node, desc="checking the checkpoints"):
-            resume = last_complete_checkpoint(output_dir)
+        resume = resumable_checkpoint(output_dir, training_args)
         resume = str(resume) if resume else None
     elif resume is not None and (problem := checkpoint_problem(resume)):
         raise ValueError(f"cannot resume from {resume}: {problem}")
@@ -1045,9 +1060,10 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: V
     metrics["data"] = data_counts
     trainer.save_model(str(output_dir))  # the last weights; replaced below if averaging does better
 
+    evaluation = _final_evaluation(trainer, data, data_args, training_args, output_dir)  # on every process
     if not trainer.is_world_process_zero():
         return metrics
-    metrics.update(_final_evaluation(trainer, data, data_args, training_args, output_dir))
+    metrics.update(evaluation)
     metrics["log_history"] = trainer.state.log_history
     write_json(output_dir / "metrics.json", metrics)
     final_bleu = {
@@ -1130,38 +1146,55 @@ def _split_texts(dataset, data_args: DataArguments) -> tuple[list[str], list[str
     return [p[data_args.source_lang] for p in pairs], [p[data_args.target_lang] for p in pairs]
 
 
-def _final_evaluation(trainer, data, data_args, training_args, output_dir: Path) -> dict:
+def _final_evaluation(trainer, data, data_args, training_args, output_dir: Path) -> dict | None:
     """Validation BLEU of the last weights and of the average of the last N checkpoints; the better one becomes
     the saved model. BLEU and chrF of both on validation and test are reported, and the test translations written
-    one a line: `test_predictions.txt` of the saved model, `test_predictions_{last,average}.txt` of the other."""
+    one a line: `test_predictions.txt` of the saved model, `test_predictions_{last,average}.txt` of the other.
+    Every process builds both models and translates its share of each split (`translate(across_processes=True)`);
+    the main process alone scores, writes and returns the results, the others return None."""
     candidates = {"last": trainer.model}
-    checkpoints = complete_checkpoints(output_dir)[-training_args.average_last_checkpoints :]
-    if training_args.average_last_checkpoints > 1 and len(checkpoints) > 1:
+    last_n = training_args.average_last_checkpoints
+    found = complete_checkpoints(output_dir)[-last_n:] if trainer.is_world_process_zero() else None
+    checkpoints = broadcast_object_list([found])[0]  # the main process's list: every process averages the same
+    if last_n > 1 and len(checkpoints) > 1:
         candidates[f"average of {len(checkpoints)}"] = load_averaged_model(checkpoints).to(trainer.model.device)
-    results, test_hypotheses = {}, {}
     tokenizer = trainer.processing_class
     splits = {"validation": data_args.validation_split}
     if data_args.test_split and data_args.test_split in data:
         splits["test"] = data_args.test_split
-    for name, model in candidates.items():
-        results[name], outputs = {}, {}
-        for role, split in splits.items():
-            sources, references = _split_texts(data[split], data_args)
-            outputs[role] = translate(
-                model, tokenizer, sources, progress_bar=not training_args.disable_tqdm, description=f"{role}, {name}"
+    outputs = {
+        name: {
+            role: translate(
+                model,
+                tokenizer,
+                _split_texts(data[split], data_args)[0],
+                progress_bar=not training_args.disable_tqdm,
+                description=f"{role}, {name}",
+                across_processes=True,
             )
-            results[name][f"{role}_bleu"] = bleu(outputs[role], references)
-            results[name][f"{role}_chrf"] = chrf(outputs[role], references)
+            for role, split in splits.items()
+        }
+        for name, model in candidates.items()
+    }
+    if not trainer.is_world_process_zero():
+        return None
+    results = {}
+    for name in candidates:
+        results[name] = {}
+        for role, split in splits.items():
+            hypotheses, references = outputs[name][role], _split_texts(data[split], data_args)[1]
+            results[name][f"{role}_bleu"] = bleu(hypotheses, references)
+            results[name][f"{role}_chrf"] = chrf(hypotheses, references)
             if training_args.tokenized_bleu:
-                results[name][f"{role}_tokenized_bleu"] = tokenized_bleu(outputs[role], references)
-        if "test" in outputs:
-            test_hypotheses[name] = outputs["test"]
-            results[name]["test_hypotheses_head"] = outputs["test"][:5]
+                results[name][f"{role}_tokenized_bleu"] = tokenized_bleu(hypotheses, references)
+        if "test" in outputs[name]:
+            results[name]["test_hypotheses_head"] = outputs[name]["test"][:5]
     best = max(results, key=lambda name: results[name]["validation_bleu"]["score"])
-    for name, hypotheses in test_hypotheses.items():
-        file_name = "test_predictions.txt" if name == best else f"test_predictions_{name.split()[0]}.txt"
-        write_text_lines(output_dir / file_name, hypotheses)
-        results[name]["test_predictions"] = file_name
+    for name in candidates:
+        if "test" in outputs[name]:
+            file_name = "test_predictions.txt" if name == best else f"test_predictions_{name.split()[0]}.txt"
+            write_text_lines(output_dir / file_name, outputs[name]["test"])
+            results[name]["test_predictions"] = file_name
     if best != "last":
         candidates[best].save_pretrained(output_dir)
     trainer.processing_class.save_pretrained(output_dir)

@@ -2,10 +2,16 @@
 
 vaswani-evaluate runs/multi30k_en_de_small test.en test.de --output_file hyp.de --metrics_file bleu.json
 vaswani-evaluate runs/multi30k_en_de_small test.en test.de --num_beams 1 --batch_size 128 --device cuda
+accelerate launch --num_processes 8 -m vaswani_hf.cli.evaluate runs/wmt14_en_de_base newstest2014.en newstest2014.de
+
+Under `accelerate launch` each process translates its share of the batches (on its own GPU with --device auto);
+the main process scores, writes the files and prints the result.
 """
 
 import argparse
 import json
+
+from accelerate import PartialState
 
 from vaswani_hf.cli.decoding import add_decoding_arguments, decoding_options
 from vaswani_hf.evaluation import evaluate_files, write_json
@@ -29,10 +35,13 @@ def main(argv: list[str] | None = None) -> None:
             args.output_file,
             batch_size=args.batch_size,
             device=device,
+            across_processes=True,
             **generate_kwargs,
         )
     except (ValueError, OSError) as error:  # bad input, or a model folder that cannot be read: a message, no trace
         parser.exit(1, f"{parser.prog}: error: {error}\n")
+    if not PartialState().is_main_process:
+        return
     if args.metrics_file:
         write_json(args.metrics_file, result)
     print(json.dumps({"bleu": round(result["score"], 2), "signature": result["signature"]}))
