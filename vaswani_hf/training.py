@@ -686,10 +686,7 @@ def config_differences(folders: list[str | os.PathLike]) -> list[str]:
         path = Path(folder) / "config.json"
         if not path.is_file():
             raise FileNotFoundError(f"{path} not found: a checkpoint to average needs its model config")
-        try:
-            configs[str(folder)] = json.loads(path.read_text(encoding="utf-8"))
-        except ValueError as error:
-            raise ValueError(f"{path} is not valid JSON: {error}") from error
+        configs[str(folder)] = read_json(path)
     names = sorted(set().union(*configs.values()) - CONFIG_BOOKKEEPING)
     differences = []
     for name in names:
