@@ -40,11 +40,15 @@ def main(argv: list[str] | None = None) -> None:
         )
     except (ValueError, OSError) as error:  # bad input, or a model folder that cannot be read: a message, no trace
         parser.exit(1, f"{parser.prog}: error: {error}\n")
-    if not PartialState().is_main_process:
-        return
-    if args.metrics_file:
-        write_json(args.metrics_file, result)
-    print(json.dumps({"bleu": round(result["score"], 2), "signature": result["signature"]}))
+    state = PartialState()
+    if state.is_main_process:
+        if args.metrics_file:
+            write_json(args.metrics_file, result)
+        print(json.dumps({"bleu": round(result["score"], 2), "signature": result["signature"]}))
+    # A process that exits with its gloo group alive can abort in the group's destructor ("terminate called
+    # without an active exception"): all leave together, the group taken down first.
+    state.wait_for_everyone()
+    state.destroy_process_group()
 
 
 if __name__ == "__main__":

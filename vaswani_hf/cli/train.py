@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import yaml
+from accelerate import PartialState
 from transformers import HfArgumentParser
 
 from vaswani_hf.training import (
@@ -133,6 +134,9 @@ def main(argv: list[str] | None = None) -> None:
         train(model_args, data_args, training_args)
     except FileExistsError as error:  # an earlier run in output_dir: the message says what to do, no traceback
         raise SystemExit(f"error: {error}") from None
+    state = PartialState()  # every process leaves together, its process group taken down (see cli/evaluate.py)
+    state.wait_for_everyone()
+    state.destroy_process_group()
 
 
 if __name__ == "__main__":
