@@ -1,11 +1,11 @@
-"""The speed benchmark measures what it claims: same work for both models, same outputs, sane figures."""
+"""The speed benchmark (benchmarks/harness.py) measures what it claims: same work for both models, same outputs,
+sane figures."""
 
 import torch
 from conftest import tiny_config
 
-from vaswani_hf.benchmark import (
+from benchmarks.harness import (
     PeakMemory,
-    quantize_dynamic_int8,
     side_by_side,
     training_benchmark,
     training_step_flops,
@@ -61,15 +61,3 @@ def test_translation_benchmark_gives_marians_tokens_with_exact_lengths():
     results = translation_benchmark(model, num_beams=2, batch_size=3, source_length=6, new_tokens=4, repeats=2)
     assert results["same_tokens_as_marian"] is True
     assert set(results) >= {"ours", "marian", "ours_int8_dynamic"}
-
-
-def test_dynamic_int8_stays_close_to_float32():
-    torch.manual_seed(0)
-    model = VaswaniForConditionalGeneration(tiny_config(vocab_size=300)).eval()
-    batch = {"input_ids": torch.randint(4, 300, (2, 7)), "decoder_input_ids": torch.randint(4, 300, (2, 5))}
-    with torch.inference_mode():
-        reference = model(**batch).logits
-        quantized = quantize_dynamic_int8(model)(**batch).logits
-    assert (quantized - reference).abs().max() < 0.1 * reference.abs().max()
-    assert any(type(m).__module__.startswith("torch.ao") for m in quantize_dynamic_int8(model).modules())
-

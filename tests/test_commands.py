@@ -13,8 +13,9 @@ from transformers import pipeline
 
 import vaswani_hf  # noqa: F401  (registers the translation pipeline)
 from vaswani_hf.cli import evaluate, translate
-from vaswani_hf.evaluation import as_one_line, bleu, split_text_lines
+from vaswani_hf.evaluation import bleu
 from vaswani_hf.evaluation import translate as translate_batches
+from vaswani_hf.files import as_one_line, split_text_lines
 
 SOURCES = [
     "A man in a red shirt is riding a bike.",

@@ -12,12 +12,13 @@ from pathlib import Path
 import ctranslate2
 import pytest
 import torch
-from conftest import ROOT, copy_task_batch, offline_hub_cache, padded_batch, tiny_model
+from conftest import ROOT, copy_task_batch, offline_hub_cache, padded_batch, tiny_config, tiny_model
 from test_modeling import decoder_inputs
 from transformers import MarianConfig, MarianMTModel
 
-from vaswani_hf import convert_from_marian, convert_to_marian, export_ctranslate2
+from vaswani_hf import convert_from_marian, convert_to_marian, export_ctranslate2, quantize_dynamic_int8
 from vaswani_hf.hub import render_model_card
+from vaswani_hf.modeling_vaswani import VaswaniForConditionalGeneration
 
 
 def padded_decoder_batch() -> dict[str, torch.Tensor]:
@@ -227,3 +228,14 @@ def test_readme_ctranslate2_passage_runs_as_written_and_translates_like_the_mode
     model, tokenizer = tiny_translator
     shutil.copytree(tiny_translator_folder, tmp_path / "runs" / "multi30k_en_de_small")
     run_ctranslate2_passage((ROOT / "README.md").read_text(encoding="utf-8"), model, tokenizer, tmp_path, {})
+
+
+def test_dynamic_int8_stays_close_to_float32():
+    torch.manual_seed(0)
+    model = VaswaniForConditionalGeneration(tiny_config(vocab_size=300)).eval()
+    batch = {"input_ids": torch.randint(4, 300, (2, 7)), "decoder_input_ids": torch.randint(4, 300, (2, 5))}
+    with torch.inference_mode():
+        reference = model(**batch).logits
+        quantized = quantize_dynamic_int8(model)(**batch).logits
+    assert (quantized - reference).abs().max() < 0.1 * reference.abs().max()
+    assert any(type(m).__module__.startswith("torch.ao") for m in quantize_dynamic_int8(model).modules())

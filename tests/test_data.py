@@ -12,7 +12,7 @@ import pytest
 from accelerate.data_loader import BatchSamplerShard
 from conftest import HANG_GUARD_SECONDS, ROOT
 
-from vaswani_hf.benchmark import padding_share
+from benchmarks.harness import padding_share
 from vaswani_hf.data import MULTI30K_SPLITS, TokenBatchSampler, load_parallel_corpus, padded_size, preprocess
 from vaswani_hf.tokenization import train_tokenizer
 

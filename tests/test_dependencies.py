@@ -19,6 +19,7 @@ else:
 # distribution -> (the module of that library which imports it, the name it imports).
 USED_THROUGH = {
     "jinja2": ("huggingface_hub.repocard", "jinja2"),  # the model card: ModelCard.from_template
+    "tensorboard": ("torch.utils.tensorboard", "tensorboard"),  # the recipes' report_to: tensorboard (the Trainer's)
 }
 
 

@@ -14,17 +14,17 @@ import pytest
 import torch
 from conftest import ROOT
 
+from experiments import BUDGETS, EXPERIMENTS, Multi30kTask, render_report
+from experiments.cost import fitted_slope, run_cost
+from experiments.heads import HEADS, run_heads
+from experiments.loop import train_steps
+from experiments.masks import decoder_scores, run_masks, without_causal_mask
+from experiments.multi30k import new_model
+from experiments.pictures import run_pictures
+from experiments.positions import TASKS, run_positions, sequence_batch
+from experiments.report import RUN_FILE
+from experiments.scaling import D_KS, run_scaling
 from vaswani_hf import VaswaniConfig
-from vaswani_hf.experiments import BUDGETS, EXPERIMENTS, Multi30kTask, render_report
-from vaswani_hf.experiments.cost import fitted_slope, run_cost
-from vaswani_hf.experiments.heads import HEADS, run_heads
-from vaswani_hf.experiments.loop import train_steps
-from vaswani_hf.experiments.masks import decoder_scores, run_masks, without_causal_mask
-from vaswani_hf.experiments.multi30k import new_model
-from vaswani_hf.experiments.pictures import run_pictures
-from vaswani_hf.experiments.positions import TASKS, run_positions, sequence_batch
-from vaswani_hf.experiments.report import RUN_FILE
-from vaswani_hf.experiments.scaling import D_KS, run_scaling
 from vaswani_hf.training import eq3_learning_rate
 
 TINY = BUDGETS["tiny"]

@@ -25,7 +25,8 @@ from transformers import AutoModelForSeq2SeqLM, GenerationConfig, HfArgumentPars
 
 from vaswani_hf.cli import evaluate
 from vaswani_hf.cli import translate as translate_command
-from vaswani_hf.evaluation import bleu, read_text_lines, translate
+from vaswani_hf.evaluation import bleu, translate
+from vaswani_hf.files import read_text_lines
 from vaswani_hf.hub import RUN_FILES, build_repo_folder
 from vaswani_hf.tokenization import load_tokenizer, train_tokenizer
 from vaswani_hf.training import (

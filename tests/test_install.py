@@ -1,6 +1,7 @@
 """A normal (non-editable) install works: the wheel built from the checkout, installed into a fresh virtualenv where
 the checkout is not importable, runs the console commands on a trained run folder."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -76,3 +77,34 @@ def test_the_installed_package_publishes_translates_and_exports_outside_the_chec
 
     checked([str(bin_dir / "vaswani-export"), str(trained_run), str(tmp_path / "ct2")], cwd=tmp_path, env=env)
     assert (tmp_path / "ct2" / "model.bin").is_file() and (tmp_path / "ct2" / "tokenizer.json").is_file()
+
+
+# The libraries only some commands need: `import vaswani_hf` must not load them (transformers itself imports jinja2
+# whenever it is installed, and torch requires it, so for jinja2 the test is that vaswani_hf adds none of it).
+COMMAND_ONLY_LIBRARIES = ("matplotlib", "tensorboard", "ctranslate2", "jinja2")
+IMPORT_CHECK = f"""
+import json, sys
+libraries = {COMMAND_ONLY_LIBRARIES!r}
+loaded = lambda: {{name for name in sys.modules if name.split(".")[0] in libraries}}
+import transformers
+by_transformers = loaded()
+import vaswani_hf
+print(json.dumps({{"by_transformers": sorted(by_transformers), "by_vaswani_hf": sorted(loaded() - by_transformers)}}))
+"""
+INSTALLED_FILES = """
+from importlib.metadata import files
+print("\\n".join(str(path) for path in files("vaswani-hf")))
+"""
+
+
+def test_the_installed_package_is_the_library_alone(installed_venv, tmp_path):
+    env = {name: value for name, value in os.environ.items() if name != "PYTHONPATH"}
+    python = str(installed_venv / "bin" / "python")
+    installed = checked([python, "-c", INSTALLED_FILES], cwd=tmp_path, env=env).stdout.split()
+    assert any(path.startswith("vaswani_hf/") for path in installed), installed
+    harness = [path for path in installed if "benchmark" in path or "experiment" in path]
+    assert not harness, f"the benchmarks and experiments belong to the clone, not the wheel: {harness}"
+
+    loaded = json.loads(checked([python, "-c", IMPORT_CHECK], cwd=tmp_path, env=env).stdout)
+    assert loaded["by_vaswani_hf"] == [], f"import vaswani_hf loads what only commands need: {loaded['by_vaswani_hf']}"
+    assert not {name.split(".")[0] for name in loaded["by_transformers"]} - {"jinja2"}, loaded

@@ -1,5 +1,5 @@
 """Nothing is deleted that a command did not build: the one rule for folders built whole and renamed into place
-(`vaswani_hf.evaluation.check_output_folder`, applied by `atomic_folder`), which publishing, the CTranslate2 export
+(`vaswani_hf.files.check_output_folder`, applied by `atomic_folder`), which publishing, the CTranslate2 export
 and checkpoint averaging use. Publishing's and averaging's own cases are in tests/test_hub.py and
 tests/test_averaging.py."""
 
@@ -15,7 +15,7 @@ import pytest
 from transformers import AutoModelForSeq2SeqLM
 
 from vaswani_hf import export_ctranslate2
-from vaswani_hf.evaluation import atomic_folder, recover_interrupted_swap
+from vaswani_hf.files import atomic_folder, recover_interrupted_swap
 
 
 def build(path, **policy) -> None:

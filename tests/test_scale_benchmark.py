@@ -7,7 +7,7 @@ import sys
 import pytest
 from conftest import ROOT, TINY
 
-from vaswani_hf.benchmark import generate_wmt_sized_corpus, log_log_slope
+from benchmarks.harness import generate_wmt_sized_corpus, log_log_slope
 
 
 def test_the_generated_corpus_is_parallel_deterministic_and_nested(multi30k_dir, tmp_path):

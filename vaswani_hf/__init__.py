@@ -10,7 +10,7 @@ import re
 from transformers import AutoConfig, AutoModel, AutoModelForSeq2SeqLM, pipelines
 
 from .configuration_vaswani import PRESETS, VaswaniConfig
-from .convert import convert_from_marian, convert_to_marian, export_ctranslate2
+from .convert import convert_from_marian, convert_to_marian, export_ctranslate2, quantize_dynamic_int8
 from .modeling_vaswani import VaswaniForConditionalGeneration, VaswaniModel, VaswaniPreTrainedModel
 from .pipeline_vaswani import TranslationPipeline
 
@@ -66,4 +66,5 @@ __all__ = [
     "convert_to_marian",
     "convert_from_marian",
     "export_ctranslate2",
+    "quantize_dynamic_int8",
 ]

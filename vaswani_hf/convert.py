@@ -8,7 +8,8 @@ The two are the same post-LN architecture. They differ in three places, which th
 - Marian's `final_logits_bias` (none in the paper): zeros on export, and a non-zero one is refused on import.
 Start and special tokens are carried over as config values, so Marian's pad-as-start convention is kept.
 
-`export_ctranslate2` goes one step further, through the Marian layout, to a CTranslate2 model for fast inference.
+`export_ctranslate2` goes one step further, through the Marian layout, to a CTranslate2 model for fast inference;
+`quantize_dynamic_int8` makes a CPU int8 copy of a model for PyTorch inference.
 """
 
 import copy
@@ -20,7 +21,7 @@ import torch
 from transformers import MarianConfig, MarianMTModel, PreTrainedTokenizerBase
 
 from .configuration_vaswani import VaswaniConfig
-from .evaluation import atomic_folder
+from .files import atomic_folder
 from .modeling_vaswani import VaswaniForConditionalGeneration
 
 # Which axis of a weight lies along d_model (the residual stream) and must be permuted: 1 for inputs, 0 for outputs.
@@ -184,6 +185,12 @@ def _load_exactly(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> Non
     missing = [k for k in result.missing_keys if k not in tied and "embed_positions" not in k]
     if missing or result.unexpected_keys:
         raise RuntimeError(f"conversion left weights unset: {missing}, unexpected: {result.unexpected_keys}")
+
+
+def quantize_dynamic_int8(model: VaswaniForConditionalGeneration) -> VaswaniForConditionalGeneration:
+    """A copy of `model` whose linear layers run in int8 with dynamic activation scales (`torch.ao`), for CPU
+    inference; the embeddings stay in float32."""
+    return torch.ao.quantization.quantize_dynamic(copy.deepcopy(model).eval(), {torch.nn.Linear}, dtype=torch.qint8)
 
 
 def export_ctranslate2(

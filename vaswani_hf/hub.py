@@ -19,7 +19,7 @@ from huggingface_hub.errors import RepositoryNotFoundError
 from transformers import GenerationConfig
 
 from .data import is_hub_dataset_id
-from .evaluation import atomic_folder, read_json
+from .files import atomic_folder, read_json
 from .modeling_vaswani import VaswaniForConditionalGeneration
 from .pipeline_vaswani import TranslationPipeline
 from .tokenization import load_tokenizer

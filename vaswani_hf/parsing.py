@@ -23,7 +23,8 @@ from pathlib import Path
 
 from transformers import AutoModelForSeq2SeqLM, PreTrainedModel, PreTrainedTokenizerBase
 
-from .evaluation import translate, write_json
+from .evaluation import translate
+from .files import write_json
 from .tokenization import load_tokenizer
 from .treebank import UNKNOWN_TAG, Tree, linearized_words, read_treebank, tree_from_linearized
 

@@ -17,6 +17,8 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
+from .files import read_json
+
 # Ids 0-3, in this order, match VaswaniConfig's pad/bos(decoder start)/eos defaults.
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")
 
@@ -91,8 +93,6 @@ def load_tokenizer(name_or_path: str | os.PathLike) -> PreTrainedTokenizerBase:
             f"{folder} has no tokenizer.json (the BPE vocabulary and merges); it holds {present or 'nothing'}"
         )
     if folder.is_dir():  # transformers' JSONDecodeError for a truncated file would not name it
-        from .evaluation import read_json  # (evaluation imports this module)
-
         for name in ("tokenizer.json", "tokenizer_config.json"):
             if (folder / name).is_file():
                 read_json(folder / name)

@@ -41,17 +41,8 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .configuration_vaswani import PRESETS, VaswaniConfig
 from .data import TokenBatchSampler, is_hub_dataset_id, load_parallel_corpus, preprocess
-from .evaluation import (
-    atomic_folder,
-    bleu,
-    bleu_metric_for_trainer,
-    chrf,
-    read_json,
-    tokenized_bleu,
-    translate,
-    write_json,
-    write_text_lines,
-)
+from .evaluation import bleu, bleu_metric_for_trainer, chrf, tokenized_bleu, translate
+from .files import atomic_folder, read_json, write_json, write_text_lines
 from .modeling_vaswani import VaswaniForConditionalGeneration
 from .tokenization import load_tokenizer, train_tokenizer
 

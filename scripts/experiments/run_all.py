@@ -4,8 +4,12 @@ OMP_NUM_THREADS=1 python scripts/experiments/run_all.py --budget quick --output_
 """
 
 import argparse
+import sys
+from pathlib import Path
 
-from vaswani_hf.experiments import BUDGETS, DEFAULT_DATA_DIR, EXPERIMENTS, run_all
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # experiments/ is a folder of the clone, not installed
+
+from experiments import BUDGETS, DEFAULT_DATA_DIR, EXPERIMENTS, run_all  # noqa: E402
 
 
 def main() -> None:

@@ -14,7 +14,8 @@ import json
 from accelerate import PartialState
 
 from vaswani_hf.cli.decoding import add_decoding_arguments, decoding_options
-from vaswani_hf.evaluation import evaluate_files, write_json
+from vaswani_hf.evaluation import evaluate_files
+from vaswani_hf.files import write_json
 
 
 def main(argv: list[str] | None = None) -> None:

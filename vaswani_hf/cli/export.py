@@ -16,7 +16,7 @@ from transformers import AutoModelForSeq2SeqLM
 
 import vaswani_hf  # noqa: F401  (registers the model with the Auto classes)
 from vaswani_hf.convert import export_ctranslate2
-from vaswani_hf.evaluation import check_output_folder
+from vaswani_hf.files import check_output_folder
 from vaswani_hf.tokenization import load_tokenizer
 
 INSTALL_HINT = "pip install 'vaswani-hf[ctranslate2]' (or pip install ctranslate2)"

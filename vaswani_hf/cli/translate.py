@@ -19,7 +19,7 @@ from transformers import Pipeline, pipeline
 
 import vaswani_hf  # noqa: F401  (registers the model and the translation pipeline)
 from vaswani_hf.cli.decoding import add_decoding_arguments, decoding_options
-from vaswani_hf.evaluation import as_text_lines, read_text_lines, split_text_lines, write_text_lines
+from vaswani_hf.files import as_text_lines, read_text_lines, split_text_lines, write_text_lines
 from vaswani_hf.tokenization import load_tokenizer
 
 

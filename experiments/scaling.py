@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 from matplotlib import pyplot as plt
 
-from ..evaluation import write_json
+from vaswani_hf.files import write_json
+
 from .budget import Budget
 from .loop import train_steps
 from .measures import attention_entropies, query_gradient_norm, save_figure

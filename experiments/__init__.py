@@ -1,4 +1,5 @@
-"""The paper's experiments at small scale, each seeded and writing `<name>.json` and a figure, then `report.md`.
+"""The paper's experiments at small scale, each seeded and writing `<name>.json` and a figure, then `report.md`. They
+are the repository's reports, run from a clone; not part of the installed package.
 
 `run_all("quick", "docs/experiments")` runs them all; `scripts/experiments/run_all.py` is its command line.
 """
@@ -11,7 +12,8 @@ from pathlib import Path
 
 import torch
 
-from ..evaluation import write_json
+from vaswani_hf.files import write_json
+
 from .budget import BUDGETS, Budget
 from .cost import run_cost
 from .heads import run_heads

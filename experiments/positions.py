@@ -12,9 +12,10 @@ from pathlib import Path
 import torch
 from matplotlib import pyplot as plt
 
-from ..configuration_vaswani import POSITION_ENCODINGS, VaswaniConfig
-from ..evaluation import write_json
-from ..training import eq3_learning_rate
+from vaswani_hf.configuration_vaswani import POSITION_ENCODINGS, VaswaniConfig
+from vaswani_hf.files import write_json
+from vaswani_hf.training import eq3_learning_rate
+
 from .budget import Budget
 from .loop import train_steps
 from .measures import save_figure

@@ -15,8 +15,9 @@ import numpy as np
 import torch
 from matplotlib import pyplot as plt
 
-from ..evaluation import write_json
-from ..modeling_vaswani import VaswaniForConditionalGeneration
+from vaswani_hf.files import write_json
+from vaswani_hf.modeling_vaswani import VaswaniForConditionalGeneration
+
 from .budget import Budget
 from .loop import train_steps
 from .measures import save_figure

@@ -8,11 +8,12 @@ from dataclasses import dataclass
 import torch
 from transformers import DataCollatorForSeq2Seq
 
-from ..configuration_vaswani import VaswaniConfig
-from ..data import MULTI30K_SPLITS, TokenBatchSampler, load_parallel_corpus, preprocess
-from ..evaluation import evaluate_translation
-from ..modeling_vaswani import VaswaniForConditionalGeneration
-from ..tokenization import train_tokenizer
+from vaswani_hf.configuration_vaswani import VaswaniConfig
+from vaswani_hf.data import MULTI30K_SPLITS, TokenBatchSampler, load_parallel_corpus, preprocess
+from vaswani_hf.evaluation import evaluate_translation
+from vaswani_hf.modeling_vaswani import VaswaniForConditionalGeneration
+from vaswani_hf.tokenization import train_tokenizer
+
 from .budget import Budget
 from .loop import smoothed_loss, train_steps
 

@@ -9,7 +9,7 @@ import torch
 from matplotlib import pyplot as plt
 from torch import nn
 
-from ..modeling_vaswani import VaswaniAttention
+from vaswani_hf.modeling_vaswani import VaswaniAttention
 
 ATTENTION_KINDS = ("encoder", "decoder", "cross")
 

@@ -9,7 +9,8 @@ from pathlib import Path
 
 from matplotlib import pyplot as plt
 
-from ..evaluation import write_json
+from vaswani_hf.files import write_json
+
 from .budget import Budget
 from .measures import ATTENTION_KINDS, attention_entropies, save_figure
 from .multi30k import Multi30kTask

@@ -1,6 +1,5 @@
 """Benchmarks whose figures go to files (`scripts/benchmark.py` is the command-line front)."""
 
-import copy
 import ctypes
 import gc
 import json
@@ -19,12 +18,12 @@ import torch
 from transformers import GenerationConfig, PreTrainedTokenizerBase
 from transformers.trainer_pt_utils import LabelSmoother
 
-from .configuration_vaswani import VaswaniConfig
-from .convert import convert_to_marian, export_ctranslate2
-from .data import MULTI30K_SPLITS, TokenBatchSampler, load_parallel_corpus, padded_size, preprocess
-from .evaluation import bleu, evaluate_translation
-from .modeling_vaswani import VaswaniForConditionalGeneration
-from .tokenization import load_tokenizer, train_tokenizer
+from vaswani_hf.configuration_vaswani import VaswaniConfig
+from vaswani_hf.convert import convert_to_marian, export_ctranslate2, quantize_dynamic_int8
+from vaswani_hf.data import MULTI30K_SPLITS, TokenBatchSampler, load_parallel_corpus, padded_size, preprocess
+from vaswani_hf.evaluation import bleu, evaluate_translation
+from vaswani_hf.modeling_vaswani import VaswaniForConditionalGeneration
+from vaswani_hf.tokenization import load_tokenizer, train_tokenizer
 
 
 def padding_share(batches: list[list[int]], source_lengths: list[int], target_lengths: list[int]) -> float:
@@ -251,12 +250,6 @@ def training_benchmark(
     results["step_flops"] = flops
     results["matmul_peak_gflops"] = round(peak / 1e9, 1)
     return results
-
-
-def quantize_dynamic_int8(model: VaswaniForConditionalGeneration) -> VaswaniForConditionalGeneration:
-    """A copy of `model` whose linear layers run in int8 with dynamic activation scales (`torch.ao`), for CPU
-    inference; the embeddings stay in float32."""
-    return torch.ao.quantization.quantize_dynamic(copy.deepcopy(model).eval(), {torch.nn.Linear}, dtype=torch.qint8)
 
 
 def translation_benchmark(

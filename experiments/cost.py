@@ -16,10 +16,11 @@ import torch
 from matplotlib import pyplot as plt
 from torch import nn
 
-from ..benchmark import side_by_side
-from ..configuration_vaswani import VaswaniConfig
-from ..evaluation import write_json
-from ..modeling_vaswani import VaswaniAttention
+from benchmarks.harness import side_by_side
+from vaswani_hf.configuration_vaswani import VaswaniConfig
+from vaswani_hf.files import write_json
+from vaswani_hf.modeling_vaswani import VaswaniAttention
+
 from .budget import Budget
 from .measures import save_figure
 

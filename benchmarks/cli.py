@@ -1,0 +1,65 @@
+"""Run a benchmark and write its figures to docs/benchmarks/{name}.json and .md.
+
+python scripts/benchmark.py data      # preprocessing time and padding of token batches (Multi30k)
+python scripts/benchmark.py speed --trained_model runs/multi30k_en_de_small   # ours vs MarianMTModel, CTranslate2
+python scripts/benchmark.py quality --trained_model runs/multi30k_en_de_small # BLEU of int8 and CTranslate2
+nice python scripts/benchmark.py scale --sizes 450000,1500000,4500000  # the data pipeline and first updates at
+                                                                       # WMT14 size (a corpus made from Multi30k)
+"""
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+
+from .harness import data_benchmark, quality_benchmark, scale_benchmark, speed_benchmark, write_tables
+
+DEFAULT_CORPUS = Path(__file__).resolve().parents[2] / "shared" / "data" / "multi30k"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("benchmark", choices=["data", "speed", "quality", "scale"])
+    parser.add_argument("--corpus", default=str(DEFAULT_CORPUS), help="folder of Moses-style Multi30k files")
+    parser.add_argument("--max_tokens", type=int, help="tokens per batch (default: data 4096, scale 6250)")
+    parser.add_argument("--trained_model", help="a trained small En-De model folder (speed: CTranslate2 rows)")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--output_dir", default="docs/benchmarks")
+    scale = parser.add_argument_group("scale")
+    scale.add_argument("--sizes", default="450000,1500000,4500000", help="comma-separated numbers of pairs")
+    scale.add_argument("--num_proc", type=int, default=2, help="datasets.map processes for preprocessing")
+    scale.add_argument("--training_steps", type=int, default=20, help="updates at the largest size (0: none)")
+    scale.add_argument("--processes", type=int, default=1, help="training processes (2: torchrun, gloo)")
+    scale.add_argument("--preset", default="base")
+    scale.add_argument("--config_overrides", help="VaswaniConfig field=value pairs for the training run")
+    scale.add_argument("--vocab_size", type=int, default=37000)
+    scale.add_argument("--work_dir", help="where the temporary corpus goes (default: the system's temporary folder)")
+    args = parser.parse_args(argv)
+    if args.benchmark == "data":
+        results = {"data": data_benchmark(args.corpus, max_tokens=args.max_tokens or 4096)}
+    elif args.benchmark == "speed":
+        results = speed_benchmark(args.trained_model, repeats=args.repeats)
+    elif args.benchmark == "scale":
+        results = scale_benchmark(
+            args.corpus,
+            [int(size) for size in args.sizes.split(",")],
+            work_dir=args.work_dir,
+            vocab_size=args.vocab_size,
+            num_proc=args.num_proc,
+            max_tokens=args.max_tokens or 6250,
+            training_steps=args.training_steps,
+            processes=args.processes,
+            preset=args.preset,
+            config_overrides=args.config_overrides,
+        )
+    else:
+        if args.trained_model is None:
+            parser.error("quality needs --trained_model")
+        results = {"quality": quality_benchmark(args.trained_model, args.corpus)}
+    arguments = sys.argv[1:] if argv is None else argv
+    command = "python scripts/benchmark.py " + " ".join(shlex.quote(a) for a in arguments)
+    path = write_tables(args.benchmark, results, args.output_dir, command)
+    print(json.dumps(results, indent=2))
+    print(f"written to {path} and {path.with_suffix('.md')}")
+
