@@ -2,13 +2,18 @@
 right-branching baseline, and decoding with the paper's parsing settings."""
 
 import os
+import shlex
 
 import pytest
 from conftest import ROOT, tiny_model
 
+from vaswani_hf.cli.train import parse_arguments
+from vaswani_hf.cli.train_tokenizer import main as train_tokenizer_main
+from vaswani_hf.corpus import load_corpus
 from vaswani_hf.data import load_parallel_corpus, preprocess
 from vaswani_hf.parsing import bracket_scores, evaluate_parser, labeled_brackets, right_branching_tree
-from vaswani_hf.tokenization import train_tokenizer
+from vaswani_hf.tokenization import load_tokenizer, train_tokenizer
+from vaswani_hf.training import train_tokenizer_command
 from vaswani_hf.treebank import (
     Tree,
     clean_tree,
@@ -78,8 +83,8 @@ def test_linearization_drops_tags_and_labels_closing_brackets_not():
     assert linearize(tree(GOLD)) == "(S (NP The cat ) (VP sat (PP on (NP the mat ) ) ) . )"
 
 
-def test_the_loader_gives_translation_pairs_through_load_parallel_corpus(treebank_zip):
-    corpus = load_parallel_corpus(treebank_zip, "en", "tree")
+def test_the_treebank_format_gives_translation_pairs(treebank_zip):
+    corpus = load_corpus(treebank_zip, "en", "tree", dataset_format="treebank")
     assert {split: len(data) for split, data in corpus.items()} == {"train": 3396, "validation": 273, "test": 245}
     pair = corpus["test"][0]["translation"]
     words = pair["en"].split()
@@ -88,7 +93,25 @@ def test_the_loader_gives_translation_pairs_through_load_parallel_corpus(treeban
     data = preprocess(corpus, tokenizer, "en", "tree", max_target_tokens=400, max_length_ratio=5.0)
     assert len(data["train"]) >= 3380 and data["train"][0]["labels"][-1] == tokenizer.eos_token_id
     with pytest.raises(ValueError, match="fixed by file number"):
-        load_parallel_corpus(treebank_zip, "en", "tree", splits={"train": "train"})
+        load_corpus(treebank_zip, "en", "tree", dataset_format="treebank", splits={"train": "train"})
+
+
+def test_a_treebank_is_read_only_when_its_format_is_named(treebank_zip):
+    # the translation loader knows no treebank: a zip given to it is refused, naming the file and the format to ask for
+    for load in (load_parallel_corpus, load_corpus):
+        with pytest.raises(ValueError, match=r"treebank.zip is no file of sentence pairs .*dataset_format: treebank"):
+            load(treebank_zip, "en", "tree")
+    with pytest.raises(ValueError, match=r"dataset_format 'trees' is not one of \('translation', 'treebank'\)"):
+        load_corpus(treebank_zip, "en", "tree", dataset_format="trees")
+
+
+def test_a_parsing_recipes_tokenizer_command_reads_the_treebank(treebank_zip, tmp_path):
+    recipe = str(ROOT / "recipes" / "ptb_parsing_cpu.yaml")
+    _, data_args, _ = parse_arguments([recipe, "--dataset", str(treebank_zip), "--use_cpu", "true"])
+    command = shlex.split(train_tokenizer_command(data_args, tmp_path / "tokenizer"))
+    assert command[0] == "vaswani-train-tokenizer" and command[command.index("--dataset_format") + 1] == "treebank"
+    train_tokenizer_main([*command[1:-2], "--vocab_size", "500"])
+    assert {"NP", "VP"} <= set(load_tokenizer(tmp_path / "tokenizer").tokenize("(NP the cat ) (VP sat )"))  # trees
 
 
 def test_scores_of_a_parse_with_one_wrong_constituent_and_one_missing():

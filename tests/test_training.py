@@ -299,6 +299,7 @@ def test_shipped_recipes_parse(recipe):
     # translation into German or French, or parsing into linearized trees (Sec. 6.3)
     assert data_args.source_lang == "en" and data_args.target_lang in {"de", "fr", "tree"}
     assert (data_args.target_lang == "tree") == data_args.dataset.endswith("treebank.zip")
+    assert (data_args.dataset_format == "treebank") == (data_args.target_lang == "tree")
     VaswaniConfig.from_preset(model_args.preset, **parse_overrides(model_args.config_overrides))
     assert training_args.max_grad_norm == 0  # the paper clips no gradient
     if recipe.startswith(("wmt14", "multi30k")):

@@ -18,8 +18,6 @@ from datasets import Dataset, DatasetDict, Features, Translation, load_dataset
 from torch.utils.data import Sampler
 from transformers import PreTrainedTokenizerBase
 
-from .treebank import SPLIT_FILES, load_treebank_corpus
-
 TABULAR_SUFFIXES = (".tsv", ".jsonl", ".json")
 # Output split names -> file stems of Multi30k task 1 (../shared/data/multi30k), named like the Hub's splits.
 MULTI30K_SPLITS = {"train": "train", "validation": "val", "test": "test_2016_flickr"}
@@ -41,13 +39,11 @@ def load_parallel_corpus(
       files for both languages becomes a split of its own name;
     - a mapping of split name to a TSV file (a header row naming the two languages) or a JSON-lines file (objects
       `{"translation": {lang: text}}` or `{lang: text}`); a single such file is the `train` split;
-    - a zip or folder of Penn Treebank `.mrg` files: sentences and their linearized trees for parsing (Sec. 6.3),
-      split by file (`treebank.load_treebank_corpus`; `splits` must be None);
     - otherwise the id of a Hub dataset, with `config_name`: either with a `translation` column (`wmt/wmt14`,
       `de-en`) or with one text column per language (`bentrevett/multi30k`: rows `{"en": ..., "de": ...}`), whose
       two columns become the `translation` column.
     A path that does not exist (it starts with `.`, `/` or `~`, or has more than one `/`) is named in a
-    `FileNotFoundError` rather than looked up on the Hub.
+    `FileNotFoundError` rather than looked up on the Hub; a file of another kind (a zip, say) is a `ValueError`.
     """
     if source_lang == target_lang:
         raise ValueError(f"source and target language are both {source_lang!r}")
@@ -57,14 +53,16 @@ def load_parallel_corpus(
             {split: _tabular_split(path, source_lang, target_lang, cache_dir) for split, path in files.items()}
         )
     path = Path(source)
-    if path.suffix == ".zip" or (path.is_dir() and next(path.rglob("*.mrg"), None) is not None):
-        if splits is not None:
-            raise ValueError(f"{path}: a treebank's splits are fixed by file number ({SPLIT_FILES}), give no splits")
-        return load_treebank_corpus(path, source_lang, target_lang)
     if path.is_dir():
         return _moses_folder(path, source_lang, target_lang, splits, cache_dir)
     if path.suffix in TABULAR_SUFFIXES:
         return DatasetDict({"train": _tabular_split(path, source_lang, target_lang, cache_dir)})
+    if path.is_file():
+        raise ValueError(
+            f"{path} is no file of sentence pairs ({', '.join(TABULAR_SUFFIXES)}) and no folder; another format is"
+            " read by its own loader: a Penn Treebank zip by corpus.load_corpus(..., dataset_format='treebank')"
+            " (in a recipe: dataset_format: treebank)"
+        )
     if not is_hub_dataset_id(str(source)):
         raise FileNotFoundError(f"no folder or file {source} (a Hub dataset id is NAME or OWNER/NAME)")
     return _hub_dataset(str(source), config_name, source_lang, target_lang, cache_dir)

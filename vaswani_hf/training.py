@@ -40,7 +40,8 @@ from transformers.trainer_callback import ExportableState, ProgressCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .configuration_vaswani import PRESETS, VaswaniConfig
-from .data import TokenBatchSampler, is_hub_dataset_id, load_parallel_corpus, preprocess
+from .corpus import load_corpus
+from .data import TokenBatchSampler, is_hub_dataset_id, preprocess
 from .evaluation import bleu, bleu_metric_for_trainer, chrf, tokenized_bleu, translate
 from .files import atomic_folder, read_json, write_json, write_text_lines
 from .modeling_vaswani import VaswaniForConditionalGeneration
@@ -107,8 +108,13 @@ class DataArguments:
     dataset: str = field(
         metadata={
             "help": "required: a folder of {split}.{lang}[.gz] files (e.g. ../shared/data/multi30k), a TSV or "
-            "JSON-lines file, a Penn Treebank zip, or a Hub dataset id (e.g. wmt/wmt14 with --dataset_config de-en)"
+            "JSON-lines file, or a Hub dataset id (e.g. wmt/wmt14 with --dataset_config de-en); with "
+            "dataset_format treebank, a zip or folder of Penn Treebank .mrg files"
         }
+    )
+    dataset_format: Literal["translation", "treebank"] = field(
+        default="translation",
+        metadata={"help": "translation: sentence pairs; treebank: sentences and linearized trees (parsing, Sec. 6.3)"},
     )
     dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset config, e.g. de-en"})
     hub_dataset: str | None = field(
@@ -136,6 +142,9 @@ class DataArguments:
     max_length_ratio: float = 3.0
     max_eval_samples: int | None = field(default=None, metadata={"help": "validation sentences scored during training"})
     preprocessing_num_workers: int | None = None
+
+    def __post_init__(self):
+        check_choices(self)
 
 
 @dataclass
@@ -806,6 +815,8 @@ def train_tokenizer_command(data_args: DataArguments, folder: str | os.PathLike)
     command = [
         "vaswani-train-tokenizer", data_args.dataset, data_args.source_lang, data_args.target_lang, str(folder)
     ]
+    if data_args.dataset_format != "translation":
+        command += ["--dataset_format", data_args.dataset_format]
     if data_args.dataset_config:
         command += ["--config_name", data_args.dataset_config]
     if data_args.train_split != "train":
@@ -986,7 +997,9 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: V
     PartialState().wait_for_everyone()  # every process has looked before the first one writes anything
     output_dir.mkdir(parents=True, exist_ok=True)
     source, config_name, splits = dataset_source(data_args)
-    corpus = load_parallel_corpus(source, data_args.source_lang, data_args.target_lang, config_name, splits)
+    corpus = load_corpus(
+        source, data_args.source_lang, data_args.target_lang, data_args.dataset_format, config_name, splits
+    )
     check_splits(corpus, data_args, source)
     tokenizer = build_tokenizer(data_args, corpus, output_dir, training_args)
     set_seed(training_args.seed)  # before the model exists: its initial weights come from this seed

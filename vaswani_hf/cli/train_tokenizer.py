@@ -6,23 +6,27 @@ Example: vaswani-train-tokenizer ../shared/data/multi30k en de out/tokenizer --v
 
 import argparse
 
-from vaswani_hf.data import load_parallel_corpus
+from vaswani_hf.corpus import DATASET_FORMATS, load_corpus
 from vaswani_hf.tokenization import train_tokenizer
 from vaswani_hf.training import save_learned_tokenizer
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("corpus", help="folder of {split}.{lang}[.gz] files, a TSV/JSONL file, or a Hub dataset name")
+    parser.add_argument(
+        "corpus", help="folder of {split}.{lang}[.gz] files, a TSV/JSONL file, a Hub dataset name, or (--dataset_format"
+        " treebank) a zip or folder of Penn Treebank .mrg files"
+    )
     parser.add_argument("source_lang")
     parser.add_argument("target_lang")
     parser.add_argument("output_dir")
+    parser.add_argument("--dataset_format", choices=DATASET_FORMATS, default="translation")
     parser.add_argument("--config_name", default=None, help="Hub dataset config, e.g. de-en for wmt14")
     parser.add_argument("--split", default="train")
     parser.add_argument("--vocab_size", type=int, default=8000)
     parser.add_argument("--min_frequency", type=int, default=2)
     args = parser.parse_args(argv)
-    corpus = load_parallel_corpus(args.corpus, args.source_lang, args.target_lang, config_name=args.config_name)
+    corpus = load_corpus(args.corpus, args.source_lang, args.target_lang, args.dataset_format, args.config_name)
     if args.split not in corpus:
         raise SystemExit(f"no split {args.split!r} in {args.corpus}; splits: {sorted(corpus)}")
     texts = (text for pair in corpus[args.split]["translation"] for text in pair.values())
