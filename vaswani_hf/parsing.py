@@ -127,8 +127,8 @@ def parse(
     config.num_beams = num_beams
     config.length_penalty = length_penalty
     config.max_new_tokens_offset = PARSING_LENGTH_OFFSET
-    # Sec. 6.3's per-sentence limit replaces any fixed length a saved generation config holds (models trained before
-    # VaswaniTrainer kept Seq2SeqTrainer from writing max_length=20 into it hold one).
+    # Sec. 6.3's per-sentence limit replaces any fixed length a saved generation config holds (a model saved by a
+    # plain Seq2SeqTrainer after evaluating holds max_length=20).
     config.max_length = config.max_new_tokens = None
     return translate(
         model,
