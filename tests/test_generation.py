@@ -11,7 +11,7 @@ from transformers import GenerationMixin
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 from transformers.generation.logits_process import MinLengthLogitsProcessor, MinNewTokensLengthLogitsProcessor
 
-import vaswani_hf.modeling_vaswani as modeling
+import vaswani_hf.generation_vaswani as generation
 from vaswani_hf.generation_vaswani import (
     PreallocatedSelfAttentionLayer,
     SuppressEndOfSentenceLogitsProcessor,
@@ -28,11 +28,11 @@ def generate_with_each_loop(model, batch: dict, **kwargs) -> tuple[torch.Tensor,
         decided.append(fast_decoding_applies(*args))
         return decided[-1]
 
-    fast_decoding_applies = modeling.fast_decoding_applies
-    with mock.patch.object(modeling, "fast_decoding_applies", applies):
+    fast_decoding_applies = generation.fast_decoding_applies
+    with mock.patch.object(generation, "fast_decoding_applies", applies):
         ours = model.generate(**batch, **kwargs)
     assert decided == [True], "generate did not take the fast loop"
-    with mock.patch.object(modeling, "fast_decoding_applies", lambda *args: False):
+    with mock.patch.object(generation, "fast_decoding_applies", lambda *args: False):
         theirs = model.generate(**batch, **kwargs)
     return ours, theirs
 

@@ -8,7 +8,8 @@ from transformers import AutoModelForSeq2SeqLM
 from transformers.trainer_pt_utils import LabelSmoother
 
 from vaswani_hf import VaswaniForConditionalGeneration
-from vaswani_hf.modeling_vaswani import LinearCrossEntropy, VaswaniSinusoidalPositionalEncoding
+from vaswani_hf.loss_vaswani import LinearCrossEntropy
+from vaswani_hf.modeling_vaswani import VaswaniSinusoidalPositionalEncoding
 
 ATTENTION_IMPLEMENTATIONS = ["eager", "sdpa"]
 
