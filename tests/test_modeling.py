@@ -311,7 +311,7 @@ def test_forward_keyword_arguments_are_typed_as_transformers_kwargs():
         (kwargs,) = typing.get_args(typing.get_type_hints(cls.forward)["kwargs"])
         assert kwargs is TransformersKwargs, cls
     assert "output_attentions" in TransformersKwargs.__annotations__
-    model = tiny_model(seed=32).eval()
+    model = tiny_model(seed=32, attn_implementation="eager").eval()
     batch = padded_batch(0)
     outputs = model(**batch, decoder_input_ids=batch["input_ids"][:, :4], output_attentions=True)
     assert len(outputs.cross_attentions) == model.config.decoder_layers
