@@ -33,7 +33,9 @@ def _layers(d_model: int) -> dict[str, nn.Module]:
     for implementation in ("eager", "sdpa"):
         config = VaswaniConfig(d_model=d_model, encoder_attention_heads=HEADS, decoder_attention_heads=HEADS)
         config._attn_implementation = implementation
-        layers[f"self-attention ({implementation})"] = VaswaniAttention(config, HEADS, False, False, 0)
+        layers[f"self-attention ({implementation})"] = VaswaniAttention(
+            config, HEADS, is_cross_attention=False, is_causal=False, layer_idx=0
+        )
     layers["LSTM"] = nn.LSTM(d_model, d_model, batch_first=True)
     layers[f"convolution (k={KERNEL})"] = nn.Conv1d(d_model, d_model, KERNEL, padding=KERNEL // 2)
     return {name: layer.eval() for name, layer in layers.items()}

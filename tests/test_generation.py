@@ -1,23 +1,33 @@
 """generation_vaswani.py: greedy and beam search give transformers' own results while doing less work."""
 
+import sys
 from unittest import mock
 
 import pytest
 import torch
-from conftest import padded_batch, tiny_model
+import transformers
+from conftest import ROOT, padded_batch, tiny_model
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from packaging.requirements import Requirement
+from packaging.version import Version
 from transformers import GenerationMixin
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 from transformers.generation.logits_process import MinLengthLogitsProcessor, MinNewTokensLengthLogitsProcessor
 
-import vaswani_hf.modeling_vaswani as modeling
+import vaswani_hf.generation_vaswani as generation
 from vaswani_hf.generation_vaswani import (
+    TESTED_TRANSFORMERS_VERSIONS,
     PreallocatedSelfAttentionLayer,
     SuppressEndOfSentenceLogitsProcessor,
     _next_token_scores,
     _score_buffers,
 )
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:
+    import tomli as tomllib
 
 
 def generate_with_each_loop(model, batch: dict, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
@@ -28,11 +38,11 @@ def generate_with_each_loop(model, batch: dict, **kwargs) -> tuple[torch.Tensor,
         decided.append(fast_decoding_applies(*args))
         return decided[-1]
 
-    fast_decoding_applies = modeling.fast_decoding_applies
-    with mock.patch.object(modeling, "fast_decoding_applies", applies):
+    fast_decoding_applies = generation.fast_decoding_applies
+    with mock.patch.object(generation, "fast_decoding_applies", applies):
         ours = model.generate(**batch, **kwargs)
     assert decided == [True], "generate did not take the fast loop"
-    with mock.patch.object(modeling, "fast_decoding_applies", lambda *args: False):
+    with mock.patch.object(generation, "fast_decoding_applies", lambda *args: False):
         theirs = model.generate(**batch, **kwargs)
     return ours, theirs
 
@@ -123,6 +133,35 @@ def test_other_requests_run_through_transformers_loops(reversal_model, options, 
     with mock.patch.object(GenerationMixin, generic, autospec=True, side_effect=original) as spy:
         reversal_model.generate(**padded_batch(0), num_beams=num_beams, max_new_tokens=4, **options)
     assert spy.call_count == 1
+
+
+@pytest.mark.parametrize("num_beams", [1, 4])
+def test_on_an_untested_transformers_release_generate_steps_aside_for_its_loops_with_one_warning(
+    reversal_model, num_beams, monkeypatch, caplog
+):
+    batch = padded_batch(3)
+    generic = {1: "_sample", 4: "_beam_search"}[num_beams]
+    original = getattr(GenerationMixin, generic)
+    with mock.patch.object(GenerationMixin, generic, autospec=True, side_effect=original) as spy:
+        ours = reversal_model.generate(**batch, num_beams=num_beams, max_new_tokens=8)
+        assert spy.call_count == 0, "on the tested release our loop runs"
+        generation._warn_untested_version.cache_clear()
+        monkeypatch.setattr(transformers, "__version__", "5.99.0")
+        with caplog.at_level("WARNING"):
+            theirs = [reversal_model.generate(**batch, num_beams=num_beams, max_new_tokens=8) for _ in range(2)]
+    assert spy.call_count == 2, "on another release transformers' own loop runs"
+    assert all(torch.equal(tokens, ours) for tokens in theirs)
+    warnings = [record.getMessage() for record in caplog.records if "5.99.0" in record.getMessage()]
+    assert len(warnings) == 1 and "transformers' own loops" in warnings[0]
+
+
+def test_the_lowest_tested_transformers_release_is_pyprojects_lower_bound():
+    # CI runs this file on the lowest recorded release (scripts/test_lowest_transformers.sh): the one pyproject allows
+    dependencies = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["dependencies"]
+    (transformers_requirement,) = (Requirement(d) for d in dependencies if Requirement(d).name == "transformers")
+    lower_bounds = [Version(s.version) for s in transformers_requirement.specifier if s.operator == ">="]
+    assert lower_bounds == [min(map(Version, TESTED_TRANSFORMERS_VERSIONS))]
+    assert all(transformers_requirement.specifier.contains(version) for version in TESTED_TRANSFORMERS_VERSIONS)
 
 
 def test_in_place_end_of_sentence_suppression_equals_transformers_processors():

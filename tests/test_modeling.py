@@ -8,7 +8,8 @@ from transformers import AutoModelForSeq2SeqLM
 from transformers.trainer_pt_utils import LabelSmoother
 
 from vaswani_hf import VaswaniForConditionalGeneration
-from vaswani_hf.modeling_vaswani import LinearCrossEntropy, VaswaniSinusoidalPositionalEncoding
+from vaswani_hf.loss_vaswani import LinearCrossEntropy
+from vaswani_hf.modeling_vaswani import VaswaniSinusoidalPositionalEncoding
 
 ATTENTION_IMPLEMENTATIONS = ["eager", "sdpa"]
 
@@ -278,3 +279,39 @@ def test_a_hooked_output_projection_keeps_the_plain_loss_path_in_training():
     model.lm_head.register_forward_hook(lambda module, args, output: seen.append(output.shape))
     out = model(**batch, label_smoothing=0.1)
     assert out.logits is not None and seen == [out.logits.shape]
+
+
+@pytest.mark.parametrize("with_labels", [False, True])
+def test_return_dict_false_gives_the_outputs_as_tuples_as_marian_does(with_labels):
+    model = tiny_model(seed=31).eval()
+    batch = padded_batch(0)
+    inputs = {**batch, "decoder_input_ids": batch["input_ids"][:, :4]}
+    if with_labels:
+        inputs = {**batch, "labels": batch["input_ids"][:, 1:5]}
+    for module in (model, model.model):
+        if with_labels and module is model.model:
+            continue
+        expected = module(**inputs)
+        outputs = module(**inputs, return_dict=False)
+        assert isinstance(outputs, tuple) and len(outputs) == len(expected.to_tuple())
+        for output, reference in zip(outputs, expected.to_tuple(), strict=True):
+            if isinstance(reference, torch.Tensor):
+                assert torch.equal(output, reference)
+
+
+def test_forward_keyword_arguments_are_typed_as_transformers_kwargs():
+    import typing
+
+    from transformers.utils import TransformersKwargs
+
+    from vaswani_hf import VaswaniModel
+    from vaswani_hf.modeling_vaswani import VaswaniDecoder, VaswaniEncoder
+
+    for cls in (VaswaniForConditionalGeneration, VaswaniModel, VaswaniEncoder, VaswaniDecoder):
+        (kwargs,) = typing.get_args(typing.get_type_hints(cls.forward)["kwargs"])
+        assert kwargs is TransformersKwargs, cls
+    assert "output_attentions" in TransformersKwargs.__annotations__
+    model = tiny_model(seed=32, attn_implementation="eager").eval()
+    batch = padded_batch(0)
+    outputs = model(**batch, decoder_input_ids=batch["input_ids"][:, :4], output_attentions=True)
+    assert len(outputs.cross_attentions) == model.config.decoder_layers

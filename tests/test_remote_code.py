@@ -1,5 +1,6 @@
 """A saved model loads with trust_remote_code=True in a Python where vaswani_hf cannot be imported."""
 
+import ast
 import json
 import os
 import subprocess
@@ -7,9 +8,10 @@ import sys
 import textwrap
 
 import torch
-from conftest import HANG_GUARD_SECONDS, padded_batch, tiny_model
+from conftest import HANG_GUARD_SECONDS, ROOT, padded_batch, tiny_model
 
 from vaswani_hf import VaswaniForConditionalGeneration
+from vaswani_hf.hub import CODE_FILES
 
 
 def run_without_package(code: str, tmp_path) -> subprocess.CompletedProcess:
@@ -94,3 +96,20 @@ def test_remote_code_refuses_missing_weights_and_decodes_as_the_paper_without_a_
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().splitlines()[-1] == "(4, 0.6, 50)"
     assert f"{bare} has no generation_config.json" in result.stderr
+
+
+def test_the_remote_code_files_import_only_each_other_torch_and_transformers(tmp_path):
+    allowed = {"torch", "transformers", "safetensors"} | set(sys.stdlib_module_names)  # safetensors: transformers'
+    for name in CODE_FILES:
+        tree = ast.parse((ROOT / "vaswani_hf" / name).read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                assert node.level == 1 and f"{node.module}.py" in CODE_FILES, f"{name} imports .{node.module}"
+            elif isinstance(node, (ast.Import, ast.ImportFrom)):
+                modules = [alias.name for alias in node.names] if isinstance(node, ast.Import) else [node.module]
+                assert {module.split(".")[0] for module in modules} <= allowed, f"{name} imports {modules}"
+    # save_pretrained copies the model's file and the siblings it imports, which CODE_FILES must all name
+    tiny_model(seed=24).save_pretrained(tmp_path)
+    saved = {path.name for path in tmp_path.glob("*.py")}
+    assert saved == {"configuration_vaswani.py", "generation_vaswani.py", "loss_vaswani.py", "modeling_vaswani.py"}
+    assert saved <= set(CODE_FILES)

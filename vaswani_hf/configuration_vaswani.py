@@ -140,6 +140,8 @@ class VaswaniConfig(PretrainedConfig):
     def custom_pipelines(self, value: dict[str, Any]) -> None:
         self.__dict__["custom_pipelines"] = value
 
+    # By hand rather than with transformers' `@strict` field validators (huggingface_hub.dataclasses, as MarianConfig):
+    # those raise StrictDataclass*Error, not the ValueError the commands report, and only warn on special ids.
     def _check_values(self) -> None:
         for field in (
             "vocab_size",

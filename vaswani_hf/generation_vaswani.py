@@ -17,16 +17,85 @@ Which beams survive, the length penalty, early stopping and the finished hypothe
 beam-search helpers, so the search itself is theirs. Anything else (sampling, returned scores or attentions, static
 caches, several devices, streamers) runs through `GenerationMixin` unchanged.
 
-This file is uploaded with published models for `trust_remote_code=True`, beside `modeling_vaswani.py`.
+The seam: `VaswaniGenerationMixin` overrides `GenerationMixin`'s private `_sample` / `_beam_search`, and our beam
+search calls five of its private helpers, which any transformers release may change. `fast_decoding_applies` is the one
+place that decides between our loops and transformers' own; on a transformers version outside
+`TESTED_TRANSFORMERS_VERSIONS` it always picks transformers' own (with one warning): slower decoding, never wrong.
+
+Also here: the paper's decoding settings (`paper_generation_config`) and its source-length limit
+(`SourceLengthLimitLogitsProcessor`, applied by `VaswaniGenerationMixin.generate`).
+
+This file is uploaded with published models for `trust_remote_code=True`, beside `modeling_vaswani.py`: it imports only
+`transformers`, `torch` and its sibling `configuration_vaswani`.
 """
 
+import functools
 import math
 
 import torch
+import transformers
 from torch import nn
-from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, StoppingCriteriaList
+from transformers import GenerationConfig, GenerationMixin, LogitsProcessor, LogitsProcessorList, StoppingCriteriaList
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer, EncoderDecoderCache
 from transformers.generation.logits_process import MinLengthLogitsProcessor, MinNewTokensLengthLogitsProcessor
+from transformers.utils import logging
+
+from .configuration_vaswani import VaswaniConfig
+
+logger = logging.get_logger(__name__)
+
+# The transformers releases tests/test_generation.py has passed on (our loops give the tokens of transformers' own);
+# add a release here only after those tests pass on it. The lowest is pyproject's lower bound, which CI also tests
+# (scripts/test_lowest_transformers.sh).
+TESTED_TRANSFORMERS_VERSIONS = ("5.24.0",)
+
+
+def paper_generation_config(config: VaswaniConfig) -> GenerationConfig:
+    """The decoding of Sec. 6.1 with the model's special tokens: beam size 4, length penalty 0.6, output length at
+    most the input length + 50 (`max_new_tokens_offset`, read by `generate`), stopping early when possible."""
+    return GenerationConfig(
+        decoder_start_token_id=config.decoder_start_token_id,
+        bos_token_id=config.bos_token_id,
+        eos_token_id=config.eos_token_id,
+        pad_token_id=config.pad_token_id,
+        num_beams=4,
+        length_penalty=0.6,
+        early_stopping=True,
+        max_new_tokens_offset=50,
+    )
+
+
+class SourceLengthLimitLogitsProcessor(LogitsProcessor):
+    """Forces end-of-sentence once a hypothesis reaches its own source length + offset (Sec. 6.1).
+
+    Per sentence, so a translation does not depend on the lengths of the other sentences in its batch.
+    """
+
+    def __init__(self, max_target_lengths: torch.Tensor, eos_token_id: int):
+        self.max_target_lengths = max_target_lengths  # (batch * num_beams,), decoder start token excluded
+        self.eos_token_id = eos_token_id
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        at_limit = (input_ids.shape[1] - 1) >= self.max_target_lengths
+        if not at_limit.any():
+            return scores
+        forced = torch.full_like(scores, torch.finfo(scores.dtype).min)
+        forced[:, self.eos_token_id] = 0.0
+        return torch.where(at_limit.unsqueeze(1), forced, scores)
+
+
+
+def check_generate_inputs(input_ids: torch.Tensor | None, *num_beams: int | None) -> None:
+    """Refuse what `generate` would fail on deep inside with an unnamed error: a beam count below 1 (a division by
+    zero, or a negative size) and a batch of no sources or of sources with no tokens (a reshape error)."""
+    for value in num_beams:
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"num_beams must be a whole number of at least 1 (1: greedy search), got {value!r}")
+    if isinstance(input_ids, torch.Tensor) and 0 in input_ids.shape:
+        raise ValueError(
+            f"input_ids has shape {tuple(input_ids.shape)}: generate needs at least one source of at least one token"
+        )
+
 
 
 class SuppressEndOfSentenceLogitsProcessor(LogitsProcessor):
@@ -99,9 +168,26 @@ def _in_place_processors(processors: LogitsProcessorList) -> LogitsProcessorList
     return replaced
 
 
+@functools.cache
+def _warn_untested_version(version: str) -> None:
+    logger.warning(
+        f"transformers {version} is not among the versions the fast decoding loops of generation_vaswani.py were "
+        f"tested on {TESTED_TRANSFORMERS_VERSIONS}: generate() uses transformers' own loops (same results, slower)"
+    )
+
+
 def fast_decoding_applies(generation_config: GenerationConfig, model_kwargs: dict, synced_gpus: bool, streamer) -> bool:
-    """Whether these loops can run this `generate` call: deterministic search over a fresh dynamic cache, returning
-    only the token ids, on one device."""
+    """Whether these loops run this `generate` call: deterministic search over a fresh dynamic cache, returning only
+    the token ids, on one device, with a transformers release the equality tests have passed on."""
+    if not _call_is_supported(generation_config, model_kwargs, synced_gpus, streamer):
+        return False
+    if transformers.__version__ not in TESTED_TRANSFORMERS_VERSIONS:
+        _warn_untested_version(transformers.__version__)
+        return False
+    return True
+
+
+def _call_is_supported(generation_config: GenerationConfig, model_kwargs: dict, synced_gpus: bool, streamer) -> bool:
     cache = model_kwargs.get("cache")
     return (
         not generation_config.do_sample
@@ -314,3 +400,80 @@ def beam_search(
     beam_indices = beam_indices[:, :num_return_sequences].reshape(batch_size * num_return_sequences, -1)
     generated_length = (beam_indices + 1).bool().sum(dim=1).max()  # transformers' crop of the unused positions
     return sequences[:, : prompt_len + generated_length]
+
+
+class VaswaniGenerationMixin(GenerationMixin):
+    """`GenerationMixin` with the paper's per-sentence length limit (Sec. 6.1) and, where they apply
+    (`fast_decoding_applies`), the faster greedy and beam-search loops of this file."""
+
+    @torch.no_grad()
+    def generate(self, inputs: torch.Tensor | None = None, generation_config=None, logits_processor=None, **kwargs):
+        """`GenerationMixin.generate`, plus the paper's length limit (Sec. 6.1) when no length is asked for: each
+        output is at most its source length + `generation_config.max_new_tokens_offset` tokens."""
+        config = generation_config if generation_config is not None else self.generation_config
+        input_ids = inputs if inputs is not None else kwargs.get("input_ids")
+        check_generate_inputs(input_ids, kwargs.get("num_beams"), config.num_beams)
+        offset = getattr(config, "max_new_tokens_offset", None)
+        length_given = (
+            kwargs.get("max_length") is not None
+            or kwargs.get("max_new_tokens") is not None
+            or config.max_length is not None
+            or config.max_new_tokens is not None
+        )
+        if offset is None or length_given or input_ids is None or input_ids.dim() != 2:
+            return super().generate(inputs, generation_config, logits_processor, **kwargs)
+
+        attention_mask = kwargs.get("attention_mask")
+        if attention_mask is None:
+            attention_mask = input_ids.ne(self.config.pad_token_id)
+        max_target_lengths = attention_mask.sum(-1) + offset
+        if self.config.position_encoding == "learned":  # the decoder has no position beyond its table
+            max_target_lengths = max_target_lengths.clamp(max=self.config.max_position_embeddings - 1)
+        num_beams = kwargs.get("num_beams") or config.num_beams or 1
+        # generate() repeats each source num_beams times for beam search, num_return_sequences times otherwise
+        expansion = (
+            num_beams if num_beams > 1 else kwargs.get("num_return_sequences") or config.num_return_sequences or 1
+        )
+        processors = LogitsProcessorList(logits_processor or [])
+        eos_token_id = kwargs.get("eos_token_id", config.eos_token_id)
+        eos_token_id = eos_token_id if eos_token_id is not None else self.config.eos_token_id
+        if isinstance(eos_token_id, list):
+            eos_token_id = eos_token_id[0]
+        processors.append(
+            SourceLengthLimitLogitsProcessor(max_target_lengths.repeat_interleave(expansion), eos_token_id)
+        )
+        kwargs["max_new_tokens"] = int(max_target_lengths.max()) + 1
+        return super().generate(inputs, generation_config, processors, **kwargs)
+
+    def _sample(
+        self,
+        input_ids: torch.LongTensor,
+        logits_processor: LogitsProcessorList,
+        stopping_criteria: StoppingCriteriaList,
+        generation_config: GenerationConfig,
+        synced_gpus: bool = False,
+        streamer=None,
+        **model_kwargs,
+    ):
+        """Greedy decoding through generation_vaswani.py when it applies, else `GenerationMixin`'s (sampling, ...)."""
+        if fast_decoding_applies(generation_config, model_kwargs, synced_gpus, streamer):
+            return greedy_search(self, input_ids, logits_processor, stopping_criteria, generation_config, model_kwargs)
+        return super()._sample(
+            input_ids, logits_processor, stopping_criteria, generation_config, synced_gpus, streamer, **model_kwargs
+        )
+
+    def _beam_search(
+        self,
+        input_ids: torch.LongTensor,
+        logits_processor: LogitsProcessorList,
+        stopping_criteria: StoppingCriteriaList,
+        generation_config: GenerationConfig,
+        synced_gpus: bool = False,
+        **model_kwargs,
+    ):
+        """Beam search through generation_vaswani.py when it applies, else `GenerationMixin`'s."""
+        if fast_decoding_applies(generation_config, model_kwargs, synced_gpus, None):
+            return beam_search(self, input_ids, logits_processor, stopping_criteria, generation_config, model_kwargs)
+        return super()._beam_search(
+            input_ids, logits_processor, stopping_criteria, generation_config, synced_gpus, **model_kwargs
+        )

@@ -37,7 +37,13 @@ RUN_FILES = {
     "metrics.json": "the evaluation results written by train()",
 }
 OPTIONAL_RUN_FILES = ("training_curves.png",)
-CODE_FILES = ("configuration_vaswani.py", "generation_vaswani.py", "modeling_vaswani.py", "pipeline_vaswani.py")
+CODE_FILES = (
+    "configuration_vaswani.py",
+    "generation_vaswani.py",
+    "loss_vaswani.py",
+    "modeling_vaswani.py",
+    "pipeline_vaswani.py",
+)
 REPO_FILES = (*RUN_FILES, "README.md", *CODE_FILES)
 BUILT_BY = "vaswani-publish"  # `atomic_folder`'s record: a repo folder publish built may be rebuilt without --overwrite
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")

@@ -4,8 +4,8 @@ Read top to bottom: positions (Sec. 3.5), attention (Sec. 3.2), feed-forward (Se
 decoder layers (Sec. 3.1), the stacks, then the encoder-decoder with its tied output projection (Sec. 3.4).
 
 This file is uploaded with published models for `trust_remote_code=True`: it imports only `transformers`, `torch`,
-`safetensors` (a dependency of transformers) and its siblings `configuration_vaswani` and `generation_vaswani`,
-through relative imports.
+`safetensors` (a dependency of transformers) and its siblings `configuration_vaswani`, `generation_vaswani` (decoding)
+and `loss_vaswani` (the training loss), through relative imports.
 """
 
 import json
@@ -15,18 +15,12 @@ from collections.abc import Callable
 import torch
 from safetensors import SafetensorError, safe_open
 from torch import nn
-from transformers import (
-    GenerationConfig,
-    GenerationMixin,
-    LogitsProcessor,
-    LogitsProcessorList,
-    PreTrainedModel,
-    StoppingCriteriaList,
-)
+from transformers import GenerationConfig, PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
+from transformers.modeling_flash_attention_utils import FlashAttentionKwargs
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import (
     BaseModelOutput,
@@ -35,13 +29,15 @@ from transformers.modeling_outputs import (
     Seq2SeqModelOutput,
 )
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, slice_logits_to_keep
-from transformers.utils import GENERATION_CONFIG_NAME, cached_file, logging
+from transformers.processing_utils import Unpack
+from transformers.utils import GENERATION_CONFIG_NAME, TransformersKwargs, cached_file, logging
 from transformers.utils.deprecation import deprecate_kwarg
-from transformers.utils.generic import merge_with_config_defaults
+from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
 from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
 from .configuration_vaswani import VaswaniConfig
-from .generation_vaswani import beam_search, fast_decoding_applies, greedy_search
+from .generation_vaswani import VaswaniGenerationMixin, paper_generation_config
+from .loss_vaswani import label_smoothed_loss
 
 logger = logging.get_logger(__name__)
 
@@ -178,18 +174,6 @@ def check_token_inputs(
         )
 
 
-def check_generate_inputs(input_ids: torch.Tensor | None, *num_beams: int | None) -> None:
-    """Refuse what `generate` would fail on deep inside with an unnamed error: a beam count below 1 (a division by
-    zero, or a negative size) and a batch of no sources or of sources with no tokens (a reshape error)."""
-    for value in num_beams:
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise ValueError(f"num_beams must be a whole number of at least 1 (1: greedy search), got {value!r}")
-    if isinstance(input_ids, torch.Tensor) and 0 in input_ids.shape:
-        raise ValueError(
-            f"input_ids has shape {tuple(input_ids.shape)}: generate needs at least one source of at least one token"
-        )
-
-
 def eager_attention_forward(
     module: nn.Module,
     query: torch.Tensor,
@@ -217,7 +201,9 @@ class VaswaniAttention(nn.Module):
     fused projection for keys and values, whose result is cached once per generation.
     """
 
-    def __init__(self, config: VaswaniConfig, num_heads: int, is_cross_attention: bool, is_causal: bool, layer_idx):
+    def __init__(
+        self, config: VaswaniConfig, num_heads: int, *, is_cross_attention: bool, is_causal: bool, layer_idx: int
+    ):
         super().__init__()
         self.config = config
         self.num_heads = num_heads
@@ -245,7 +231,7 @@ class VaswaniAttention(nn.Module):
         attention_mask: torch.Tensor | None = None,
         encoder_hidden_states: torch.Tensor | None = None,
         cache: EncoderDecoderCache | None = None,
-        **kwargs,
+        **kwargs: Unpack[FlashAttentionKwargs],
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         batch, length, _ = hidden_states.shape
         if self.is_cross_attention:
@@ -303,7 +289,9 @@ class VaswaniEncoderLayer(GradientCheckpointingLayer):
 
     def __init__(self, config: VaswaniConfig, layer_idx: int):
         super().__init__()
-        self.self_attn = VaswaniAttention(config, config.encoder_attention_heads, False, False, layer_idx)
+        self.self_attn = VaswaniAttention(
+            config, config.encoder_attention_heads, is_cross_attention=False, is_causal=False, layer_idx=layer_idx
+        )
         self.self_attn_layer_norm = nn.LayerNorm(config.d_model)
         self.ffn = VaswaniFeedForward(
             config.d_model, config.encoder_ffn_dim, config.activation_function, config.activation_dropout
@@ -311,7 +299,9 @@ class VaswaniEncoderLayer(GradientCheckpointingLayer):
         self.ffn_layer_norm = nn.LayerNorm(config.d_model)
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None, **kwargs) -> torch.Tensor:
+    def forward(
+        self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None, **kwargs: Unpack[TransformersKwargs]
+    ) -> torch.Tensor:
         attended, _ = self.self_attn(hidden_states, attention_mask, **kwargs)
         hidden_states = self.self_attn_layer_norm(hidden_states + self.dropout(attended))
         return self.ffn_layer_norm(hidden_states + self.dropout(self.ffn(hidden_states)))
@@ -322,9 +312,13 @@ class VaswaniDecoderLayer(GradientCheckpointingLayer):
 
     def __init__(self, config: VaswaniConfig, layer_idx: int):
         super().__init__()
-        self.self_attn = VaswaniAttention(config, config.decoder_attention_heads, False, True, layer_idx)
+        self.self_attn = VaswaniAttention(
+            config, config.decoder_attention_heads, is_cross_attention=False, is_causal=True, layer_idx=layer_idx
+        )
         self.self_attn_layer_norm = nn.LayerNorm(config.d_model)
-        self.cross_attn = VaswaniAttention(config, config.decoder_attention_heads, True, False, layer_idx)
+        self.cross_attn = VaswaniAttention(
+            config, config.decoder_attention_heads, is_cross_attention=True, is_causal=False, layer_idx=layer_idx
+        )
         self.cross_attn_layer_norm = nn.LayerNorm(config.d_model)
         self.ffn = VaswaniFeedForward(
             config.d_model, config.decoder_ffn_dim, config.activation_function, config.activation_dropout
@@ -339,7 +333,7 @@ class VaswaniDecoderLayer(GradientCheckpointingLayer):
         encoder_hidden_states: torch.Tensor,
         encoder_attention_mask: torch.Tensor | None = None,
         cache: EncoderDecoderCache | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> torch.Tensor:
         attended, _ = self.self_attn(hidden_states, attention_mask, cache=cache, **kwargs)
         hidden_states = self.self_attn_layer_norm(hidden_states + self.dropout(attended))
@@ -450,7 +444,7 @@ class VaswaniEncoder(VaswaniPreTrainedModel):
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> BaseModelOutput:
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds to the encoder")
@@ -498,7 +492,7 @@ class VaswaniDecoder(VaswaniPreTrainedModel):
         cache: EncoderDecoderCache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> BaseModelOutputWithPastAndCrossAttentions:
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds to the decoder")
@@ -577,6 +571,7 @@ class VaswaniModel(VaswaniPreTrainedModel):
         self.encoder.embed_tokens = value
         self.decoder.embed_tokens = value
 
+    @can_return_tuple
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
@@ -589,7 +584,7 @@ class VaswaniModel(VaswaniPreTrainedModel):
         inputs_embeds: torch.Tensor | None = None,
         decoder_inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> Seq2SeqModelOutput:
         if encoder_outputs is None:
             encoder_outputs = self.encoder(
@@ -619,147 +614,7 @@ class VaswaniModel(VaswaniPreTrainedModel):
         )
 
 
-class SourceLengthLimitLogitsProcessor(LogitsProcessor):
-    """Forces end-of-sentence once a hypothesis reaches its own source length + offset (Sec. 6.1).
-
-    Per sentence, so a translation does not depend on the lengths of the other sentences in its batch.
-    """
-
-    def __init__(self, max_target_lengths: torch.Tensor, eos_token_id: int):
-        self.max_target_lengths = max_target_lengths  # (batch * num_beams,), decoder start token excluded
-        self.eos_token_id = eos_token_id
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        at_limit = (input_ids.shape[1] - 1) >= self.max_target_lengths
-        if not at_limit.any():
-            return scores
-        forced = torch.full_like(scores, torch.finfo(scores.dtype).min)
-        forced[:, self.eos_token_id] = 0.0
-        return torch.where(at_limit.unsqueeze(1), forced, scores)
-
-
-class LinearCrossEntropy(torch.autograd.Function):
-    """Output projection and label-smoothed cross-entropy (Sec. 5.4) in one step that never stores the
-    (tokens x vocabulary) logits: chunk by chunk of rows, the forward pass computes the logits, their loss and at once
-    their gradient (softmax - smoothed target), folds it into the gradients of the hidden states and of the weight,
-    and drops the chunk. The backward pass only scales those gradients. Float32 training spends much of its output
-    layer time writing, reading and freeing the logits, their log-probabilities and their gradients (three arrays of
-    4,096 x 37,000 floats per base batch), which this avoids; the matrix products are the same."""
-
-    @staticmethod
-    def forward(ctx, hidden, weight, labels, label_smoothing: float, denominator, chunk_rows: int):
-        vocab_size = weight.shape[0]
-        keep_weight_grad = ctx.needs_input_grad[1]
-        grad_hidden = torch.empty_like(hidden)
-        grad_weight = torch.zeros_like(weight) if keep_weight_grad else None
-        loss = hidden.new_zeros(())
-        for start in range(0, hidden.shape[0], chunk_rows):
-            rows = hidden[start : start + chunk_rows]
-            targets = labels[start : start + chunk_rows]
-            kept = targets.ne(-100)
-            targets = targets.clamp(min=0).unsqueeze(1)
-            logits = rows @ weight.t()
-            log_normaliser = torch.logsumexp(logits, dim=-1)
-            # -log p(target) mixed with the mean of -log p over the vocabulary, as LabelSmoother and cross_entropy.
-            token_loss = (
-                log_normaliser
-                - (1 - label_smoothing) * logits.gather(1, targets).squeeze(1)
-                - label_smoothing / vocab_size * logits.sum(-1)
-            )
-            loss += token_loss.masked_fill(~kept, 0.0).sum()
-            # d loss / d logits = softmax - ((1 - eps) one-hot + eps / V), per kept token, over the denominator.
-            grad_logits = logits.sub_(log_normaliser.unsqueeze(1)).exp_()
-            grad_logits.scatter_add_(1, targets, grad_logits.new_full(targets.shape, label_smoothing - 1))
-            grad_logits.sub_(label_smoothing / vocab_size).mul_((kept / denominator).unsqueeze(1))
-            grad_hidden[start : start + chunk_rows] = grad_logits @ weight
-            if keep_weight_grad:
-                grad_weight.addmm_(grad_logits.t(), rows)
-        ctx.save_for_backward(grad_hidden, grad_weight)
-        return loss / denominator
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_loss):
-        grad_hidden, grad_weight = ctx.saved_tensors
-        grad_weight = None if grad_weight is None else grad_weight * grad_loss
-        return grad_hidden * grad_loss, grad_weight, None, None, None, None
-
-
-def label_smoothed_loss(
-    hidden_states: torch.Tensor,
-    output_projection: nn.Linear,
-    labels: torch.LongTensor,
-    label_smoothing: float = 0.0,
-    num_items_in_batch: int | torch.Tensor | None = None,
-    keep_logits: bool = True,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Cross-entropy of `output_projection(hidden_states)` against `labels` (-100 where ignored) with label smoothing
-    (Sec. 5.4: the target puts 1 - eps on the label and eps spread over the vocabulary): the mean over the kept
-    tokens, or their sum over `num_items_in_batch`. Returns (loss, logits). With `keep_logits=False`, when gradients
-    flow in float32 without autocast through a plain `nn.Linear` projection, the loss is fused with it
-    (`LinearCrossEntropy`) and the logits are None."""
-    if labels.shape != hidden_states.shape[:-1]:
-        raise ValueError(
-            f"labels of shape {tuple(labels.shape)} do not match the decoder output's {tuple(hidden_states.shape[:-1])}"
-        )
-    vocab_size = output_projection.out_features
-    outside = (labels != -100) & ((labels < 0) | (labels >= vocab_size))
-    if outside.any():
-        raise ValueError(
-            f"labels hold id {labels[outside][0].item()}, neither -100 (ignored) nor in the vocabulary of "
-            f"{vocab_size} tokens"
-        )
-    if not 0.0 <= label_smoothing <= 1.0:
-        raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
-    denominator = labels.ne(-100).sum() if num_items_in_batch is None else num_items_in_batch
-    fused = (
-        not keep_logits
-        and torch.is_grad_enabled()
-        # a plain projection: not one replaced (quantized, adapted) or hooked, whose output the fused loss would skip
-        and type(output_projection) is nn.Linear
-        and not (output_projection._forward_hooks or output_projection._forward_pre_hooks)
-        and hidden_states.dtype == output_projection.weight.dtype == torch.float32
-        and not torch.is_autocast_enabled(hidden_states.device.type)
-        and output_projection.bias is None
-    )
-    if fused:
-        chunk_rows = max(1, 2**25 // vocab_size)  # ~128 MB of float32 logits per chunk
-        loss = LinearCrossEntropy.apply(
-            hidden_states.flatten(0, -2),
-            output_projection.weight,
-            labels.flatten(),
-            label_smoothing,
-            denominator,
-            chunk_rows,
-        )
-        return loss, None
-    logits = output_projection(hidden_states)
-    loss = nn.functional.cross_entropy(
-        logits.flatten(0, -2).float(),
-        labels.flatten(),
-        ignore_index=-100,
-        reduction="sum",
-        label_smoothing=label_smoothing,
-    )
-    return loss / denominator, logits
-
-
-def paper_generation_config(config: VaswaniConfig) -> GenerationConfig:
-    """The decoding of Sec. 6.1 with the model's special tokens: beam size 4, length penalty 0.6, output length at
-    most the input length + 50 (`max_new_tokens_offset`, read by `generate`), stopping early when possible."""
-    return GenerationConfig(
-        decoder_start_token_id=config.decoder_start_token_id,
-        bos_token_id=config.bos_token_id,
-        eos_token_id=config.eos_token_id,
-        pad_token_id=config.pad_token_id,
-        num_beams=4,
-        length_penalty=0.6,
-        early_stopping=True,
-        max_new_tokens_offset=50,
-    )
-
-
-class VaswaniForConditionalGeneration(VaswaniPreTrainedModel, GenerationMixin):
+class VaswaniForConditionalGeneration(VaswaniPreTrainedModel, VaswaniGenerationMixin):
     """The Transformer for sequence-to-sequence generation: `VaswaniModel` and the output projection, tied to the
     shared embedding (Sec. 3.4). Decoding defaults follow Sec. 6.1: beam 4, length penalty 0.6, output length at most
     the source length + 50 (the generation config's `max_new_tokens_offset`)."""
@@ -779,6 +634,7 @@ class VaswaniForConditionalGeneration(VaswaniPreTrainedModel, GenerationMixin):
     def get_decoder(self) -> VaswaniDecoder:
         return self.model.decoder
 
+    @can_return_tuple
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
@@ -795,7 +651,7 @@ class VaswaniForConditionalGeneration(VaswaniPreTrainedModel, GenerationMixin):
         logits_to_keep: int | torch.Tensor = 0,
         num_items_in_batch: int | torch.Tensor | None = None,
         label_smoothing: float = 0.0,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> Seq2SeqLMOutput:
         r"""`labels` are the target ids ending in `</s>`, -100 where ignored; the decoder input is derived from them
         when not given. The loss is their cross-entropy with `label_smoothing` (Sec. 5.4 uses 0.1), the mean over
@@ -848,78 +704,6 @@ class VaswaniForConditionalGeneration(VaswaniPreTrainedModel, GenerationMixin):
 
     def prepare_decoder_input_ids_from_labels(self, labels: torch.Tensor) -> torch.Tensor:
         return shift_tokens_right(labels, self.config.pad_token_id, self.config.decoder_start_token_id)
-
-    @torch.no_grad()
-    def generate(self, inputs: torch.Tensor | None = None, generation_config=None, logits_processor=None, **kwargs):
-        """`GenerationMixin.generate`, plus the paper's length limit (Sec. 6.1) when no length is asked for: each
-        output is at most its source length + `generation_config.max_new_tokens_offset` tokens."""
-        config = generation_config if generation_config is not None else self.generation_config
-        input_ids = inputs if inputs is not None else kwargs.get("input_ids")
-        check_generate_inputs(input_ids, kwargs.get("num_beams"), config.num_beams)
-        offset = getattr(config, "max_new_tokens_offset", None)
-        length_given = (
-            kwargs.get("max_length") is not None
-            or kwargs.get("max_new_tokens") is not None
-            or config.max_length is not None
-            or config.max_new_tokens is not None
-        )
-        if offset is None or length_given or input_ids is None or input_ids.dim() != 2:
-            return super().generate(inputs, generation_config, logits_processor, **kwargs)
-
-        attention_mask = kwargs.get("attention_mask")
-        if attention_mask is None:
-            attention_mask = input_ids.ne(self.config.pad_token_id)
-        max_target_lengths = attention_mask.sum(-1) + offset
-        if self.config.position_encoding == "learned":  # the decoder has no position beyond its table
-            max_target_lengths = max_target_lengths.clamp(max=self.config.max_position_embeddings - 1)
-        num_beams = kwargs.get("num_beams") or config.num_beams or 1
-        # generate() repeats each source num_beams times for beam search, num_return_sequences times otherwise
-        expansion = (
-            num_beams if num_beams > 1 else kwargs.get("num_return_sequences") or config.num_return_sequences or 1
-        )
-        processors = LogitsProcessorList(logits_processor or [])
-        eos_token_id = kwargs.get("eos_token_id", config.eos_token_id)
-        eos_token_id = eos_token_id if eos_token_id is not None else self.config.eos_token_id
-        if isinstance(eos_token_id, list):
-            eos_token_id = eos_token_id[0]
-        processors.append(
-            SourceLengthLimitLogitsProcessor(max_target_lengths.repeat_interleave(expansion), eos_token_id)
-        )
-        kwargs["max_new_tokens"] = int(max_target_lengths.max()) + 1
-        return super().generate(inputs, generation_config, processors, **kwargs)
-
-    def _sample(
-        self,
-        input_ids: torch.LongTensor,
-        logits_processor: LogitsProcessorList,
-        stopping_criteria: StoppingCriteriaList,
-        generation_config: GenerationConfig,
-        synced_gpus: bool = False,
-        streamer=None,
-        **model_kwargs,
-    ):
-        """Greedy decoding through generation_vaswani.py when it applies, else `GenerationMixin`'s (sampling, ...)."""
-        if fast_decoding_applies(generation_config, model_kwargs, synced_gpus, streamer):
-            return greedy_search(self, input_ids, logits_processor, stopping_criteria, generation_config, model_kwargs)
-        return super()._sample(
-            input_ids, logits_processor, stopping_criteria, generation_config, synced_gpus, streamer, **model_kwargs
-        )
-
-    def _beam_search(
-        self,
-        input_ids: torch.LongTensor,
-        logits_processor: LogitsProcessorList,
-        stopping_criteria: StoppingCriteriaList,
-        generation_config: GenerationConfig,
-        synced_gpus: bool = False,
-        **model_kwargs,
-    ):
-        """Beam search through generation_vaswani.py when it applies, else `GenerationMixin`'s."""
-        if fast_decoding_applies(generation_config, model_kwargs, synced_gpus, None):
-            return beam_search(self, input_ids, logits_processor, stopping_criteria, generation_config, model_kwargs)
-        return super()._beam_search(
-            input_ids, logits_processor, stopping_criteria, generation_config, synced_gpus, **model_kwargs
-        )
 
 
 __all__ = [

@@ -1,0 +1,118 @@
+"""The training loss: label-smoothed cross-entropy (Sec. 5.4), fused with the output projection when that saves the
+(tokens x vocabulary) logits.
+
+This file is uploaded with published models for `trust_remote_code=True`, beside `modeling_vaswani.py` (which calls
+it): it imports only `torch`.
+"""
+
+import torch
+from torch import nn
+
+
+class LinearCrossEntropy(torch.autograd.Function):
+    """Output projection and label-smoothed cross-entropy (Sec. 5.4) in one step that never stores the
+    (tokens x vocabulary) logits: chunk by chunk of rows, the forward pass computes the logits, their loss and at once
+    their gradient (softmax - smoothed target), folds it into the gradients of the hidden states and of the weight,
+    and drops the chunk. The backward pass only scales those gradients. Float32 training spends much of its output
+    layer time writing, reading and freeing the logits, their log-probabilities and their gradients (three arrays of
+    4,096 x 37,000 floats per base batch), which this avoids; the matrix products are the same."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, labels, label_smoothing: float, denominator, chunk_rows: int):
+        vocab_size = weight.shape[0]
+        keep_weight_grad = ctx.needs_input_grad[1]
+        grad_hidden = torch.empty_like(hidden)
+        grad_weight = torch.zeros_like(weight) if keep_weight_grad else None
+        loss = hidden.new_zeros(())
+        for start in range(0, hidden.shape[0], chunk_rows):
+            rows = hidden[start : start + chunk_rows]
+            targets = labels[start : start + chunk_rows]
+            kept = targets.ne(-100)
+            targets = targets.clamp(min=0).unsqueeze(1)
+            logits = rows @ weight.t()
+            log_normaliser = torch.logsumexp(logits, dim=-1)
+            # -log p(target) mixed with the mean of -log p over the vocabulary, as LabelSmoother and cross_entropy.
+            token_loss = (
+                log_normaliser
+                - (1 - label_smoothing) * logits.gather(1, targets).squeeze(1)
+                - label_smoothing / vocab_size * logits.sum(-1)
+            )
+            loss += token_loss.masked_fill(~kept, 0.0).sum()
+            # d loss / d logits = softmax - ((1 - eps) one-hot + eps / V), per kept token, over the denominator.
+            grad_logits = logits.sub_(log_normaliser.unsqueeze(1)).exp_()
+            grad_logits.scatter_add_(1, targets, grad_logits.new_full(targets.shape, label_smoothing - 1))
+            grad_logits.sub_(label_smoothing / vocab_size).mul_((kept / denominator).unsqueeze(1))
+            grad_hidden[start : start + chunk_rows] = grad_logits @ weight
+            if keep_weight_grad:
+                grad_weight.addmm_(grad_logits.t(), rows)
+        ctx.save_for_backward(grad_hidden, grad_weight)
+        return loss / denominator
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_loss):
+        grad_hidden, grad_weight = ctx.saved_tensors
+        grad_weight = None if grad_weight is None else grad_weight * grad_loss
+        return grad_hidden * grad_loss, grad_weight, None, None, None, None
+
+
+def label_smoothed_loss(
+    hidden_states: torch.Tensor,
+    output_projection: nn.Linear,
+    labels: torch.LongTensor,
+    label_smoothing: float = 0.0,
+    num_items_in_batch: int | torch.Tensor | None = None,
+    keep_logits: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Cross-entropy of `output_projection(hidden_states)` against `labels` (-100 where ignored) with label smoothing
+    (Sec. 5.4: the target puts 1 - eps on the label and eps spread over the vocabulary): the mean over the kept
+    tokens, or their sum over `num_items_in_batch`. Returns (loss, logits). With `keep_logits=False`, when gradients
+    flow in float32 without autocast through a plain `nn.Linear` projection, the loss is fused with it
+    (`LinearCrossEntropy`) and the logits are None."""
+    if labels.shape != hidden_states.shape[:-1]:
+        raise ValueError(
+            f"labels of shape {tuple(labels.shape)} do not match the decoder output's {tuple(hidden_states.shape[:-1])}"
+        )
+    vocab_size = output_projection.out_features
+    outside = (labels != -100) & ((labels < 0) | (labels >= vocab_size))
+    if outside.any():
+        raise ValueError(
+            f"labels hold id {labels[outside][0].item()}, neither -100 (ignored) nor in the vocabulary of "
+            f"{vocab_size} tokens"
+        )
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
+    denominator = labels.ne(-100).sum() if num_items_in_batch is None else num_items_in_batch
+    fused = (
+        not keep_logits
+        and torch.is_grad_enabled()
+        # a plain projection: not one replaced (quantized, adapted) or hooked, whose output the fused loss would skip
+        and type(output_projection) is nn.Linear
+        and not (output_projection._forward_hooks or output_projection._forward_pre_hooks)
+        and hidden_states.dtype == output_projection.weight.dtype == torch.float32
+        and not torch.is_autocast_enabled(hidden_states.device.type)
+        and output_projection.bias is None
+    )
+    if fused:
+        chunk_rows = max(1, 2**25 // vocab_size)  # ~128 MB of float32 logits per chunk
+        loss = LinearCrossEntropy.apply(
+            hidden_states.flatten(0, -2),
+            output_projection.weight,
+            labels.flatten(),
+            label_smoothing,
+            denominator,
+            chunk_rows,
+        )
+        return loss, None
+    logits = output_projection(hidden_states)
+    loss = nn.functional.cross_entropy(
+        logits.flatten(0, -2).float(),
+        labels.flatten(),
+        ignore_index=-100,
+        reduction="sum",
+        label_smoothing=label_smoothing,
+    )
+    return loss / denominator, logits
+
+
+__all__ = ["LinearCrossEntropy", "label_smoothed_loss"]
