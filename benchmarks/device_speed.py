@@ -252,7 +252,10 @@ def generation_case(
 def projection_case(weight: torch.Tensor, rows: int, repeats: int, device: torch.device) -> dict:
     """20 products of `rows` hidden states with the output projection each way, into preallocated scores."""
     hidden = torch.randn(rows, weight.shape[1], device=device)
-    scores, transposed = torch.empty(rows, weight.shape[0], device=device), torch.empty(weight.t().shape, device=device)
+    scores, transposed = (
+        torch.empty(rows, weight.shape[0], device=device),
+        torch.empty(weight.shape[0], rows, device=device),
+    )
 
     def weight_times_hidden_t() -> None:
         for _ in range(20):

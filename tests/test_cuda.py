@@ -10,7 +10,10 @@ from conftest import copy_task_batch, padded_batch, tiny_model
 from test_faults import fp16_trainer
 from test_generation import generate_with_each_loop
 from test_training import pad, reversal_dataset, trainer_for
+from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 from transformers.trainer_pt_utils import LabelSmoother
+
+from vaswani_hf.generation_vaswani import _next_token_scores, _score_buffers
 
 DEVICES = [
     "cpu",
@@ -115,3 +118,23 @@ def test_training_steps_under_mixed_precision_keep_float32_weights_finite_and_le
     with torch.no_grad():
         trained = model.eval()(**on(batch, device)).loss.item()
     assert trained < 0.9 * initial, (initial, trained)
+
+
+def test_the_decoding_score_buffers_fit_the_device_and_give_the_projections_logits(device):
+    # On a CPU the product is weight x hidden^T plus a transposing copy (faster with MKL); elsewhere it goes
+    # straight into the scores. Both ways, on the CPU, give lm_head's logits.
+    model = tiny_model(seed=2, vocab_size=300).to(device)
+    hidden_states = torch.randn(5, 4, model.config.d_model, device=device)
+    ids = torch.randint(4, 300, (5, 1), device=device)
+    buffers = _score_buffers(model, 5, device)
+    assert (buffers[1] is not None) == (device.type == "cpu")
+    ways = [buffers, (buffers[0], None)] if device.type == "cpu" else [buffers]
+    with torch.no_grad():
+        expected = _next_token_scores(
+            model, ids, hidden_states, None, EncoderDecoderCache(DynamicCache(), DynamicCache())
+        )
+        for out in ways:
+            cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+            scores = _next_token_scores(model, ids, hidden_states, None, cache, out=out)
+            assert scores.data_ptr() == buffers[0].data_ptr()
+            torch.testing.assert_close(scores, expected, rtol=1e-4, atol=1e-5)
