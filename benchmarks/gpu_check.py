@@ -316,11 +316,11 @@ def main(argv: list[str] | None = None) -> None:
             results["recipe"] = recipe_runs(sliced, work, device, 0.5 if args.dry else args.train_minutes, args.dry)
             plot_curves(results["recipe"], output / "gpu_curves.png")
         results.setdefault("stage_seconds", {})[stage] = round(time.perf_counter() - stage_started, 1)
-        print(f"[gpu_check] {stage}: {results['stage_seconds'][stage]} s", flush=True)
-    results["total_minutes"] = round((time.perf_counter() - started) / 60, 2)
-    write_json(output / "gpu.json", results)
-    write_text(output / "gpu.md", markdown(results))
-    print(f"written to {output / 'gpu.json'} and {output / 'gpu.md'}")
+        results["total_minutes"] = round((time.perf_counter() - started) / 60, 2)
+        # after each stage: a run stopped at its time limit keeps what it measured
+        write_json(output / "gpu.json", results)
+        write_text(output / "gpu.md", markdown(results))
+        print(f"[gpu_check] {stage}: {results['stage_seconds'][stage]} s, written to {output / 'gpu.md'}", flush=True)
 
 
 if __name__ == "__main__":
