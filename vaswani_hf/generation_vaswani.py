@@ -10,9 +10,9 @@ These loops skip it and change no result (tests compare them token for token wit
   search reorders them between two such buffers: on a CPU, allocating fresh multi-megabyte tensors every step
   (concatenation, then the reorder) costs more than the copies themselves;
 - the decoder runs on the new token only and the output projection on its position, into reused score buffers,
-  with no per-step bookkeeping of model arguments; the projection is computed as weight x hidden^T (vocabulary x
-  rows), which MKL runs faster than hidden x weight^T for few rows (measured: ~30% at 32 rows, ~15% at 128, the
-  transposing copy included), with equal results.
+  with no per-step bookkeeping of model arguments; on a CPU the projection is computed as weight x hidden^T
+  (vocabulary x rows), which MKL runs faster than hidden x weight^T for few rows (measured: ~30% at 32 rows, ~15% at
+  128, the transposing copy included), with equal results.
 Which beams survive, the length penalty, early stopping and the finished hypotheses are decided by transformers' own
 beam-search helpers, so the search itself is theirs. Anything else (sampling, returned scores or attentions, static
 caches, several devices, streamers) runs through `GenerationMixin` unchanged.
@@ -225,19 +225,26 @@ def _next_token_scores(
     if out is None:
         return model.lm_head(hidden_states).float()
     scores, transposed_scores = out
+    if transposed_scores is None:
+        return torch.mm(hidden_states, model.lm_head.weight.t(), out=scores)
     torch.mm(model.lm_head.weight, hidden_states.t(), out=transposed_scores)
     return scores.copy_(transposed_scores.t())
 
 
-def _score_buffers(model: nn.Module, rows: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """A score matrix (rows x vocabulary) and its transposed twin for the projection's product, reused every step,
-    when the output projection is a plain float32 one (not quantized, say): on a CPU a fresh score matrix every step
-    costs as much as the softmax over it, and copying the transposed product costs less than it saves."""
+def _score_buffers(
+    model: nn.Module, rows: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """A score matrix (rows x vocabulary) and, on a CPU, its transposed twin for the projection's product, reused
+    every step, when the output projection is a plain float32 one (not quantized, say): on a CPU a fresh score matrix
+    every step costs as much as the softmax over it, and copying the transposed product costs less than it saves.
+    Elsewhere the product goes straight into the score matrix: the layout was chosen for MKL, and on a GPU the copy
+    is one more pass over the scores (benchmarks/gpu_check.py times both there)."""
     projection = model.lm_head
     if type(projection) is not nn.Linear or projection.bias is not None or projection.weight.dtype != torch.float32:
         return None
     vocabulary = projection.out_features
-    return torch.empty(rows, vocabulary, device=device), torch.empty(vocabulary, rows, device=device)
+    transposed = torch.empty(vocabulary, rows, device=device) if device.type == "cpu" else None
+    return torch.empty(rows, vocabulary, device=device), transposed
 
 
 def _preallocated_cache(model: nn.Module, model_kwargs: dict, max_length: int) -> EncoderDecoderCache:

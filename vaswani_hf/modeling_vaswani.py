@@ -159,7 +159,9 @@ def check_token_inputs(
     or, worse, run silently wrong (a mask of another shape is broadcast or cut by the mask functions)."""
     if input_ids.dim() != 2:
         raise ValueError(f"{name} must be (batch, length), got shape {tuple(input_ids.shape)}")
-    if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= vocab_size):
+    # one pass and one read back to the host (on an accelerator, a wait for it): not one of each for min and max
+    smallest, largest = torch.stack(torch.aminmax(input_ids)).tolist() if input_ids.numel() else (0, 0)
+    if smallest < 0 or largest >= vocab_size:
         bad = input_ids[(input_ids < 0) | (input_ids >= vocab_size)][0].item()
         raise ValueError(f"{name} holds id {bad}, outside the vocabulary of {vocab_size} tokens (0-{vocab_size - 1})")
     if attention_mask is None:
