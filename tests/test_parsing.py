@@ -2,7 +2,12 @@
 right-branching baseline, and decoding with the paper's parsing settings."""
 
 import os
+import random
 import shlex
+import subprocess
+import sys
+import types
+from collections import Counter
 
 import pytest
 from conftest import ROOT, tiny_model
@@ -11,7 +16,14 @@ from vaswani_hf.cli.train import parse_arguments
 from vaswani_hf.cli.train_tokenizer import main as train_tokenizer_main
 from vaswani_hf.corpus import load_corpus
 from vaswani_hf.data import load_parallel_corpus, preprocess
-from vaswani_hf.parsing import bracket_scores, evaluate_parser, labeled_brackets, right_branching_tree
+from vaswani_hf.parsing import (
+    EVALB_DELETED_TAGS,
+    EVALB_EQUAL_LABELS,
+    bracket_scores,
+    evaluate_parser,
+    labeled_brackets,
+    right_branching_tree,
+)
 from vaswani_hf.tokenization import load_tokenizer, train_tokenizer
 from vaswani_hf.training import train_tokenizer_command
 from vaswani_hf.treebank import (
@@ -210,3 +222,90 @@ def test_evaluate_parser_decodes_with_the_papers_parsing_settings(treebank):
     assert model.generation_config.num_beams == 4  # the model's own translation defaults are untouched
     assert len(generated) == 2 and 0.0 <= scores["well_formed"] <= 100.0 and 0.0 <= scores["words_copied"] <= 100.0
     assert scores["sentences"] == 2 and scores["gold_brackets"] == bracket_scores(gold, gold)["matched_brackets"]
+
+
+@pytest.fixture(scope="module")
+def pyevalb(tmp_path_factory):
+    """PYEVALB 0.1.3, an independent EVALB in Python, installed without its dependencies (they would downgrade the
+    environment's); `pytablewriter`, which it uses only to print tables, stands in as an empty module."""
+    target = tmp_path_factory.mktemp("pyevalb")
+    command = [
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--no-deps",
+        "--target",
+        str(target),
+        "PYEVALB==0.1.3",
+    ]
+    if subprocess.run(command, capture_output=True).returncode != 0:
+        if os.environ.get("CI"):
+            pytest.fail("pip could not install PYEVALB")
+        pytest.skip("pip could not install PYEVALB (no package index?)")
+    sys.path.insert(0, str(target))
+    sys.modules.setdefault("pytablewriter", types.ModuleType("pytablewriter"))
+    try:
+        from PYEVALB import parser, scorer
+    finally:
+        sys.path.remove(str(target))
+    return parser, scorer.Scorer()
+
+
+def evalb_view(tree: Tree, gold: Tree) -> str:
+    """`tree` as COLLINS.prm makes EVALB see it, for a scorer without parameters: the words whose gold tag is
+    deleted removed with the constituents they leave empty, PRT written ADVP, the gold tags on the words."""
+    tags = iter(tag for tag, _ in gold.tagged_words())
+
+    def visit(node: Tree) -> str | None:
+        if node.is_preterminal:
+            tag = next(tags)
+            return None if tag in EVALB_DELETED_TAGS else f"({tag} {node.children[0]})"
+        children = [text for text in map(visit, node.children) if text]
+        return f"({EVALB_EQUAL_LABELS.get(node.label, node.label)} {' '.join(children)})" if children else None
+
+    return visit(tree)
+
+
+@pytest.mark.slow
+def test_the_scorer_agrees_with_pyevalb_but_for_repeated_brackets(treebank, pyevalb):
+    parser, scorer = pyevalb
+    gold = treebank["test"]
+
+    def pyevalb_f1(predicted: list[Tree]) -> tuple[float, int]:
+        counts = Counter()
+        for tree, reference in zip(predicted, gold, strict=True):
+            result = scorer.score_trees(
+                parser.create_from_bracket_string(evalb_view(reference, reference)),
+                parser.create_from_bracket_string(evalb_view(tree, reference)),
+            )
+            counts.update(matched=result.matched_brackets, gold=result.gold_brackets, test=result.test_brackets)
+        return 200 * counts["matched"] / (counts["gold"] + counts["test"]), counts["matched"]
+
+    right_branching = [right_branching_tree(t.words(), "NP") for t in gold]  # no bracket occurs twice in it
+    assert round(pyevalb_f1(right_branching)[0], 2) == round(bracket_scores(right_branching, gold)["f1"], 2)
+    # PYEVALB matches brackets as a set: a bracket repeated in both trees (a unary chain X -> X, often left by a
+    # deleted comma) is matched once, where EVALB matches it as often as it occurs in both; no other difference
+    rng = random.Random(0)
+    for predicted in (gold, [relabeled(t, rng) for t in gold]):
+        _, matched = pyevalb_f1(predicted)
+        assert matched == bracket_scores(predicted, gold)["matched_brackets"] - repeated_matches(predicted, gold)
+    assert repeated_matches(gold, gold) > 0 and pyevalb_f1(gold)[0] < 100.0
+
+
+def relabeled(tree: Tree, rng: random.Random) -> Tree:
+    """`tree` with a third of its constituents relabeled at random (its brackets otherwise kept)."""
+    if tree.is_preterminal:
+        return tree
+    label = rng.choice(["NP", "VP", "S", "PP"]) if rng.random() < 0.33 else tree.label
+    return Tree(label, tuple(relabeled(child, rng) for child in tree.children))
+
+
+def repeated_matches(predicted: list[Tree], gold: list[Tree]) -> int:
+    """The matches beyond the first of each (label, span) EVALB bracket, over the sentences."""
+    total = 0
+    for tree, reference in zip(predicted, gold, strict=True):
+        matched = labeled_brackets(tree, reference) & labeled_brackets(reference, reference)
+        total += sum(count - 1 for count in matched.values())
+    return total

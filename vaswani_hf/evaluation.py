@@ -10,7 +10,7 @@ import torch
 from accelerate import PartialState
 from accelerate.utils import gather_object
 from tqdm.auto import tqdm
-from transformers import EvalPrediction, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import BatchEncoding, EvalPrediction, LogitsProcessorList, PreTrainedModel, PreTrainedTokenizerBase
 
 from .files import read_text_lines, write_text_lines
 from .tokenization import load_tokenizer
@@ -25,6 +25,7 @@ def translate(
     progress_bar: bool = True,
     description: str = "Translating",
     across_processes: bool = False,
+    batch_logits_processor: Callable[[list[str], BatchEncoding], LogitsProcessorList] | None = None,
     **generate_kwargs,
 ) -> list[str]:
     """Translate `sources` with `model.generate` (its generation config: beam 4, length penalty 0.6, length limit,
@@ -34,7 +35,10 @@ def translate(
     With `across_processes`, every process of the run (accelerate's `PartialState`) must call it with the same
     sources: process r of n translates batches r, r + n, ... of the same length-sorted batches one process would
     make, and every process gets all the translations in input order (`gather_object`). One process translates all,
-    as without it."""
+    as without it.
+
+    `batch_logits_processor(sources, batch)`, when given, makes the logits processors of each batch from its sources
+    and their encoding, in the order of the batch's rows (constraints that depend on the sentence: parsing.parse)."""
     model.eval()
     order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
     batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
@@ -52,7 +56,10 @@ def translate(
         dynamic_ncols=True,
     ) as bar:
         for indices in batches:
-            batch = tokenizer([sources[i] for i in indices], return_tensors="pt", padding=True).to(model.device)
+            batch_sources = [sources[i] for i in indices]
+            batch = tokenizer(batch_sources, return_tensors="pt", padding=True).to(model.device)
+            if batch_logits_processor is not None:
+                generate_kwargs["logits_processor"] = batch_logits_processor(batch_sources, batch)
             generated = model.generate(**batch, **generate_kwargs)
             translated.extend(zip(indices, tokenizer.batch_decode(generated, skip_special_tokens=True), strict=True))
             bar.update(len(indices))

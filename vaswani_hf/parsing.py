@@ -19,12 +19,20 @@ differ from the gold (here every predicted tree is built over the gold words, so
 import copy
 import os
 from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 
-from transformers import AutoModelForSeq2SeqLM, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoModelForSeq2SeqLM,
+    BatchEncoding,
+    LogitsProcessorList,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from .evaluation import translate
-from .files import write_json
+from .files import write_json, write_text_lines
+from .parsing_constraint import TreeConstraintLogitsProcessor, TreeVocabulary
 from .tokenization import load_tokenizer
 from .treebank import UNKNOWN_TAG, Tree, linearized_words, read_treebank, tree_from_linearized
 
@@ -111,6 +119,21 @@ def most_common_label(trees: list[Tree]) -> str:
     return counts.most_common(1)[0][0]
 
 
+def constituent_labels(trees: list[Tree]) -> list[str]:
+    """Every label of a constituent above the part-of-speech level, the roots' included: what a parse may open."""
+    labels = set()
+
+    def visit(node: Tree) -> None:
+        if not node.is_preterminal:
+            labels.add(node.label)
+            for child in node.children:
+                visit(child)
+
+    for tree in trees:
+        visit(tree)
+    return sorted(labels)
+
+
 def parse(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -119,10 +142,14 @@ def parse(
     num_beams: int = PARSING_NUM_BEAMS,
     length_penalty: float = PARSING_LENGTH_PENALTY,
     progress_bar: bool = True,
+    labels: Iterable[str] | None = None,
 ) -> list[str]:
     """Linearized trees generated with the paper's parsing settings (Sec. 6.3) unless told otherwise: beam 21,
     length penalty 0.3, each output at most its source length + 300 tokens (the model's per-sentence length limit).
-    A progress bar counts the sentences on a terminal (beam 21 takes minutes) unless `progress_bar=False`."""
+    With `labels` (`constituent_labels` of the training trees) decoding is constrained
+    (`TreeConstraintLogitsProcessor`): every output is a well-formed tree over its sentence's words (separated by
+    single spaces), with those labels, closed within the length limit. A progress bar counts the sentences on a
+    terminal (beam 21 takes minutes) unless `progress_bar=False`."""
     config = copy.deepcopy(model.generation_config)
     config.num_beams = num_beams
     config.length_penalty = length_penalty
@@ -130,6 +157,17 @@ def parse(
     # Sec. 6.3's per-sentence limit replaces any fixed length a saved generation config holds (a model saved by a
     # plain Seq2SeqTrainer after evaluating holds max_length=20).
     config.max_length = config.max_new_tokens = None
+    constraint = None
+    if labels is not None:
+        vocabulary = TreeVocabulary(tokenizer, labels)
+
+        def constraint(sources: list[str], batch: BatchEncoding) -> LogitsProcessorList:
+            limits = batch["attention_mask"].sum(-1) + PARSING_LENGTH_OFFSET
+            if model.config.position_encoding == "learned":  # as VaswaniForConditionalGeneration.generate limits it
+                limits = limits.clamp(max=model.config.max_position_embeddings - 1)
+            words = [source.split(" ") for source in sources]
+            return LogitsProcessorList([TreeConstraintLogitsProcessor(vocabulary, words, limits.tolist())])
+
     return translate(
         model,
         tokenizer,
@@ -137,6 +175,7 @@ def parse(
         batch_size=batch_size,
         progress_bar=progress_bar,
         description="Parsing",
+        batch_logits_processor=constraint,
         generation_config=config,
     )
 
@@ -150,8 +189,8 @@ def evaluate_parser(
     **decoding,
 ) -> tuple[dict, list[str]]:
     """Parse `sentences` (words separated by spaces, as in the gold trees; `decoding`: `num_beams`, `length_penalty`,
-    `progress_bar` of `parse`), repair malformed outputs, and score them: (bracket scores plus the percent of
-    `well_formed` outputs and of outputs whose leaves are exactly the sentence's words, `words_copied`; generated
+    `progress_bar`, `labels` of `parse`), repair malformed outputs, and score them: (bracket scores plus the percent
+    of `well_formed` outputs and of outputs whose leaves are exactly the sentence's words, `words_copied`; generated
     linearizations)."""
     generated = parse(model, tokenizer, sentences, batch_size, **decoding)
     repaired = [tree_from_linearized(text, gold.words()) for text, gold in zip(generated, gold_trees, strict=True)]
@@ -160,6 +199,20 @@ def evaluate_parser(
     copied = [linearized_words(text) == gold.words() for text, gold in zip(generated, gold_trees, strict=True)]
     scores["words_copied"] = 100 * sum(copied) / len(copied)
     return scores, generated
+
+
+def with_gold_tags(tree: Tree, gold: Tree) -> Tree:
+    """`tree` (over the words of `gold`) with `gold`'s part-of-speech tags: the model predicts no tags, and EVALB
+    deletes punctuation by its tag (`DELETE_LABEL`), so with the gold tags it deletes the same words in both trees
+    (its tagging accuracy is then meaningless)."""
+    tags = iter(tag for tag, _ in gold.tagged_words())
+
+    def tagged(node: Tree) -> Tree:
+        if node.is_preterminal:
+            return Tree(next(tags), node.children)
+        return Tree(node.label, tuple(tagged(child) for child in node.children))
+
+    return tagged(tree)
 
 
 def evaluate_parsing_run(
@@ -171,9 +224,14 @@ def evaluate_parsing_run(
     batch_size: int = 16,
     num_beams: int = PARSING_NUM_BEAMS,
     length_penalty: float = PARSING_LENGTH_PENALTY,
+    constrained: bool = True,
+    output_file: str | os.PathLike | None = None,
 ) -> dict:
     """Score a saved parser on a treebank split beside the right-branching baseline; optionally write the metrics
-    JSON (numbers only: no treebank text)."""
+    JSON (numbers only: no treebank text) and the predicted trees, one per line in the Penn Treebank's bracket form
+    with the gold tags (`with_gold_tags`), for EVALB (`output_file`: treebank text, keep it out of the repository).
+    Decoding is constrained to well-formed trees over each sentence with the training trees' labels unless
+    `constrained=False`."""
     trees = read_treebank(treebank)
     gold = trees[split][:limit]
     label = most_common_label(trees["train"])
@@ -181,9 +239,13 @@ def evaluate_parsing_run(
     model = AutoModelForSeq2SeqLM.from_pretrained(model_name_or_path)
     tokenizer = load_tokenizer(model_name_or_path)
     sentences = [" ".join(t.words()) for t in gold]
-    scores, _ = evaluate_parser(
-        model, tokenizer, sentences, gold, batch_size, num_beams=num_beams, length_penalty=length_penalty
+    labels = constituent_labels(trees["train"]) if constrained else None
+    scores, generated = evaluate_parser(
+        model, tokenizer, sentences, gold, batch_size, num_beams=num_beams, length_penalty=length_penalty, labels=labels
     )
+    if output_file is not None:
+        predicted = [tree_from_linearized(text, t.words())[0] for text, t in zip(generated, gold, strict=True)]
+        write_text_lines(output_file, [str(with_gold_tags(tree, t)) for tree, t in zip(predicted, gold, strict=True)])
     metrics = {
         "model": str(model_name_or_path),
         "split": split,
@@ -191,6 +253,7 @@ def evaluate_parsing_run(
             "num_beams": num_beams,
             "length_penalty": length_penalty,
             "max_new_tokens": f"source length + {PARSING_LENGTH_OFFSET}",
+            "constrained": constrained,
         },
         "parser": scores,
         "right_branching": {"label": label, **baseline},

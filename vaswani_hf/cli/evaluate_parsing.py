@@ -1,7 +1,9 @@
 """Parse a treebank split with a trained model (beam 21, length penalty 0.3, source length + 300: Sec. 6.3) and
-score it with labeled-bracket F1 in the EVALB convention, beside a right-branching baseline.
+score it with labeled-bracket F1 in the EVALB convention, beside a right-branching baseline. Decoding is constrained
+to well-formed trees over each sentence's words (with the training trees' labels) unless --unconstrained.
 
-vaswani-evaluate-parsing runs/ptb_parsing ../shared/data/ptb-sample/treebank.zip --metrics_file f1.json
+vaswani-evaluate-parsing runs/ptb_parsing ../shared/data/ptb-sample/treebank.zip --metrics_file f1.json \
+    --output runs/ptb_parsing/test_trees.txt
 """
 
 import argparse
@@ -20,6 +22,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch_size", type=int, default=16, help="sentences decoded together (times the beams)")
     parser.add_argument("--num_beams", type=int, default=PARSING_NUM_BEAMS, help="Sec. 6.3: 21")
     parser.add_argument("--length_penalty", type=float, default=PARSING_LENGTH_PENALTY, help="Sec. 6.3: 0.3")
+    parser.add_argument(
+        "--unconstrained",
+        action="store_true",
+        help="decode freely (malformed outputs are repaired before scoring) instead of only well-formed trees",
+    )
+    parser.add_argument(
+        "--output",
+        help="write the predicted trees here, one per line with the gold tags, for EVALB (treebank text: keep it out "
+        "of the repository)",
+    )
     args = parser.parse_args(argv)
     metrics = evaluate_parsing_run(
         args.model,
@@ -30,6 +42,8 @@ def main(argv: list[str] | None = None) -> None:
         batch_size=args.batch_size,
         num_beams=args.num_beams,
         length_penalty=args.length_penalty,
+        constrained=not args.unconstrained,
+        output_file=args.output,
     )
     print(json.dumps({name: metrics[name] for name in ("parser", "right_branching")}, indent=2))
 
