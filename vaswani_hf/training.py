@@ -615,7 +615,9 @@ class VaswaniTrainer(Seq2SeqTrainer):
             if self.checkpoints_kept:
                 scores = checkpoint_scores(complete_checkpoints(folder.parent), logged_metric(self.args))
                 selection = getattr(self.args, "average_checkpoints", "last")
-                kept = checkpoints_to_keep(scores, selection, self.checkpoints_kept, self.args.greater_is_better)
+                # greater_is_better is None without metric_for_best_model, when no checkpoint has a score
+                higher = self.args.greater_is_better is not False
+                kept = checkpoints_to_keep(scores, selection, self.checkpoints_kept, higher)
                 delete_old_checkpoints(folder.parent, kept | {self.state.global_step})
 
     def _load_callback_state(self) -> None:
@@ -1357,7 +1359,7 @@ def averaged_checkpoints(output_dir: Path, training_args) -> list[dict]:
     folders = {checkpoint_step(folder): folder for folder in complete_checkpoints(output_dir)}
     scores = checkpoint_scores(folders.values(), metric)
     selection, count = training_args.average_checkpoints, training_args.checkpoints_to_average
-    chosen = select_checkpoints(scores, selection, count, training_args.greater_is_better)
+    chosen = select_checkpoints(scores, selection, count, training_args.greater_is_better is not False)
     recorded = {step: {metric: scores[step]} if metric else {} for step in chosen}
     return [{"step": step, "folder": str(folders[step]), **recorded[step]} for step in chosen]
 
