@@ -33,7 +33,7 @@ def effective_values(name: str) -> dict[str, str]:
         "dropout": f"{config.dropout}",
         "label smoothing": f"{args.label_smoothing_factor}",
         "gradient clipping": f"{args.max_grad_norm}" if args.max_grad_norm else "none",
-        "checkpoints averaged (Sec. 6.1)": f"{args.average_last_checkpoints}",
+        "checkpoints averaged (Sec. 6.1)": f"{args.checkpoints_to_average}",
         "checkpoints kept on disk, besides the best": f"{args.save_total_limit}" if args.save_total_limit else "all",
         "precision": f"{precision} (accelerate: {launch['mixed_precision']})",
         "vocabulary (shared BPE)": f"{data_args.vocab_size:,}",

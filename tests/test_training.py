@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import yaml
-from conftest import recipe, tiny_model
+from conftest import recipe, run, tiny_model
 from datasets import Dataset
 from safetensors.torch import load_file
 from transformers import (
@@ -118,7 +118,9 @@ def test_defaults_are_the_papers():
     assert (args.adam_beta1, args.adam_beta2, args.adam_epsilon, args.weight_decay) == (0.9, 0.98, 1e-9, 0.0)
     assert (args.warmup_steps, args.label_smoothing_factor, args.lr_schedule) == (4000, 0.1, "eq3")
     assert args.max_grad_norm == 0  # no clipping (the Trainer clips only above 0)
-    assert (args.average_last_checkpoints, args.save_total_limit) == (5, 5)
+    # Sec. 6.1: the last 5 averaged, which are also the checkpoints kept; no early stopping
+    assert (args.average_checkpoints, args.checkpoints_to_average, args.save_total_limit) == ("last", 5, 5)
+    assert args.early_stopping_patience is None
 
 
 class GradientNorms(TrainerCallback):
@@ -229,14 +231,19 @@ SCORES = [1.0, 5.0, 2.0, 3.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0]
 @pytest.mark.parametrize(
     ("setting", "kept"),
     [
-        ({"average_last_checkpoints": 3}, [2, 8, 9, 10]),  # default: the 3 averaged, and the best
-        ({"average_last_checkpoints": 0, "save_total_limit": 1}, [2, 10]),  # the newest, for resuming, and the best
-        ({"average_last_checkpoints": 3, "save_total_limit": 0}, list(range(1, 11))),  # every one
+        ({"checkpoints_to_average": 3}, [2, 8, 9, 10]),  # default: the 3 averaged, and the best
+        ({"average_last_checkpoints": 3}, [2, 8, 9, 10]),  # the earlier spelling of the same
+        ({"checkpoints_to_average": 0, "save_total_limit": 1}, [2, 10]),  # the newest, for resuming, and the best
+        ({"checkpoints_to_average": 3, "save_total_limit": 0}, list(range(1, 11))),  # every one
+        ({"average_checkpoints": "best", "checkpoints_to_average": 3}, [2, 3, 4, 10]),  # the best 3, and the newest
+        # the 3 around the best, and the newest (3 - 1) // 2 + 1, which a later best would have around it
+        ({"average_checkpoints": "around_best", "checkpoints_to_average": 3}, [1, 2, 3, 9, 10]),
     ],
 )
 def test_checkpoints_kept_are_the_averaged_ones_and_the_best_and_other_folders_are_untouched(tmp_path, setting, kept):
     """A checkpoint and an evaluation after each of 10 updates. As the run goes, complete checkpoints are deleted but
-    the newest save_total_limit (by default average_last_checkpoints) and the best by metric_for_best_model; a
+    the newest save_total_limit (by default checkpoints_to_average) and the best by metric_for_best_model, or with
+    average_checkpoints 'best' the best save_total_limit and the newest (around_best: those around the best); a
     user's checkpoint-12-backup (older than every checkpoint, so first in the Trainer's mtime order) and a
     checkpoint set aside as incomplete stay as they were."""
     (tmp_path / "checkpoint-12-backup").mkdir(parents=True)
@@ -267,6 +274,96 @@ def test_checkpoints_kept_are_the_averaged_ones_and_the_best_and_other_folders_a
     assert trainer.args.save_total_limit == setting.get("save_total_limit", 3)  # as given, after the run too
 
 
+def scripted_trainer(tmp_path, scores: list[float], **overrides) -> VaswaniTrainer:
+    """A trainer that evaluates and saves after every update, its validation `score` the next of `scores`."""
+    scripted = iter(scores)
+    fields = dict(
+        max_steps=len(scores),
+        save_strategy="steps",
+        save_steps=1,
+        eval_strategy="steps",
+        eval_steps=1,
+        metric_for_best_model="score",
+        predict_with_generate=False,
+        label_names=["labels"],  # the Trainer would infer ["labels", "label_smoothing"] from forward()
+    )
+    return trainer_for(
+        tmp_path,
+        tiny_model(seed=6),
+        eval_dataset=reversal_dataset(4).remove_columns(["source_length", "target_length"]),
+        compute_metrics=lambda prediction: {"score": next(scripted)},
+        **{**fields, **overrides},
+    )
+
+
+class CheckpointsOnDisk(TrainerCallback):
+    """Records, after each save (the deletions done), the steps of the checkpoint folders on disk."""
+
+    def __init__(self, output_dir: Path):
+        self.output_dir, self.seen = output_dir, []
+
+    def on_save(self, args, state, control, **kwargs):
+        folders = checkpoint_folders(self.output_dir)
+        assert folders == complete_checkpoints(self.output_dir)  # only complete checkpoints, none half-deleted
+        self.seen.append([checkpoint_step(folder) for folder in folders])
+
+
+# The best (9.0) comes early and stays the best to the end; the second best (5.0) comes late.
+FADING_SCORES = [1.0, 9.0, 2.0, 3.0, 1.0, 4.0, 0.0, 5.0, 0.0, 0.0]
+
+
+@pytest.mark.parametrize(("selection", "bound"), [("best", 2 + 1), ("around_best", 2 + 0 + 1)])
+def test_checkpoints_on_disk_never_exceed_the_averaged_ones_plus_the_newest_and_the_best_is_never_deleted(
+    tmp_path, selection, bound
+):
+    """With average_checkpoints 'best' (k = 2): after every save the disk holds exactly the best 2 so far by the
+    validation metric and the newest, at most k + 1 checkpoints, the best of step 2 among them to the end although
+    8 newer checkpoints came after it. 'around_best' (k = 2: the best and the one after it) likewise holds the window
+    around the best so far and the newest (k - 1) // 2 + 1."""
+    trainer = scripted_trainer(tmp_path, FADING_SCORES, average_checkpoints=selection, checkpoints_to_average=2)
+    on_disk = CheckpointsOnDisk(tmp_path)
+    trainer.add_callback(on_disk)
+    trainer.train()
+    assert len(on_disk.seen) == 10
+    for step, kept in enumerate(on_disk.seen, start=1):
+        scores = dict(enumerate(FADING_SCORES[:step], start=1))
+        best = max(scores, key=scores.get)
+        assert len(kept) <= bound and best in kept and step in kept, (step, kept)
+        assert set(training.select_checkpoints(scores, selection, 2)) <= set(kept), (step, kept)
+    assert on_disk.seen[-1] == ([2, 8, 10] if selection == "best" else [2, 3, 10])
+
+
+def test_checkpoint_selection_ranks_by_metric_oldest_first_on_ties_and_centres_the_window_on_the_best():
+    scores = {100: 1.0, 200: 3.0, 300: 3.0, 400: None, 500: 2.0, 600: 0.5}
+    assert training.select_checkpoints(scores, "last", 2) == [500, 600]
+    assert training.select_checkpoints(scores, "best", 2) == [200, 300]  # equal scores: the older first
+    assert training.select_checkpoints(scores, "best", 3) == [200, 300, 500]  # never one without a score
+    assert training.select_checkpoints(scores, "best", 2, greater_is_better=False) == [100, 600]  # a loss
+    assert training.select_checkpoints(scores, "around_best", 3) == [100, 200, 300]
+    assert training.select_checkpoints(scores, "around_best", 5) == [100, 200, 300, 400]  # fewer at the start
+    assert training.select_checkpoints({1: None}, "around_best", 3) == []
+    assert training.checkpoints_to_keep(scores, "best", 2) == {200, 300, 600}
+    assert training.checkpoints_to_keep(scores, "last", 2) == {200, 500, 600}
+    assert training.checkpoints_to_keep(scores, "around_best", 3) == {100, 200, 300, 500, 600}
+
+
+def test_early_stopping_stops_after_the_patience_and_goes_on_counting_after_a_resume(tmp_path):
+    """Patience 3: the best is step 2's 5.0; steps 3, 4 and 5 bring nothing better, so training stops at step 5 of
+    10. Stopped by max_steps at 4 (two evaluations without improvement counted) and resumed, it stops at 5 too."""
+    scores = [1.0, 5.0, 2.0, 3.0, 1.0, 9.0, 9.0, 9.0, 9.0, 9.0]
+    trainer = scripted_trainer(tmp_path / "whole", scores, early_stopping_patience=3)
+    trainer.train()
+    assert trainer.state.global_step == 5
+    first = scripted_trainer(tmp_path / "resumed", scores[:4], early_stopping_patience=3)
+    first.train()
+    assert first.state.global_step == 4
+    resumed = scripted_trainer(tmp_path / "resumed", scores[4:], early_stopping_patience=3, max_steps=10)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "resumed" / "checkpoint-4"))
+    assert resumed.state.global_step == 5
+    stopping = [c for c in resumed.callback_handler.callbacks if isinstance(c, training.EarlyStopping)]
+    assert len(stopping) == 1 and stopping[0].stopped()
+
+
 def test_a_checkpoint_limit_below_the_averaging_or_negative_is_refused():
     common = dict(output_dir="unused", use_cpu=True, report_to=[])
     with pytest.raises(ValueError, match="save_total_limit 2 keeps fewer checkpoints than average_last_checkpoints 5"):
@@ -274,6 +371,58 @@ def test_a_checkpoint_limit_below_the_averaging_or_negative_is_refused():
     with pytest.raises(ValueError, match=r"save_total_limit must be 0 \(keep every checkpoint\) or more, got -1"):
         VaswaniTrainingArguments(save_total_limit=-1, **common)
     assert VaswaniTrainingArguments(average_last_checkpoints=0, **common).save_total_limit == 1
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ({"metric_for_best_model": None}, "average_checkpoints 'best' rank the evaluations by metric_for_best_model, "
+         "which is not set: set metric_for_best_model"),
+        ({"eval_strategy": "no"}, "but eval_strategy is 'no'"),
+        ({"save_steps": 300}, "save_strategy 'steps' with save_steps 300 saves checkpoints where eval_strategy "
+         "'steps' with eval_steps 200 does not evaluate"),
+        ({"save_strategy": "epoch"}, "save_strategy 'epoch' with save_steps 400 saves checkpoints where "
+         "eval_strategy 'steps'"),
+        ({"eval_steps": 0.1, "save_steps": 0.2}, "with eval_steps 0.1 does not evaluate"),
+        ({"checkpoints_to_average": 0}, "checkpoints_to_average must be 1 or more, got 0"),
+        ({"average_last_checkpoints": 3}, "average_last_checkpoints 3 (the earlier spelling of average_checkpoints "
+         "'last' with checkpoints_to_average 3) contradicts average_checkpoints 'best' with checkpoints_to_average 5"),
+        ({"average_checkpoints": "last", "metric_for_best_model": None, "early_stopping_patience": 2},
+         "early_stopping_patience 2 rank the evaluations by metric_for_best_model, which is not set"),
+        ({"early_stopping_patience": 0}, "early_stopping_patience must be 1 or more evaluations"),
+    ],
+)
+def test_a_selection_by_metric_where_a_checkpoint_would_have_none_is_refused_naming_the_settings(setting, message):
+    common = dict(
+        output_dir="unused",
+        use_cpu=True,
+        report_to=[],
+        average_checkpoints="best",
+        metric_for_best_model="bleu",
+        eval_strategy="steps",
+        eval_steps=200,
+        save_strategy="steps",
+        save_steps=400,
+    )
+    VaswaniTrainingArguments(**common)  # saves at every other evaluation: each checkpoint has its metric
+    with pytest.raises(ValueError) as refused:
+        VaswaniTrainingArguments(**{**common, **setting})
+    assert message in str(refused.value)
+
+
+def test_the_time_budgets_stop_evaluates_only_for_a_selection_by_metric():
+    """The checkpoint at the end of the time budget gets an evaluation where checkpoints are ranked by their metric,
+    so that it can be among the averaged ones; otherwise the final evaluation scores those weights anyway."""
+    for evaluate_at_stop in (False, True):
+        budget = TrainingTimeBudget(budget_minutes=0, marks_minutes=[], evaluate_at_stop=evaluate_at_stop)
+        control = TrainerControl()
+        budget.on_step_end(None, TrainerState(global_step=3), control)
+        assert (control.should_training_stop, control.should_save, control.should_evaluate) == (
+            True,
+            True,
+            evaluate_at_stop,
+        )
+    assert TrainingTimeBudget(**budget.state()["args"]).evaluate_at_stop is True  # saved with the checkpoint
 
 
 def test_config_overrides_parse_values():
@@ -304,10 +453,18 @@ def test_shipped_recipes_parse(recipe):
     assert training_args.max_grad_norm == 0  # the paper clips no gradient
     if recipe.startswith(("wmt14", "multi30k")):
         # bounded: the checkpoints averaged at the end, and the best by validation BLEU
-        assert training_args.save_total_limit == training_args.average_last_checkpoints > 0
+        assert training_args.save_total_limit == training_args.checkpoints_to_average > 0
         assert training_args.metric_for_best_model == "bleu"
         # every evaluation by steps falls on a checkpoint, so that the best is one on disk
         assert training_args.eval_steps % training_args.save_steps == 0
+    # the paper's recipes average the last checkpoints (Sec. 6.1); the small-data 60-minute ones the best by
+    # validation BLEU, with a budget in updates (the same work on any machine) capped by training minutes
+    paper = recipe.startswith("wmt14")
+    selection = "best" if recipe.startswith("multi30k") and recipe.endswith("_cpu.yaml") else "last"
+    assert training_args.average_checkpoints == selection and not (paper and training_args.early_stopping_patience)
+    if selection == "best":
+        assert training_args.max_steps > 0 and training_args.max_train_minutes > 0
+        assert training_args.eval_steps == training_args.save_steps and training_args.early_stopping_patience
 
 
 def test_time_budget_marks_and_stop_count_only_step_time(monkeypatch):
@@ -356,6 +513,94 @@ def test_a_resumed_run_trains_on_to_the_recipes_larger_time_budget(small_corpus,
     assert again["train"]["trained_minutes"] == 4  # the 2 minutes trained before count against the new budget
     assert [entry["step"] for entry in again["log_history"] if "eval_bleu" in entry] == [1, 3]
     assert json.loads((output_dir / "checkpoint-4" / "trainer_state.json").read_text())["global_step"] == 4
+
+
+def scripted_validation_bleu(monkeypatch, scores: list[float], final_average_wins: bool = True) -> None:
+    """train()'s validation BLEU during training: the next of `scores` at each evaluation. With
+    `final_average_wins`, the final evaluation scores the averaged model (the second candidate) 100 BLEU higher than
+    sacreBLEU does, so that it is the one saved."""
+    scripted = iter(scores)
+    monkeypatch.setattr(training, "bleu_metric_for_trainer", lambda tokenizer: lambda p: {"bleu": next(scripted)})
+    calls = []
+
+    def final_bleu(hypotheses, references):
+        calls.append(None)
+        result = bleu(hypotheses, references)
+        second_candidate = len(calls) > 2  # validation and test of the last weights come first
+        return {**result, "score": result["score"] + 100} if final_average_wins and second_candidate else result
+
+    monkeypatch.setattr(training, "bleu", final_bleu)
+
+
+def test_the_final_model_is_the_average_of_the_best_k_checkpoints_and_metrics_name_them(
+    small_corpus, tmp_path, monkeypatch, capsys
+):
+    """Evaluations and checkpoints every 2 updates for 12; the best 2 by validation BLEU are those of steps 4 (7.0)
+    and 8 (6.0). The final model, chosen by validation BLEU over the last weights, holds exactly their average, and
+    metrics.json names them with their validation BLEU. Early stopping with patience 5 counts 4 evaluations without
+    improvement by the end: not stopped early."""
+    scripted_validation_bleu(monkeypatch, [1.0, 7.0, 2.0, 6.0, 3.0, 5.0])
+    output_dir = tmp_path / "out"
+    selection = dict(average_checkpoints="best", checkpoints_to_average=2, metric_for_best_model="bleu")
+    steps = dict(max_steps=12, eval_strategy="steps", eval_steps=2, save_steps=2, early_stopping_patience=5)
+    metrics = train(*tiny_run_arguments(small_corpus, output_dir, max_eval_samples=4, **selection, **steps))
+    assert metrics["final_model"] == "average of the best 2"
+    averaged = metrics["evaluation"]["average of the best 2"]["checkpoints"]
+    assert averaged == [{"step": 4, "eval_bleu": 7.0}, {"step": 8, "eval_bleu": 6.0}]
+    assert json.loads((output_dir / "metrics.json").read_text())["evaluation"]["average of the best 2"]["checkpoints"]
+    assert [checkpoint_step(folder) for folder in complete_checkpoints(output_dir)] == [4, 8, 12]
+    expected = average_checkpoints([output_dir / "checkpoint-4", output_dir / "checkpoint-8"])
+    saved = load_file(output_dir / "model.safetensors")
+    for name, tensor in saved.items():
+        torch.testing.assert_close(tensor, expected[name], rtol=0, atol=0, msg=name)
+    assert metrics["train"]["stopped_early_at_step"] is None
+    assert metrics["settings"]["training"]["average_checkpoints"] == "best"
+    assert "    checkpoints averaged (validation metric): 4 (7.00), 8 (6.00)" in capsys.readouterr().out
+
+
+def test_a_run_stopped_early_records_the_step(small_corpus, tmp_path, monkeypatch):
+    scripted_validation_bleu(monkeypatch, [1.0, 7.0, 2.0, 6.0, 3.0, 5.0], final_average_wins=False)
+    output_dir = tmp_path / "out"
+    steps = dict(max_steps=12, eval_strategy="steps", eval_steps=2, save_steps=2, metric_for_best_model="bleu")
+    arguments = tiny_run_arguments(small_corpus, output_dir, max_eval_samples=4, early_stopping_patience=2, **steps)
+    metrics = train(*arguments)
+    # 7.0 at step 4, then 2.0 and 6.0: two evaluations without improvement
+    assert metrics["train"]["stopped_early_at_step"] == 8
+    assert metrics["settings"]["training"]["early_stopping_patience"] == 2
+    assert json.loads((output_dir / "checkpoint-8" / "trainer_state.json").read_text())["global_step"] == 8
+
+
+@pytest.mark.slow
+def test_a_run_killed_and_resumed_keeps_the_best_checkpoints_by_the_validation_bleu_recorded_before_the_kill(
+    small_corpus, tmp_path
+):
+    """Real runs of scripts/train.py, validation BLEU (4 sentences) and a checkpoint every 2 updates, the best 2
+    averaged: killed right after checkpoint 8 and resumed to 16, the disk holds at most 2 + 1 checkpoints at the kill
+    and, at the end, the best 2 by the BLEU of all 8 evaluations (those before the kill read back from the checkpoints'
+    trainer states) and the newest; the final evaluation averages those 2."""
+    settings = dict(
+        max_steps=16,
+        eval_strategy="steps",
+        eval_steps=2,
+        save_steps=2,
+        max_eval_samples=4,
+        metric_for_best_model="bleu",
+        average_checkpoints="best",
+        checkpoints_to_average=2,
+        resume_from_checkpoint="last",
+    )
+    output_dir = tmp_path / "out"
+    run([sys.executable], recipe(small_corpus, output_dir, **settings), tmp_path, kill_at=("saved", 8))
+    at_kill = [checkpoint_step(folder) for folder in checkpoint_folders(output_dir)]
+    assert len(at_kill) <= 3 and 8 in at_kill, at_kill
+    run([sys.executable], recipe(small_corpus, output_dir, **settings), tmp_path)
+    history = json.loads((output_dir / "checkpoint-16" / "trainer_state.json").read_text())["log_history"]
+    scores = {entry["step"]: entry["eval_bleu"] for entry in history if "eval_bleu" in entry}
+    assert sorted(scores) == list(range(2, 17, 2))
+    best = training.select_checkpoints(scores, "best", 2)
+    assert [checkpoint_step(folder) for folder in checkpoint_folders(output_dir)] == sorted({*best, 16})
+    evaluation = json.loads((output_dir / "metrics.json").read_text())["evaluation"]
+    assert [checkpoint["step"] for checkpoint in evaluation["average of the best 2"]["checkpoints"]] == best
 
 
 def test_bf16_mixed_precision_trains_with_float32_master_weights(tmp_path):
@@ -648,7 +893,8 @@ def test_the_training_bar_counts_minutes_of_the_time_budget(tmp_path, capsys):
     assert TrainingMinutesProgress in kinds and ProgressCallback not in kinds
     trainer.train()
     shown = capsys.readouterr().err
-    assert "/60.0 training minutes" in shown and "3/3" not in shown
+    # no steps bar (| 3/3 [...]), the steps against max_steps beside the minutes: the run ends at whichever first
+    assert "/60.0 training minutes" in shown and "| 3/3 [" not in shown and "step=3/3]" in shown
     # unit check with a controlled count, and the budget a resume restores found in the trainer's callbacks
     handler = SimpleNamespace(callbacks=[TrainingTimeBudget(budget_minutes=60, marks_minutes=[], trained_seconds=600)])
     progress, state = TrainingMinutesProgress(handler), TrainerState()
@@ -656,8 +902,10 @@ def test_the_training_bar_counts_minutes_of_the_time_budget(tmp_path, capsys):
     assert (progress.training_bar.n, progress.training_bar.total) == (10, 60)
     handler.callbacks = [TrainingTimeBudget(budget_minutes=60, marks_minutes=[], trained_seconds=1800)]
     state.global_step = 7
-    progress.on_step_end(None, state, TrainerControl())
-    assert progress.training_bar.n == 30
+    progress.on_step_end(SimpleNamespace(max_steps=0), state, TrainerControl())
+    assert progress.training_bar.n == 30 and progress.training_bar.postfix == "step=7"
+    progress.on_step_end(SimpleNamespace(max_steps=7400), state, TrainerControl())
+    assert progress.training_bar.postfix == "step=7/7400"
     progress.on_train_end(None, state, TrainerControl())
     # without a time budget the Trainer's own steps bar stays
     plain = trainer_for(tmp_path, tiny_model())

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from transformers import (
     AutoModelForSeq2SeqLM,
     DataCollatorForSeq2Seq,
+    EarlyStoppingCallback,
     PreTrainedModel,
     PreTrainedTokenizerBase,
     Seq2SeqTrainer,
@@ -168,13 +169,37 @@ class VaswaniTrainingArguments(Seq2SeqTrainingArguments):
     eval_at_minutes: str | None = field(
         default=None, metadata={"help": "comma-separated training minutes at which to evaluate and save, e.g. 10,30"}
     )
-    average_last_checkpoints: int = field(default=5, metadata={"help": "Sec. 6.1: average the last N (0: off)"})
+    average_checkpoints: Literal["last", "best", "around_best"] = field(
+        default="last",
+        metadata={
+            "help": "which checkpoints_to_average checkpoints the final evaluation averages, the average replacing "
+            "the last weights where its validation BLEU is higher: the 'last' ones (Sec. 6.1), the 'best' ones by "
+            "metric_for_best_model, or the consecutive ones centred on the best ('around_best'); the last two need "
+            "an evaluation at every checkpoint"
+        },
+    )
+    checkpoints_to_average: int = field(
+        default=5, metadata={"help": "how many checkpoints average_checkpoints averages (0: none, with 'last')"}
+    )
+    average_last_checkpoints: int | None = field(
+        default=None,
+        metadata={"help": "the earlier spelling of average_checkpoints 'last' with checkpoints_to_average N"},
+    )
+    early_stopping_patience: int | None = field(
+        default=None,
+        metadata={
+            "help": "stop training after this many evaluations in a row without a better metric_for_best_model "
+            "(transformers' EarlyStoppingCallback); None: never"
+        },
+    )
     save_total_limit: int | None = field(
         default=None,
         metadata={
-            "help": "checkpoints kept as the run goes: the newest N complete ones, plus the best by "
-            "metric_for_best_model; only checkpoint-<step> folders are deleted. Default: average_last_checkpoints "
-            "(at least 1), what the final averaging reads; 0: keep every checkpoint"
+            "help": "checkpoints kept as the run goes, N: with average_checkpoints 'last', the newest N complete ones "
+            "plus the best by metric_for_best_model; with 'best', the best N plus the newest (for resuming); with "
+            "'around_best', the N centred on the best plus the newest (N - 1) // 2 + 1. Only checkpoint-<step> "
+            "folders are deleted. Default: checkpoints_to_average (at least 1), what the final averaging reads; "
+            "0: keep every checkpoint"
         },
     )
     max_grad_norm: float = field(
@@ -210,39 +235,105 @@ class VaswaniTrainingArguments(Seq2SeqTrainingArguments):
 
     def __post_init__(self):
         check_choices(self)
+        if self.average_last_checkpoints is not None:
+            default = type(self).__dataclass_fields__["checkpoints_to_average"].default
+            if self.average_checkpoints != "last" or self.checkpoints_to_average not in (
+                default,
+                self.average_last_checkpoints,
+            ):
+                raise ValueError(
+                    f"average_last_checkpoints {self.average_last_checkpoints} (the earlier spelling of "
+                    f"average_checkpoints 'last' with checkpoints_to_average {self.average_last_checkpoints}) "
+                    f"contradicts average_checkpoints {self.average_checkpoints!r} with checkpoints_to_average "
+                    f"{self.checkpoints_to_average}: give only the latter two"
+                )
+            self.checkpoints_to_average = self.average_last_checkpoints
+        if self.checkpoints_to_average < 0:
+            raise ValueError(f"checkpoints_to_average must be 0 or more, got {self.checkpoints_to_average}")
         if self.save_total_limit is None:
-            self.save_total_limit = max(self.average_last_checkpoints, 1)
+            self.save_total_limit = max(self.checkpoints_to_average, 1)
         elif self.save_total_limit < 0:
             raise ValueError(f"save_total_limit must be 0 (keep every checkpoint) or more, got {self.save_total_limit}")
-        elif 0 < self.save_total_limit < self.average_last_checkpoints:
+        elif 0 < self.save_total_limit < self.checkpoints_to_average:
             raise ValueError(
-                f"save_total_limit {self.save_total_limit} keeps fewer checkpoints than average_last_checkpoints "
-                f"{self.average_last_checkpoints} averages: raise save_total_limit (0 keeps all) or lower "
-                "average_last_checkpoints"
+                f"save_total_limit {self.save_total_limit} keeps fewer checkpoints than checkpoints_to_average "
+                f"{self.checkpoints_to_average} averages: raise save_total_limit (0 keeps all) or lower "
+                "checkpoints_to_average"
             )
         if self.max_consecutive_fp16_skips < 0:
             raise ValueError(
                 f"max_consecutive_fp16_skips must be 0 (no limit) or more, got {self.max_consecutive_fp16_skips}"
             )
-        super().__post_init__()
+        super().__post_init__()  # fills in eval_steps (from logging_steps) and the strategies, checked below
+        self._check_selection_by_metric()
+
+    def _check_selection_by_metric(self) -> None:
+        """Refuse a selection by validation metric ('best', 'around_best', early stopping) where the metric is missing:
+        no metric_for_best_model, no evaluation, or checkpoints saved at updates without an evaluation."""
+        users = []
+        if self.average_checkpoints != "last":
+            users.append(f"average_checkpoints {self.average_checkpoints!r}")
+        if self.early_stopping_patience is not None:
+            if self.early_stopping_patience < 1:
+                raise ValueError(
+                    f"early_stopping_patience must be 1 or more evaluations (None: no early stopping), got "
+                    f"{self.early_stopping_patience}"
+                )
+            users.append(f"early_stopping_patience {self.early_stopping_patience}")
+        if not users:
+            return
+        needs = " and ".join(users) + " rank the evaluations by metric_for_best_model"
+        if self.metric_for_best_model is None:
+            raise ValueError(f"{needs}, which is not set: set metric_for_best_model (e.g. bleu)")
+        if self.eval_strategy.value == "no":
+            raise ValueError(f"{needs}, but eval_strategy is 'no': set eval_strategy to 'steps' with eval_steps")
+        if self.average_checkpoints == "last":
+            return
+        if self.checkpoints_to_average < 1:
+            raise ValueError(f"{needs}: checkpoints_to_average must be 1 or more, got {self.checkpoints_to_average}")
+        # Each checkpoint must carry its own evaluation: saves fall on evaluations, in the same unit.
+        saves, evaluations = self.save_strategy.value, self.eval_strategy.value
+        steps = (saves, evaluations) == ("steps", "steps")
+        ratios = min(self.save_steps, self.eval_steps) < 1  # fractions of the run: no multiple is known in advance
+        if saves in ("steps", "epoch") and (
+            saves != evaluations or steps and (ratios or self.save_steps % self.eval_steps != 0)
+        ):
+            raise ValueError(
+                f"{needs} of each checkpoint, but save_strategy {saves!r} with save_steps {self.save_steps} saves "
+                f"checkpoints where eval_strategy {evaluations!r} with eval_steps {self.eval_steps} does not "
+                "evaluate: save at evaluations, with the same strategy and save_steps a multiple of eval_steps "
+                "(both in updates)"
+            )
 
 
 class TrainingTimeBudget(TrainerCallback, ExportableState):
     """Counts training time (time inside optimizer steps: evaluation and saving excluded), asks for an evaluation
-    and a checkpoint at each of `marks_minutes`, and stops training with a checkpoint after `budget_minutes`. Its
+    and a checkpoint at each of `marks_minutes`, and stops training with a checkpoint after `budget_minutes` (with an
+    evaluation too if `evaluate_at_stop`: a checkpoint selection by metric then ranks the last one as well). Its
     count is saved in checkpoints: a resumed run goes on from it (`continue_from`) under the budget and marks it is
     given; `reached` records (minutes, step) of each mark passed."""
 
-    def __init__(self, budget_minutes: float | None, marks_minutes: list[float], trained_seconds: float = 0.0):
+    def __init__(
+        self,
+        budget_minutes: float | None,
+        marks_minutes: list[float],
+        trained_seconds: float = 0.0,
+        evaluate_at_stop: bool = False,
+    ):
         self.budget_minutes = budget_minutes
         self.marks_minutes = sorted(marks_minutes)
         self.trained_seconds = trained_seconds
+        self.evaluate_at_stop = evaluate_at_stop
         self.reached: list[list[float]] = []
         self._step_started = 0.0
 
     def state(self) -> dict:
         return {
-            "args": {"budget_minutes": self.budget_minutes, "marks_minutes": self.marks_minutes},
+            "args": {
+                "budget_minutes": self.budget_minutes,
+                "marks_minutes": self.marks_minutes,
+                "evaluate_at_stop": self.evaluate_at_stop,
+            },
             "attributes": {"trained_seconds": self.trained_seconds, "reached": self.reached},
         }
 
@@ -263,8 +354,10 @@ class TrainingTimeBudget(TrainerCallback, ExportableState):
             control.should_evaluate = control.should_save = True
         if self.budget_minutes is not None and minutes >= self.budget_minutes:
             self.reached.append([self.budget_minutes, state.global_step])
-            # a checkpoint, but no evaluation here: train() evaluates the final weights right after
+            # a checkpoint; its evaluation only where a selection by metric needs it: train() evaluates the final
+            # weights right after
             control.should_training_stop = control.should_save = True
+            control.should_evaluate = control.should_evaluate or self.evaluate_at_stop
         return control
 
 
@@ -296,9 +389,26 @@ class TrainingMinutesProgress(ProgressCallback):
     def on_step_end(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
             budget = self._budget()
-            self.training_bar.set_postfix(step=state.global_step, refresh=False)
+            # with max_steps as well, the run ends at whichever comes first: the steps are shown against it
+            steps = f"{state.global_step}/{args.max_steps}" if args.max_steps > 0 else state.global_step
+            self.training_bar.set_postfix(step=steps, refresh=False)
             self.training_bar.update(min(budget.trained_seconds / 60, budget.budget_minutes) - self.training_bar.n)
             self.current_step = state.global_step
+
+
+class EarlyStopping(EarlyStoppingCallback):
+    """transformers' `EarlyStoppingCallback` (stop after `early_stopping_patience` evaluations in a row without a
+    better metric_for_best_model than `state.best_metric`, which the Trainer keeps whenever metric_for_best_model is
+    set), less its warning that load_best_model_at_end is off: the final evaluation (`_final_evaluation`) chooses the
+    final model from the checkpoints instead of loading the best. Its count is saved in checkpoints; on resume the
+    patience given to the trainer (the recipe's) applies (`VaswaniTrainer._load_callback_state`)."""
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        return control  # the arguments were checked by VaswaniTrainingArguments
+
+    def stopped(self) -> bool:
+        """Whether this callback stopped (or, from a checkpoint's count, would stop) the training."""
+        return self.early_stopping_patience_counter >= self.early_stopping_patience
 
 
 class NonFiniteGradientGuard(TrainerCallback):
@@ -385,8 +495,12 @@ class VaswaniTrainer(Seq2SeqTrainer):
     - A NaN or inf gradient stops training or skips the update (`args.nonfinite_gradients`), never reaching the
       weights; under fp16 GradScaler skips such updates, and training stops after
       `args.max_consecutive_fp16_skips` of them in a row.
-    - After each save, complete checkpoints but the newest `args.save_total_limit` and the best are deleted
+    - After each save, complete checkpoints but those `checkpoints_to_keep` names are deleted: by
+      `args.average_checkpoints`, the newest `args.save_total_limit` and the best ('last'), or the best ones by the
+      validation metric each checkpoint's trainer state records and the newest ('best', 'around_best')
       (`delete_old_checkpoints`, in place of the Trainer's rotation); folders of other names are never touched.
+    - With `args.early_stopping_patience`, training stops after that many evaluations without improvement
+      (`EarlyStopping`); on resume its count goes on from the checkpoint's.
     - With a `TrainingTimeBudget` of some minutes among the callbacks, the progress bar counts training minutes.
     - In training our model computes the label-smoothed loss itself (`label_smoothing=`), fused with its output
       projection, instead of the Trainer's `LabelSmoother` reading the stored logits; evaluation, and other models
@@ -401,6 +515,8 @@ class VaswaniTrainer(Seq2SeqTrainer):
                 getattr(self.args, "nonfinite_gradients", "stop"), getattr(self.args, "max_consecutive_fp16_skips", 30)
             )
         )
+        if getattr(self.args, "early_stopping_patience", None) is not None:
+            self.add_callback(EarlyStopping(self.args.early_stopping_patience))
         callbacks = self.callback_handler.callbacks
         timed = any(isinstance(c, TrainingTimeBudget) and c.budget_minutes is not None for c in callbacks)
         if timed and any(type(c) is ProgressCallback for c in callbacks):
@@ -496,20 +612,32 @@ class VaswaniTrainer(Seq2SeqTrainer):
         self.accelerator.wait_for_everyone()  # each process's RNG state is written before the marker lists the files
         if self.args.should_save:
             write_json(folder / COMPLETE_MARKER, {"global_step": self.state.global_step, **checkpoint_record(folder)})
-            best = self.state.best_model_checkpoint
-            delete_old_checkpoints(folder.parent, self.checkpoints_kept or 0, keep=[folder, *([best] if best else [])])
+            if self.checkpoints_kept:
+                scores = checkpoint_scores(complete_checkpoints(folder.parent), logged_metric(self.args))
+                selection = getattr(self.args, "average_checkpoints", "last")
+                # greater_is_better is None without metric_for_best_model, when no checkpoint has a score
+                higher = self.args.greater_is_better is not False
+                kept = checkpoints_to_keep(scores, selection, self.checkpoints_kept, higher)
+                delete_old_checkpoints(folder.parent, kept | {self.state.global_step})
 
     def _load_callback_state(self) -> None:
         # The Trainer rebuilds each stateful callback from the checkpoint, arguments included: a time budget would come
-        # back with the budget and marks of the run that saved it. The budgets given to this trainer (the recipe's)
-        # are put back instead, going on from the checkpoint's training time and marks passed.
-        given = [c for c in self.callback_handler.callbacks if isinstance(c, TrainingTimeBudget)]
+        # back with the budget and marks of the run that saved it, early stopping with its patience. The callbacks
+        # given to this trainer (the recipe's) are put back instead, going on from the checkpoint's training time and
+        # marks passed, and from its count of evaluations without improvement.
+        kinds = (TrainingTimeBudget, EarlyStopping)
+        given = [c for c in self.callback_handler.callbacks if isinstance(c, kinds)]
         super()._load_callback_state()
-        restored = [c for c in self.callback_handler.callbacks if isinstance(c, TrainingTimeBudget) and c not in given]
-        for budget, stored in zip(given, restored, strict=False):
-            self.callback_handler.remove_callback(stored)
-            budget.continue_from(stored.trained_seconds, stored.reached)
-            self.callback_handler.add_callback(budget)
+        restored = [c for c in self.callback_handler.callbacks if isinstance(c, kinds) and c not in given]
+        for kind in kinds:
+            mine, stored = [c for c in given if isinstance(c, kind)], [c for c in restored if isinstance(c, kind)]
+            for callback, stored_callback in zip(mine, stored, strict=False):
+                self.callback_handler.remove_callback(stored_callback)
+                if kind is TrainingTimeBudget:
+                    callback.continue_from(stored_callback.trained_seconds, stored_callback.reached)
+                else:
+                    callback.early_stopping_patience_counter = stored_callback.early_stopping_patience_counter
+                self.callback_handler.add_callback(callback)
 
 
 def safetensors_names(path: Path) -> list[str]:
@@ -577,23 +705,77 @@ def complete_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
     return [folder for folder in checkpoint_folders(output_dir) if checkpoint_problem(folder) is None]
 
 
-def delete_old_checkpoints(
-    output_dir: str | os.PathLike, keep_newest: int, keep: Iterable[str | os.PathLike] = ()
-) -> list[Path]:
-    """Delete the complete checkpoints of `output_dir` but the newest `keep_newest` (by step; 0 keeps all) and those
-    in `keep` (the best, the one just saved), and return them. Only complete `checkpoint-<step>` folders are
-    deleted: one that is not complete is left for `last_complete_checkpoint` to set aside, and folders of other
-    names (a user's checkpoint-12-backup) are never touched. Each loses its completion marker first, so that a kill
-    during the deletion leaves a checkpoint that no longer counts, never a damaged one that does."""
-    if keep_newest <= 0:
+def logged_metric(args) -> str | None:
+    """The name under which the Trainer logs `args.metric_for_best_model` (bleu: eval_bleu), or None if unset."""
+    metric = args.metric_for_best_model
+    return None if metric is None else metric if metric.startswith("eval_") else f"eval_{metric}"
+
+
+def checkpoint_metric(folder: str | os.PathLike, metric: str) -> float | None:
+    """The validation `metric` (as the Trainer logs it: eval_bleu for metric_for_best_model bleu) of the evaluation at
+    the checkpoint's own update, from the log history its trainer_state.json holds (so it survives a resume and the
+    deletion of other checkpoints); None if that update was not evaluated."""
+    state = read_json(Path(folder) / "trainer_state.json")
+    at_step = (entry for entry in reversed(state["log_history"]) if entry.get("step") == state["global_step"])
+    return next((entry[metric] for entry in at_step if metric in entry), None)
+
+
+def select_checkpoints(
+    scores: dict[int, float | None], selection: str, count: int, greater_is_better: bool = True
+) -> list[int]:
+    """The steps of the `count` checkpoints that `selection` names among `scores` ({step: metric, None where not
+    evaluated}), oldest first: the newest ('last', Sec. 6.1), the best by metric ('best'; of equal scores the older),
+    or the consecutive ones centred on the best ('around_best': (count - 1) // 2 before it and count // 2 after it,
+    fewer at the ends). Checkpoints without a score are never ranked."""
+    steps = sorted(scores)
+    if count <= 0:
         return []
-    complete = complete_checkpoints(output_dir)
-    kept = {folder.name for folder in complete[-keep_newest:]} | {Path(folder).name for folder in keep}
-    deleted = [folder for folder in complete if folder.name not in kept]
+    if selection == "last":
+        return steps[-count:]
+    scored = [step for step in steps if scores[step] is not None]
+    ranked = sorted(scored, key=lambda step: scores[step], reverse=greater_is_better)  # stable: ties stay in order
+    if selection == "best":
+        return sorted(ranked[:count])
+    if selection != "around_best":
+        raise ValueError(f"checkpoint selection {selection!r} is not one of 'last', 'best', 'around_best'")
+    if not ranked:
+        return []
+    best = steps.index(ranked[0])
+    return steps[max(best - (count - 1) // 2, 0) : best + count // 2 + 1]
+
+
+def checkpoints_to_keep(
+    scores: dict[int, float | None], selection: str, limit: int, greater_is_better: bool = True
+) -> set[int]:
+    """The steps of the checkpoints that a run averaging by `selection` keeps, `limit` of them being what the final
+    averaging may read (`select_checkpoints`), besides the best by metric (never deleted) and the newest (to resume
+    from): at most `limit` + 1 checkpoints, and for 'around_best' also the newest (limit - 1) // 2, which a later
+    best would have before it (at most limit + (limit - 1) // 2 + 1)."""
+    steps = sorted(scores)
+    kept = set(select_checkpoints(scores, selection, limit, greater_is_better)) | set(steps[-1:])
+    kept |= set(select_checkpoints(scores, "best", 1, greater_is_better))
+    if selection == "around_best":
+        kept |= set(steps[-((limit - 1) // 2) - 1 :])
+    return kept
+
+
+def checkpoint_scores(checkpoints: Iterable[Path], metric: str | None) -> dict[int, float | None]:
+    """{step: its validation `metric` (`checkpoint_metric`), or None} of `checkpoints`; all None without a metric."""
+    return {checkpoint_step(folder): checkpoint_metric(folder, metric) if metric else None for folder in checkpoints}
+
+
+def delete_old_checkpoints(output_dir: str | os.PathLike, keep: Iterable[int]) -> list[Path]:
+    """Delete the complete checkpoints of `output_dir` but those of the steps in `keep` (`checkpoints_to_keep`), and
+    return them. Only complete `checkpoint-<step>` folders are deleted: one that is not complete is left for
+    `last_complete_checkpoint` to set aside, and folders of other names (a user's checkpoint-12-backup) are never
+    touched. Each loses its completion marker first, so that a kill during the deletion leaves a checkpoint that no
+    longer counts, never a damaged one that does."""
+    kept = set(keep)
+    deleted = [folder for folder in complete_checkpoints(output_dir) if checkpoint_step(folder) not in kept]
     for folder in deleted:
         (folder / COMPLETE_MARKER).unlink()
         shutil.rmtree(folder)
-        logger.info("deleted %s (save_total_limit %d)", folder, keep_newest)
+        logger.info("deleted %s (save_total_limit)", folder)
     return deleted
 
 
@@ -1024,7 +1206,8 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: V
         validation = validation.select(range(min(data_args.max_eval_samples, len(validation))))
 
     marks = [float(m) for m in training_args.eval_at_minutes.split(",")] if training_args.eval_at_minutes else []
-    budget = TrainingTimeBudget(training_args.max_train_minutes, marks)
+    by_metric = training_args.average_checkpoints != "last"
+    budget = TrainingTimeBudget(training_args.max_train_minutes, marks, evaluate_at_stop=by_metric)
     trainer = VaswaniTrainer(
         model=model,
         args=training_args,
@@ -1047,8 +1230,12 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: V
         # tests/test_faults.py); the run is over, so its weights and state are taken as they are.
         trainer._load_from_checkpoint(resume)
         trainer.state = TrainerState.load_from_json(str(Path(resume) / "trainer_state.json"))
-        stored = _stored_budget(Path(resume)).get("attributes", {})
+        stored = _stored_callback(Path(resume), TrainingTimeBudget).get("attributes", {})
         budget.continue_from(stored.get("trained_seconds", 0.0), stored.get("reached", []))
+        for callback in trainer.callback_handler.callbacks:
+            if isinstance(callback, EarlyStopping):
+                counts = _stored_callback(Path(resume), EarlyStopping).get("attributes", {})
+                callback.early_stopping_patience_counter = counts.get("early_stopping_patience_counter", 0)
         train_metrics = {"resumed_from_final_checkpoint": resume}
     else:
         train_metrics = trainer.train(resume_from_checkpoint=resume).metrics
@@ -1056,6 +1243,9 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: V
     metrics["train"]["world_size"] = training_args.world_size
     metrics["train"]["trained_minutes"] = budget.trained_seconds / 60
     metrics["train"]["time_marks"] = budget.reached
+    stopping = [c for c in trainer.callback_handler.callbacks if isinstance(c, EarlyStopping)]
+    if stopping:
+        metrics["train"]["stopped_early_at_step"] = trainer.state.global_step if stopping[0].stopped() else None
     metrics["settings"] = run_settings(model_args, data_args, training_args, model)
     metrics["settings"]["data"]["loaded"] = {"dataset": source, "dataset_config": config_name}
     metrics["data"] = data_counts
@@ -1096,9 +1286,13 @@ RECIPE_SETTINGS = (
     "num_train_epochs",
     "max_steps",
     "max_train_minutes",
+    "eval_steps",
     "save_steps",
     "save_total_limit",
-    "average_last_checkpoints",
+    "metric_for_best_model",
+    "average_checkpoints",
+    "checkpoints_to_average",
+    "early_stopping_patience",
     "tokenized_bleu",
     "bf16",
     "fp16",
@@ -1124,21 +1318,27 @@ def pair_counts(corpus, data) -> dict[str, dict[str, int]]:
     }
 
 
-def _stored_budget(checkpoint: Path) -> dict:
-    """The `TrainingTimeBudget` state saved in a checkpoint's trainer_state.json: {"args": ..., "attributes": ...}."""
+def _stored_callback(checkpoint: Path, kind: type) -> dict:
+    """The state of the callback of class `kind` saved in a checkpoint's trainer_state.json: {"args": ...,
+    "attributes": ...}, or {} if it has none."""
     state = read_json(checkpoint / "trainer_state.json")
-    budget = state.get("stateful_callbacks", {}).get("TrainingTimeBudget", {})
-    return budget[0] if isinstance(budget, list) and budget else budget
+    stored = state.get("stateful_callbacks", {}).get(kind.__name__, {})
+    return stored[0] if isinstance(stored, list) and stored else stored
 
 
 def _finished(checkpoint: Path, training_args: VaswaniTrainingArguments) -> bool:
-    """Whether `checkpoint` ends the run: it holds max_steps updates, or the training time it records has spent the
-    recipe's time budget (the budget it was saved under may have been smaller)."""
+    """Whether `checkpoint` ends the run: it holds max_steps updates, the training time it records has spent the
+    recipe's time budget (the budget it was saved under may have been smaller), or the evaluations it counts without
+    improvement reach the recipe's early_stopping_patience."""
     state = read_json(checkpoint / "trainer_state.json")
     if training_args.max_steps > 0 and state["global_step"] >= training_args.max_steps:
         return True
+    patience = training_args.early_stopping_patience
+    counted = _stored_callback(checkpoint, EarlyStopping).get("attributes", {})
+    if patience is not None and counted.get("early_stopping_patience_counter", 0) >= patience:
+        return True
     minutes = training_args.max_train_minutes
-    trained_seconds = _stored_budget(checkpoint).get("attributes", {}).get("trained_seconds", 0)
+    trained_seconds = _stored_callback(checkpoint, TrainingTimeBudget).get("attributes", {}).get("trained_seconds", 0)
     return minutes is not None and trained_seconds / 60 >= minutes
 
 
@@ -1147,18 +1347,43 @@ def _split_texts(dataset, data_args: DataArguments) -> tuple[list[str], list[str
     return [p[data_args.source_lang] for p in pairs], [p[data_args.target_lang] for p in pairs]
 
 
+# The name of the averaged model in metrics.json, by average_checkpoints and the number of checkpoints averaged.
+AVERAGE_NAMES = {
+    "last": "average of {}",
+    "best": "average of the best {}",
+    "around_best": "average of {} around the best",
+}
+
+
+def averaged_checkpoints(output_dir: Path, training_args) -> list[dict]:
+    """The complete checkpoints that the final evaluation averages (`select_checkpoints` by
+    `training_args.average_checkpoints` and `checkpoints_to_average`), oldest first: {"step", "folder", and the
+    validation metric each recorded (e.g. "eval_bleu": 37.8, or None; absent without metric_for_best_model)}."""
+    metric = logged_metric(training_args)
+    folders = {checkpoint_step(folder): folder for folder in complete_checkpoints(output_dir)}
+    scores = checkpoint_scores(folders.values(), metric)
+    selection, count = training_args.average_checkpoints, training_args.checkpoints_to_average
+    chosen = select_checkpoints(scores, selection, count, training_args.greater_is_better is not False)
+    recorded = {step: {metric: scores[step]} if metric else {} for step in chosen}
+    return [{"step": step, "folder": str(folders[step]), **recorded[step]} for step in chosen]
+
+
 def _final_evaluation(trainer, data, data_args, training_args, output_dir: Path) -> dict | None:
-    """Validation BLEU of the last weights and of the average of the last N checkpoints; the better one becomes
-    the saved model. BLEU and chrF of both on validation and test are reported, and the test translations written
-    one a line: `test_predictions.txt` of the saved model, `test_predictions_{last,average}.txt` of the other.
-    Every process builds both models and translates its share of each split (`translate(across_processes=True)`);
-    the main process alone scores, writes and returns the results, the others return None."""
+    """Validation BLEU of the last weights and of the average of the checkpoints `averaged_checkpoints` chooses (the
+    last N, the best N by validation metric, or the N around the best); the better one becomes the saved model. BLEU
+    and chrF of both on validation and test are reported, with the steps and validation metric of the checkpoints
+    averaged, and the test translations written one a line: `test_predictions.txt` of the saved model,
+    `test_predictions_{last,average}.txt` of the other. Every process builds both models and translates its share of
+    each split (`translate(across_processes=True)`); the main process alone scores, writes and returns the results,
+    the others return None."""
     candidates = {"last": trainer.model}
-    last_n = training_args.average_last_checkpoints
-    found = complete_checkpoints(output_dir)[-last_n:] if trainer.is_world_process_zero() else None
-    checkpoints = broadcast_object_list([found])[0]  # the main process's list: every process averages the same
-    if last_n > 1 and len(checkpoints) > 1:
-        candidates[f"average of {len(checkpoints)}"] = load_averaged_model(checkpoints).to(trainer.model.device)
+    found = averaged_checkpoints(output_dir, training_args) if trainer.is_world_process_zero() else None
+    averaged = broadcast_object_list([found])[0]  # the main process's choice: every process averages the same
+    # One checkpoint of the last update is the last weights themselves.
+    if averaged and [checkpoint["step"] for checkpoint in averaged] != [trainer.state.global_step]:
+        average_name = AVERAGE_NAMES[training_args.average_checkpoints].format(len(averaged))
+        folders = [checkpoint["folder"] for checkpoint in averaged]
+        candidates[average_name] = load_averaged_model(folders).to(trainer.model.device)
     tokenizer = trainer.processing_class
     splits = {"validation": data_args.validation_split}
     if data_args.test_split and data_args.test_split in data:
@@ -1190,6 +1415,8 @@ def _final_evaluation(trainer, data, data_args, training_args, output_dir: Path)
                 results[name][f"{role}_tokenized_bleu"] = tokenized_bleu(hypotheses, references)
         if "test" in outputs[name]:
             results[name]["test_hypotheses_head"] = outputs[name]["test"][:5]
+        if name != "last":
+            results[name]["checkpoints"] = [{k: v for k, v in c.items() if k != "folder"} for c in averaged]
     best = max(results, key=lambda name: results[name]["validation_bleu"]["score"])
     for name in candidates:
         if "test" in outputs[name]:
@@ -1215,6 +1442,12 @@ def _print_summary(metrics: dict, output_dir: Path) -> None:
             line += f", test BLEU {result['test_bleu']['score']:.2f} chrF {result['test_chrf']['score']:.2f}"
             line += f" ({output_dir / result['test_predictions']})"
         lines.append(line)
+        if "checkpoints" in result:
+            shown = ", ".join(
+                str(c["step"]) + "".join(f" ({v:.2f})" for k, v in c.items() if k != "step" and v is not None)
+                for c in result["checkpoints"]
+            )
+            lines.append(f"    checkpoints averaged (validation metric): {shown}")
         if "validation_tokenized_bleu" in result:  # the paper's metric, labelled as such
             roles = [role for role in ("validation", "test") if f"{role}_tokenized_bleu" in result]
             shown = ", ".join(f"{role} {result[f'{role}_tokenized_bleu']['score']:.2f}" for role in roles)
