@@ -26,7 +26,7 @@ import torch
 import yaml
 
 from vaswani_hf import VaswaniForConditionalGeneration
-from vaswani_hf.evaluation import read_json, write_json, write_text
+from vaswani_hf.files import read_json, write_json, write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 CARRIED_CORPUS = ROOT / ".gpu_carry" / "multi30k"
