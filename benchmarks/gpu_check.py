@@ -151,11 +151,11 @@ def recipe_runs(corpus: Path, work: Path, device: torch.device, minutes: float, 
     """recipes/multi30k_en_de_cpu.yaml through scripts/train.py, once in bf16 and once in fp32 (strict, no TF32), each
     for `minutes` of training; the dry run trains a toy model for 3 updates on the CPU."""
     base = yaml.safe_load(RECIPE.read_text())
-    base.update(dataset=str(corpus), use_cpu=device.type == "cpu", max_train_minutes=minutes, eval_at_minutes="")
+    base.update(dataset=str(corpus), use_cpu=device.type == "cpu", max_train_minutes=minutes)
     base.update(report_to="none", disable_tqdm=True, logging_steps=50)
     if dry:
         base.update(vocab_size=400, max_tokens=512, warmup_steps=10, max_steps=3, save_steps=1, logging_steps=1)
-        base.update(config_overrides=TOY_MODEL, average_last_checkpoints=2)
+        base.update(config_overrides=TOY_MODEL, eval_steps=1, checkpoints_to_average=2)
     results = {}
     environment_variables = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     for precision in PRECISIONS:
