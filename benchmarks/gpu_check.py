@@ -98,7 +98,7 @@ def _requirements_of(requirement_line: str) -> list[str]:
 
 
 def run_tests(device: torch.device, work: Path) -> dict:
-    """tests/test_cuda.py's CUDA tests (`-m cuda`), in a process of their own; on a CPU they are all deselected."""
+    """tests/test_cuda.py's CUDA tests (`-m cuda`), in a process of their own; on a CPU they are all skipped."""
     command = [sys.executable, "-m", "pytest", "tests/test_cuda.py", "-m", "cuda", "-q", "-p", "no:cacheprovider"]
     command += ["--basetemp", str(work / "pytest")]
     finished = subprocess.run(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

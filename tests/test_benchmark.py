@@ -51,8 +51,9 @@ def test_training_benchmark_compares_the_same_step():
     results = training_benchmark(tiny_config(vocab_size=300), batch_size=4, source_length=8, target_length=8, repeats=2)
     for name in ("ours", "marian"):
         assert results[name]["target_tokens_per_second"] > 0
-        assert 0 < results[name]["model_flops_utilisation"] < 1
-    assert results["ratio_ours_to_marian"] > 0 and results["matmul_peak_gflops"] > 0
+        # a share of the peak, rounded to 4 places: a tiny model on a busy machine may round to 0
+        assert 0 <= results[name]["model_flops_utilisation"] < 1
+    assert results["ratio_ours_to_marian"] > 0 and results["matmul_peak_gflops"] > 0 and results["step_flops"] > 0
 
 
 def test_translation_benchmark_gives_marians_tokens_with_exact_lengths():

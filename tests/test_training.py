@@ -366,7 +366,7 @@ def test_early_stopping_stops_after_the_patience_and_goes_on_counting_after_a_re
 
 def test_a_checkpoint_limit_below_the_averaging_or_negative_is_refused():
     common = dict(output_dir="unused", use_cpu=True, report_to=[])
-    with pytest.raises(ValueError, match="save_total_limit 2 keeps fewer checkpoints than average_last_checkpoints 5"):
+    with pytest.raises(ValueError, match="save_total_limit 2 keeps fewer checkpoints than checkpoints_to_average 5"):
         VaswaniTrainingArguments(save_total_limit=2, **common)
     with pytest.raises(ValueError, match=r"save_total_limit must be 0 \(keep every checkpoint\) or more, got -1"):
         VaswaniTrainingArguments(save_total_limit=-1, **common)
