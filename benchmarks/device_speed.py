@@ -93,6 +93,19 @@ def ratio(timings: dict[str, dict], slower: str, faster: str) -> float:
     return round(statistics.median(a / b for a, b in pairs), 3)
 
 
+def side_by_side(timings: dict[str, dict], tokens: int) -> dict:
+    """Each model's tokens per second, median seconds and peak memory, and ours' speed ratio to Marian's."""
+    rows = {
+        name: {
+            "target_tokens_per_second": round(tokens / timing["median_seconds"]),
+            "median_seconds": round(timing["median_seconds"], 4),
+            "peak_memory_mb": timing["peak_mb"],
+        }
+        for name, timing in timings.items()
+    }
+    return {**rows, "ratio_ours_to_marian": ratio(timings, "marian", "ours")}
+
+
 @contextmanager
 def float32_matmul_precision(precision: str):
     """`highest` (float32) or `high` (TF32 on NVIDIA GPUs) for the matrix products inside, restored after."""
@@ -163,17 +176,7 @@ def training_speed(sizes: Sizes, precisions: list[str], device: torch.device) ->
     tokens = sizes.train_batch * sizes.length
     for precision in precisions:
         timings = alternating(training_steps(sizes, precision, device), sizes.repeats, device)
-        results[precision] = {
-            **{
-                name: {
-                    "target_tokens_per_second": round(tokens / timing["median_seconds"]),
-                    "median_seconds": round(timing["median_seconds"], 4),
-                    "peak_memory_mb": timing["peak_mb"],
-                }
-                for name, timing in timings.items()
-            },
-            "ratio_ours_to_marian": ratio(timings, "marian", "ours"),
-        }
+        results[precision] = side_by_side(timings, tokens)
         if device.type == "cuda":
             torch.cuda.empty_cache()
     return {"target_tokens_per_step": tokens, **results}
@@ -236,15 +239,7 @@ def generation_case(
     timings = alternating({name: generate(name) for name in models}, repeats, device)
     tokens = inputs["input_ids"].shape[0] * generation.max_new_tokens
     return {
-        **{
-            name: {
-                "target_tokens_per_second": round(tokens / timing["median_seconds"]),
-                "median_seconds": round(timing["median_seconds"], 4),
-                "peak_memory_mb": timing["peak_mb"],
-            }
-            for name, timing in timings.items()
-        },
-        "ratio_ours_to_marian": ratio(timings, "marian", "ours"),
+        **side_by_side(timings, tokens),
         "same_tokens": torch.equal(outputs["ours"], outputs["marian"]),
     }
 

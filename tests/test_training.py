@@ -251,22 +251,7 @@ def test_checkpoints_kept_are_the_averaged_ones_and_the_best_and_other_folders_a
     os.utime(tmp_path / "checkpoint-12-backup", (0, 0))
     (tmp_path / "incomplete-checkpoint-5").mkdir()
     untouched = {name: folder_state(tmp_path / name) for name in ("checkpoint-12-backup", "incomplete-checkpoint-5")}
-    scores = iter(SCORES)
-    trainer = trainer_for(
-        tmp_path,
-        tiny_model(seed=6),
-        max_steps=10,
-        save_strategy="steps",
-        save_steps=1,
-        eval_strategy="steps",
-        eval_steps=1,
-        metric_for_best_model="score",
-        predict_with_generate=False,
-        label_names=["labels"],  # the Trainer would infer ["labels", "label_smoothing"] from forward()
-        eval_dataset=reversal_dataset(4).remove_columns(["source_length", "target_length"]),
-        compute_metrics=lambda prediction: {"score": next(scores)},
-        **setting,
-    )
+    trainer = scripted_trainer(tmp_path, SCORES, **setting)
     trainer.train()
     assert [checkpoint_step(folder) for folder in checkpoint_folders(tmp_path)] == kept
     assert [checkpoint_step(folder) for folder in complete_checkpoints(tmp_path)] == kept
