@@ -19,7 +19,7 @@ from transformers.trainer_pt_utils import LabelSmoother
 
 import vaswani_hf.modeling_vaswani as modeling
 from vaswani_hf import VaswaniConfig, VaswaniForConditionalGeneration, convert_to_marian
-from vaswani_hf.training import NonFiniteGradientGuard
+from vaswani_hf.callbacks import NonFiniteGradientGuard
 
 
 @dataclass

@@ -19,9 +19,9 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer
 
+from vaswani_hf.checkpoints import checkpoint_step, complete_checkpoints, load_averaged_model
 from vaswani_hf.evaluation import bleu, chrf, translate
 from vaswani_hf.files import write_json
-from vaswani_hf.training import checkpoint_step, complete_checkpoints, load_averaged_model
 
 
 def validation_curve(run: Path) -> dict[int, float]:

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
-from vaswani_hf.training import eq3_learning_rate
+from vaswani_hf.trainer import eq3_learning_rate
 
 LABEL_SMOOTHING = 0.1  # Sec. 5.4
 

@@ -14,7 +14,7 @@ from matplotlib import pyplot as plt
 
 from vaswani_hf.configuration_vaswani import POSITION_ENCODINGS, VaswaniConfig
 from vaswani_hf.files import write_json
-from vaswani_hf.training import eq3_learning_rate
+from vaswani_hf.trainer import eq3_learning_rate
 
 from .budget import Budget
 from .loop import train_steps

@@ -19,18 +19,19 @@ from pathlib import Path
 import torch.distributed
 from accelerate import PartialState
 
-import vaswani_hf.training as training
+import vaswani_hf.checkpoints as checkpoints
+from vaswani_hf.arguments import VaswaniTrainingArguments
 
 output_dir, signals, result_file = map(Path, sys.argv[1:4])
-arguments = training.VaswaniTrainingArguments(output_dir=str(output_dir), use_cpu=True, report_to="none")
+arguments = VaswaniTrainingArguments(output_dir=str(output_dir), use_cpu=True, report_to="none")
 state = PartialState()
 state.wait_for_everyone()  # both processes are set up before anything is watched
 rank = state.process_index
 result = {"world_size": state.num_processes, "local_main": state.is_local_main_process, "moved": []}
 set_aside, last_complete_checkpoint, checkpoint_folders = (
-    training.set_aside,
-    training.last_complete_checkpoint,
-    training.checkpoint_folders,
+    checkpoints.set_aside,
+    checkpoints.last_complete_checkpoint,
+    checkpoints.checkpoint_folders,
 )
 barrier = torch.distributed.barrier
 
@@ -63,10 +64,10 @@ def watched_barrier(*args, **kwargs):
     return barrier(*args, **kwargs)
 
 
-training.set_aside = watched_set_aside
-training.last_complete_checkpoint = watched_last_complete_checkpoint
-training.checkpoint_folders = watched_checkpoint_folders
+checkpoints.set_aside = watched_set_aside
+checkpoints.last_complete_checkpoint = watched_last_complete_checkpoint
+checkpoints.checkpoint_folders = watched_checkpoint_folders
 torch.distributed.barrier = watched_barrier
-found = training.resumable_checkpoint(output_dir, arguments)
+found = checkpoints.resumable_checkpoint(output_dir, arguments)
 result["found"] = found.name if found else None
 result_file.write_text(json.dumps(result))

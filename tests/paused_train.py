@@ -21,7 +21,7 @@ from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from vaswani_hf.cli.train import main
-from vaswani_hf.training import VaswaniTrainer
+from vaswani_hf.trainer import VaswaniTrainer
 
 PHASES = ("update", "save", "saved")
 

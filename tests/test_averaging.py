@@ -9,8 +9,8 @@ import torch
 from conftest import tiny_model
 from safetensors.torch import load_file
 
+from vaswani_hf.checkpoints import COMPLETE_MARKER, checkpoint_record
 from vaswani_hf.cli.average import main
-from vaswani_hf.training import COMPLETE_MARKER, checkpoint_record
 
 
 def checkpoint(folder, seed: int = 0, **overrides):

@@ -10,16 +10,11 @@ import yaml
 from conftest import ROOT, recipe
 from transformers import HfArgumentParser
 
+from vaswani_hf.arguments import DataArguments, ModelArguments, VaswaniTrainingArguments, parse_overrides
 from vaswani_hf.cli.train import parse_arguments
 from vaswani_hf.cli.train_tokenizer import main as train_tokenizer_main
 from vaswani_hf.tokenization import load_tokenizer
-from vaswani_hf.training import (
-    DataArguments,
-    ModelArguments,
-    VaswaniTrainingArguments,
-    parse_overrides,
-    train_tokenizer_command,
-)
+from vaswani_hf.training import train_tokenizer_command
 
 RECIPE = {"dataset": "corpus_folder", "output_dir": "from_recipe", "use_cpu": True, "max_train_minutes": 60, "seed": 4}
 

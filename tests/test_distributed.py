@@ -11,15 +11,10 @@ import yaml
 from conftest import HANG_GUARD_SECONDS, ROOT, recipe
 from transformers import AutoModelForSeq2SeqLM
 
+from vaswani_hf.arguments import DataArguments, ModelArguments, VaswaniTrainingArguments
 from vaswani_hf.data import load_parallel_corpus
 from vaswani_hf.tokenization import train_tokenizer
-from vaswani_hf.training import (
-    DataArguments,
-    ModelArguments,
-    VaswaniTrainingArguments,
-    save_learned_tokenizer,
-    train,
-)
+from vaswani_hf.training import save_learned_tokenizer, train
 
 
 def free_port() -> int:

@@ -15,9 +15,9 @@ from hub_server import multi30k_files, serve
 from safetensors.torch import load_file
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
+from vaswani_hf.checkpoints import complete_checkpoints
 from vaswani_hf.data import TokenBatchSampler, load_parallel_corpus, preprocess
 from vaswani_hf.tokenization import train_tokenizer
-from vaswani_hf.training import complete_checkpoints
 
 # Two processes with gloo on a CPU. In accelerate 1.15 `--cpu --num_processes 2` starts ONE process (its simple
 # launcher); `--multi_gpu` starts them through torchrun, and on a machine without GPUs they run on the CPU.

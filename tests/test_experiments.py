@@ -25,7 +25,7 @@ from experiments.positions import TASKS, run_positions, sequence_batch
 from experiments.report import RUN_FILE
 from experiments.scaling import D_KS, run_scaling
 from vaswani_hf import VaswaniConfig
-from vaswani_hf.training import eq3_learning_rate
+from vaswani_hf.trainer import eq3_learning_rate
 
 TINY = BUDGETS["tiny"]
 

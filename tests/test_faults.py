@@ -23,25 +23,22 @@ from safetensors.torch import load_file
 from test_training import folder_state, tiny_run_arguments, trainer_for
 from transformers import AutoModelForSeq2SeqLM, GenerationConfig, HfArgumentParser, modeling_utils, pipeline
 
+from vaswani_hf.arguments import DataArguments, ModelArguments, VaswaniTrainingArguments
+from vaswani_hf.callbacks import NonFiniteGradientGuard
+from vaswani_hf.checkpoints import (
+    COMPLETE_MARKER,
+    average_checkpoints,
+    checkpoint_step,
+    complete_checkpoints,
+    last_complete_checkpoint,
+)
 from vaswani_hf.cli import evaluate
 from vaswani_hf.cli import translate as translate_command
 from vaswani_hf.evaluation import bleu, translate
 from vaswani_hf.files import read_text_lines
 from vaswani_hf.hub import RUN_FILES, build_repo_folder
 from vaswani_hf.tokenization import load_tokenizer, train_tokenizer
-from vaswani_hf.training import (
-    COMPLETE_MARKER,
-    DataArguments,
-    ModelArguments,
-    NonFiniteGradientGuard,
-    VaswaniTrainingArguments,
-    _finished,
-    average_checkpoints,
-    checkpoint_step,
-    complete_checkpoints,
-    last_complete_checkpoint,
-    train,
-)
+from vaswani_hf.training import _finished, train
 
 
 def poison_forward(model, at_calls: set[int]) -> None:
@@ -354,7 +351,7 @@ def test_resume_moves_aside_only_the_trainers_incomplete_checkpoints(saved_run, 
     (run_dir / "checkpoint-notes").mkdir()
     (run_dir / "checkpoint-notes" / "todo.txt").write_text("compare the learning rates")
     users = {name: folder_state(run_dir / name) for name in ("checkpoint-4-backup", "checkpoint-notes")}
-    with caplog.at_level(logging.WARNING, logger="vaswani_hf.training"):
+    with caplog.at_level(logging.WARNING, logger="vaswani_hf.checkpoints"):
         assert last_complete_checkpoint(run_dir) == run_dir / "checkpoint-4"
     assert {name: folder_state(run_dir / name) for name in users} == users  # untouched
     assert complete_checkpoints(run_dir) == [run_dir / "checkpoint-2", run_dir / "checkpoint-4"]
@@ -442,7 +439,7 @@ def test_a_damaged_checkpoint_is_not_resumed_from_and_its_file_is_named(
     run_dir = copy_of(saved_run, tmp_path)
     damage(run_dir / "checkpoint-4")
     assert complete_checkpoints(run_dir) == [run_dir / "checkpoint-2"]  # nor averaged
-    with caplog.at_level(logging.WARNING, logger="vaswani_hf.training"):
+    with caplog.at_level(logging.WARNING, logger="vaswani_hf.checkpoints"):
         assert last_complete_checkpoint(run_dir) == run_dir / "checkpoint-2"  # the previous complete one
     assert re.search(f"{re.escape(str(run_dir / 'checkpoint-4' / file_name))} {said}", caplog.text)
     assert (run_dir / "incomplete-checkpoint-4").is_dir() and not (run_dir / "checkpoint-4").exists()

@@ -8,8 +8,8 @@ import yaml
 from conftest import ROOT
 
 from vaswani_hf import VaswaniConfig
+from vaswani_hf.arguments import parse_overrides
 from vaswani_hf.cli.train import parse_arguments
-from vaswani_hf.training import parse_overrides
 
 RECIPES = ("wmt14_en_de_base", "wmt14_en_de_big", "wmt14_en_fr_base", "wmt14_en_fr_big")
 ACCELERATE_CONFIG = ROOT / "recipes" / "accelerate_8gpu.yaml"

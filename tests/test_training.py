@@ -27,34 +27,27 @@ from transformers import (
 from transformers.trainer_callback import ProgressCallback
 
 from vaswani_hf import VaswaniConfig, convert_to_marian, training
+from vaswani_hf.arguments import DataArguments, ModelArguments, VaswaniTrainingArguments, parse_overrides
+from vaswani_hf.callbacks import EarlyStopping, TrainingMinutesProgress, TrainingTimeBudget
+from vaswani_hf.checkpoints import (
+    COMPLETE_MARKER,
+    average_checkpoints,
+    checkpoint_folders,
+    checkpoint_record,
+    checkpoint_step,
+    checkpoints_to_keep,
+    complete_checkpoints,
+    last_complete_checkpoint,
+    load_averaged_model,
+    select_checkpoints,
+)
 from vaswani_hf.cli.train_tokenizer import main as train_tokenizer_main
 from vaswani_hf.data import load_parallel_corpus
 from vaswani_hf.evaluation import TOKENIZED_BLEU_LABEL, bleu, chrf, tokenized_bleu, translate
 from vaswani_hf.parsing import parse
 from vaswani_hf.tokenization import load_tokenizer, train_tokenizer
-from vaswani_hf.training import (
-    COMPLETE_MARKER,
-    DataArguments,
-    ModelArguments,
-    TrainingMinutesProgress,
-    TrainingTimeBudget,
-    VaswaniTrainer,
-    VaswaniTrainingArguments,
-    _print_summary,
-    average_checkpoints,
-    build_tokenizer,
-    check_tokenizer_fits,
-    checkpoint_folders,
-    checkpoint_record,
-    checkpoint_step,
-    complete_checkpoints,
-    earlier_run_outputs,
-    eq3_learning_rate,
-    last_complete_checkpoint,
-    load_averaged_model,
-    parse_overrides,
-    train,
-)
+from vaswani_hf.trainer import VaswaniTrainer, eq3_learning_rate
+from vaswani_hf.training import _print_summary, build_tokenizer, check_tokenizer_fits, earlier_run_outputs, train
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 
@@ -314,22 +307,22 @@ def test_checkpoints_on_disk_never_exceed_the_averaged_ones_plus_the_newest_and_
         scores = dict(enumerate(FADING_SCORES[:step], start=1))
         best = max(scores, key=scores.get)
         assert len(kept) <= bound and best in kept and step in kept, (step, kept)
-        assert set(training.select_checkpoints(scores, selection, 2)) <= set(kept), (step, kept)
+        assert set(select_checkpoints(scores, selection, 2)) <= set(kept), (step, kept)
     assert on_disk.seen[-1] == ([2, 8, 10] if selection == "best" else [2, 3, 10])
 
 
 def test_checkpoint_selection_ranks_by_metric_oldest_first_on_ties_and_centres_the_window_on_the_best():
     scores = {100: 1.0, 200: 3.0, 300: 3.0, 400: None, 500: 2.0, 600: 0.5}
-    assert training.select_checkpoints(scores, "last", 2) == [500, 600]
-    assert training.select_checkpoints(scores, "best", 2) == [200, 300]  # equal scores: the older first
-    assert training.select_checkpoints(scores, "best", 3) == [200, 300, 500]  # never one without a score
-    assert training.select_checkpoints(scores, "best", 2, greater_is_better=False) == [100, 600]  # a loss
-    assert training.select_checkpoints(scores, "around_best", 3) == [100, 200, 300]
-    assert training.select_checkpoints(scores, "around_best", 5) == [100, 200, 300, 400]  # fewer at the start
-    assert training.select_checkpoints({1: None}, "around_best", 3) == []
-    assert training.checkpoints_to_keep(scores, "best", 2) == {200, 300, 600}
-    assert training.checkpoints_to_keep(scores, "last", 2) == {200, 500, 600}
-    assert training.checkpoints_to_keep(scores, "around_best", 3) == {100, 200, 300, 500, 600}
+    assert select_checkpoints(scores, "last", 2) == [500, 600]
+    assert select_checkpoints(scores, "best", 2) == [200, 300]  # equal scores: the older first
+    assert select_checkpoints(scores, "best", 3) == [200, 300, 500]  # never one without a score
+    assert select_checkpoints(scores, "best", 2, greater_is_better=False) == [100, 600]  # a loss
+    assert select_checkpoints(scores, "around_best", 3) == [100, 200, 300]
+    assert select_checkpoints(scores, "around_best", 5) == [100, 200, 300, 400]  # fewer at the start
+    assert select_checkpoints({1: None}, "around_best", 3) == []
+    assert checkpoints_to_keep(scores, "best", 2) == {200, 300, 600}
+    assert checkpoints_to_keep(scores, "last", 2) == {200, 500, 600}
+    assert checkpoints_to_keep(scores, "around_best", 3) == {100, 200, 300, 500, 600}
 
 
 def test_early_stopping_stops_after_the_patience_and_goes_on_counting_after_a_resume(tmp_path):
@@ -345,7 +338,7 @@ def test_early_stopping_stops_after_the_patience_and_goes_on_counting_after_a_re
     resumed = scripted_trainer(tmp_path / "resumed", scores[4:], early_stopping_patience=3, max_steps=10)
     resumed.train(resume_from_checkpoint=str(tmp_path / "resumed" / "checkpoint-4"))
     assert resumed.state.global_step == 5
-    stopping = [c for c in resumed.callback_handler.callbacks if isinstance(c, training.EarlyStopping)]
+    stopping = [c for c in resumed.callback_handler.callbacks if isinstance(c, EarlyStopping)]
     assert len(stopping) == 1 and stopping[0].stopped()
 
 
@@ -454,7 +447,7 @@ def test_shipped_recipes_parse(recipe):
 
 def test_time_budget_marks_and_stop_count_only_step_time(monkeypatch):
     clock = [0.0]
-    monkeypatch.setattr("vaswani_hf.training.time.perf_counter", lambda: clock[0])
+    monkeypatch.setattr("vaswani_hf.callbacks.time.perf_counter", lambda: clock[0])
     budget = TrainingTimeBudget(budget_minutes=3, marks_minutes=[1, 2])
     state, control = TrainerState(), TrainerControl()
     for step in range(1, 6):
@@ -481,7 +474,7 @@ def test_a_resumed_run_trains_on_to_the_recipes_larger_time_budget(small_corpus,
     at the new mark (3) and not again at the one already passed (1). Each update takes one minute of a fake clock
     that only the updates move, so the counts are the same on any machine."""
     clock = [0.0]
-    monkeypatch.setattr("vaswani_hf.training.time.perf_counter", lambda: clock[0])
+    monkeypatch.setattr("vaswani_hf.callbacks.time.perf_counter", lambda: clock[0])
     training_step = VaswaniTrainer.training_step
 
     def one_minute_update(self, *args, **kwargs):
@@ -582,7 +575,7 @@ def test_a_run_killed_and_resumed_keeps_the_best_checkpoints_by_the_validation_b
     history = json.loads((output_dir / "checkpoint-16" / "trainer_state.json").read_text())["log_history"]
     scores = {entry["step"]: entry["eval_bleu"] for entry in history if "eval_bleu" in entry}
     assert sorted(scores) == list(range(2, 17, 2))
-    best = training.select_checkpoints(scores, "best", 2)
+    best = select_checkpoints(scores, "best", 2)
     assert [checkpoint_step(folder) for folder in checkpoint_folders(output_dir)] == sorted({*best, 16})
     evaluation = json.loads((output_dir / "metrics.json").read_text())["evaluation"]
     assert [checkpoint["step"] for checkpoint in evaluation["average of the best 2"]["checkpoints"]] == best

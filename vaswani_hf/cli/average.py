@@ -10,7 +10,7 @@ checkpoints, nor inside or holding one), and an existing non-empty one is refuse
 import argparse
 import sys
 
-from vaswani_hf.training import average_checkpoint_folders, complete_checkpoints
+from vaswani_hf.checkpoints import average_checkpoint_folders, complete_checkpoints
 
 
 def at_least_one(text: str) -> int:

@@ -19,13 +19,8 @@ import yaml
 from accelerate import PartialState
 from transformers import HfArgumentParser
 
-from vaswani_hf.training import (
-    DataArguments,
-    ModelArguments,
-    VaswaniTrainingArguments,
-    close_names,
-    train,
-)
+from vaswani_hf.arguments import DataArguments, ModelArguments, VaswaniTrainingArguments, close_names
+from vaswani_hf.training import train
 
 RECIPE_SUFFIXES = (".yaml", ".yml", ".json")
 
