@@ -65,6 +65,15 @@ def paper_generation_config(config: VaswaniConfig) -> GenerationConfig:
     )
 
 
+def target_length_limits(config: VaswaniConfig, attention_mask: torch.Tensor, offset: int) -> torch.Tensor:
+    """Each sentence's limit on its output tokens: its source length + `offset` (Sec. 6.1, 6.3), within the position
+    table of a decoder with learned positions."""
+    limits = attention_mask.sum(-1) + offset
+    if config.position_encoding == "learned":  # the decoder has no position beyond its table
+        limits = limits.clamp(max=config.max_position_embeddings - 1)
+    return limits
+
+
 class SourceLengthLimitLogitsProcessor(LogitsProcessor):
     """Forces end-of-sentence once a hypothesis reaches its own source length + offset (Sec. 6.1).
 
@@ -433,9 +442,7 @@ class VaswaniGenerationMixin(GenerationMixin):
         attention_mask = kwargs.get("attention_mask")
         if attention_mask is None:
             attention_mask = input_ids.ne(self.config.pad_token_id)
-        max_target_lengths = attention_mask.sum(-1) + offset
-        if self.config.position_encoding == "learned":  # the decoder has no position beyond its table
-            max_target_lengths = max_target_lengths.clamp(max=self.config.max_position_embeddings - 1)
+        max_target_lengths = target_length_limits(self.config, attention_mask, offset)
         num_beams = kwargs.get("num_beams") or config.num_beams or 1
         # generate() repeats each source num_beams times for beam search, num_return_sequences times otherwise
         expansion = (

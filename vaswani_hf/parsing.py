@@ -32,6 +32,7 @@ from transformers import (
 
 from .evaluation import translate
 from .files import write_json, write_text_lines
+from .generation_vaswani import target_length_limits
 from .parsing_constraint import TreeConstraintLogitsProcessor, TreeVocabulary
 from .tokenization import load_tokenizer
 from .treebank import UNKNOWN_TAG, Tree, linearized_words, read_treebank, tree_from_linearized
@@ -162,9 +163,7 @@ def parse(
         vocabulary = TreeVocabulary(tokenizer, labels)
 
         def constraint(sources: list[str], batch: BatchEncoding) -> LogitsProcessorList:
-            limits = batch["attention_mask"].sum(-1) + PARSING_LENGTH_OFFSET
-            if model.config.position_encoding == "learned":  # as VaswaniForConditionalGeneration.generate limits it
-                limits = limits.clamp(max=model.config.max_position_embeddings - 1)
+            limits = target_length_limits(model.config, batch["attention_mask"], PARSING_LENGTH_OFFSET)
             words = [source.split(" ") for source in sources]
             return LogitsProcessorList([TreeConstraintLogitsProcessor(vocabulary, words, limits.tolist())])
 
