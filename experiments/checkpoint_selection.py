@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer
 
-from vaswani_hf.checkpoints import checkpoint_step, complete_checkpoints, load_averaged_model
+from vaswani_hf.checkpoints import checkpoint_step, complete_checkpoints, load_averaged_model, select_checkpoints
 from vaswani_hf.evaluation import bleu, chrf, translate
 from vaswani_hf.files import write_json
 
@@ -32,17 +32,15 @@ def validation_curve(run: Path) -> dict[int, float]:
 
 
 def policies(steps: list[int], curve: dict[int, float], k: int) -> dict[str, list[int]]:
-    """The checkpoints (by update) each policy averages among `steps`, those saved within the budget."""
-    scored = [s for s in steps if s in curve]
-    best = max(scored, key=lambda s: curve[s])
-    centre = scored.index(best)
-    start = min(max(centre - k // 2, 0), max(len(scored) - k, 0))
+    """The checkpoints (by update) each policy averages among `steps`, those saved within the budget, chosen as the
+    training run chooses them (`select_checkpoints`)."""
+    scores = {step: curve.get(step) for step in steps}
     return {
         "last weights": steps[-1:],
-        "best single": [best],
-        f"last {k}": steps[-k:],
-        f"best {k}": sorted(sorted(scored, key=lambda s: curve[s])[-k:]),
-        f"{k} around the best": scored[start : start + k],
+        "best single": select_checkpoints(scores, "best", 1),
+        f"last {k}": select_checkpoints(scores, "last", k),
+        f"best {k}": select_checkpoints(scores, "best", k),
+        f"{k} around the best": select_checkpoints(scores, "around_best", k),
     }
 
 
