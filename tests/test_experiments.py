@@ -1,4 +1,4 @@
-"""The paper's experiments at small scale (`vaswani_hf.experiments`): each runs on a tiny budget, writes its JSON and
+"""The paper's experiments at small scale (`experiments/`): each runs on a tiny budget, writes its JSON and
 figure, and measures what it claims to measure."""
 
 import contextlib
