@@ -78,13 +78,17 @@ def data_benchmark(
 
 class PeakMemory:
     """Peak resident memory above the level at entry, sampled every `interval` seconds (0.5 ms by default) from
-    /proc/self/statm.
+    /proc/self/statm by a thread of its own.
 
     PyTorch keeps no CPU allocator statistics, so this measures the process: freed memory is first returned to the
-    system (`malloc_trim`) so that the baseline is what is really held."""
+    system (`malloc_trim`) so that the baseline is what is really held. `samples` counts the samples taken; code
+    measured under it can hold memory until the sampler has seen it (`hold_until_sampled`), so that on a loaded
+    machine, where the thread may not run for a while, a short-lived allocation is still in the peak."""
 
     def __init__(self, interval: float = 0.0005):
         self.interval = interval
+        self.samples = 0
+        self._sampled = threading.Condition()
 
     def __enter__(self) -> "PeakMemory":
         gc.collect()
@@ -94,14 +98,30 @@ class PeakMemory:
         self._running = True
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
+        _SAMPLERS.add(self)
         return self
 
     def _sample(self) -> None:
         while self._running:
-            self.peak = max(self.peak, _resident_bytes())
+            resident = _resident_bytes()
+            with self._sampled:
+                self.peak = max(self.peak, resident)
+                self.samples += 1
+                self._sampled.notify_all()
             time.sleep(self.interval)
 
+    def wait_for_sample(self) -> None:
+        """Return once the sampler has read the resident memory after this call (a sample under way may have read
+        it before: the one after that counts). Raises if the sampler has stopped."""
+        with self._sampled:
+            wanted = self.samples + 2
+            while self.samples < wanted:
+                if not self._thread.is_alive():
+                    raise RuntimeError("the PeakMemory sampler is not running")
+                self._sampled.wait(timeout=1.0)  # only to look at the thread again: what is waited for is the count
+
     def __exit__(self, *exc) -> None:
+        _SAMPLERS.discard(self)
         self._running = False
         self._thread.join()
         self.peak = max(self.peak, _resident_bytes())
@@ -109,6 +129,16 @@ class PeakMemory:
     @property
     def increase(self) -> int:
         return self.peak - self.baseline
+
+
+_SAMPLERS: set[PeakMemory] = set()  # those measuring now
+
+
+def hold_until_sampled() -> None:
+    """Wait until every `PeakMemory` measuring now has sampled the memory as it is at this call, so that what the
+    caller holds is in their peaks whatever the machine's load; without one, return at once (timed runs)."""
+    for sampler in list(_SAMPLERS):
+        sampler.wait_for_sample()
 
 
 def _resident_bytes() -> int:

@@ -6,6 +6,7 @@ from conftest import tiny_config
 
 from benchmarks.harness import (
     PeakMemory,
+    hold_until_sampled,
     side_by_side,
     training_benchmark,
     training_step_flops,
@@ -17,6 +18,11 @@ from vaswani_hf.modeling_vaswani import VaswaniForConditionalGeneration
 def test_peak_memory_sees_a_temporary_allocation():
     with PeakMemory() as peak:
         block = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
+        samples = peak.samples
+        # freed once the sampler thread has read the memory with the block in it, however late the thread runs on a
+        # loaded machine (a count it keeps, not a time)
+        hold_until_sampled()
+        assert peak.samples > samples
         del block
     assert peak.increase >= 48 * 2**20
 
@@ -32,6 +38,7 @@ def test_side_by_side_alternates_and_reports_every_run():
 def test_side_by_side_measures_memory_outside_the_timed_runs():
     def allocate():
         block = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
+        hold_until_sampled()  # until the memory run's sampler has seen it; at once in the timed runs
         del block
 
     timings = side_by_side({"allocating": allocate, "idle": lambda: None}, repeats=2)
