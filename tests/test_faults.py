@@ -581,15 +581,25 @@ def test_the_commands_name_a_model_folder_without_a_tokenizer(tmp_path, capsys):
         assert f"{folder} has no tokenizer.json (the BPE vocabulary and merges); it holds" in capsys.readouterr().err
 
 
-def test_a_missing_validation_split_names_the_splits_there_and_the_argument(small_corpus, tmp_path):
-    values = recipe(small_corpus, tmp_path / "out", file_splits="train=train,test=test_2016_flickr")
+@pytest.mark.parametrize(
+    ("file_splits", "split", "argument", "present"),
+    [
+        ("train=train,test=test_2016_flickr", "validation", "validation_split", ["test", "train"]),
+        ("validation=val,test=test_2016_flickr", "train", "train_split", ["test", "validation"]),
+    ],
+)
+def test_a_missing_split_names_the_splits_there_and_the_argument(
+    small_corpus, tmp_path, file_splits, split, argument, present
+):
+    values = recipe(small_corpus, tmp_path / "out", file_splits=file_splits)
     parser = HfArgumentParser((ModelArguments, DataArguments, VaswaniTrainingArguments))
     with pytest.raises(ValueError) as refused:
         train(*parser.parse_dict(values))
     assert str(refused.value) == (
-        f"{small_corpus} has no 'validation' split (validation_split); its splits are ['test', 'train']: set"
-        " validation_split to one of them, or file_splits (split=stem pairs) for a folder's files"
+        f"{small_corpus} has no {split!r} split ({argument}); its splits are {present}: set"
+        f" {argument} to one of them, or file_splits (split=stem pairs) for a folder's files"
     )
+    assert not (tmp_path / "out" / "tokenizer").exists()  # refused before anything was learned from the data
 
 
 def test_the_pipeline_names_a_model_folder_without_a_tokenizer_or_with_a_damaged_one(tiny_translator_folder, tmp_path):
