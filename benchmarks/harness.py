@@ -398,6 +398,8 @@ def speed_benchmark(trained_model_dir: str | os.PathLike | None = None, repeats:
     results: dict = {
         "machine": {"threads": torch.get_num_threads(), "native_bfloat16": bf16, "torch": torch.__version__},
     }
+    if not bf16:
+        results["machine"]["bfloat16_rows"] = "skipped: no bfloat16 units on this CPU (avx512_bf16 / amx_bf16)"
     for preset in ("small", "base"):
         config = VaswaniConfig.from_preset(preset, vocab_size=37000 if preset == "base" else 8000)
         results[f"training_{preset}_float32"] = training_benchmark(config, repeats=repeats)
