@@ -14,7 +14,6 @@ from pathlib import Path
 
 import torch
 import transformers
-from transformers.trainer_pt_utils import LabelSmoother
 
 from vaswani_hf.configuration_vaswani import VaswaniConfig
 from vaswani_hf.data import MULTI30K_SPLITS, load_parallel_corpus
@@ -22,15 +21,7 @@ from vaswani_hf.evaluation import bleu, translate
 from vaswani_hf.modeling_vaswani import VaswaniForConditionalGeneration
 from vaswani_hf.tokenization import load_tokenizer
 
-from .harness import (
-    _cpu_has_native_bfloat16,
-    _random_batch,
-    _ratio,
-    _same_weights_pair,
-    matmul_peak_flops,
-    side_by_side,
-    training_step_flops,
-)
+from .harness import _cpu_has_native_bfloat16, matmul_peak_flops, side_by_side, training_benchmark
 
 NO_BF16_UNITS = (
     "this CPU has no bfloat16 units (neither avx512_bf16 nor amx_bf16 in /proc/cpuinfo): PyTorch emulates bfloat16, "
@@ -59,51 +50,12 @@ def training_bf16_benchmark(
     config, batch_size: int = 128, source_length: int = 32, target_length: int = 32, repeats: int = 3
 ) -> dict:
     """One training step (forward, label-smoothed loss, backward, fused AdamW) under bfloat16 autocast, alternating:
-    ours (the loss fused with the output projection), ours with the unfused loss (a no-op hook on the projection
-    keeps it from fusing: the logits are stored, as before the fused loss worked under autocast), and MarianMTModel
-    with the same weights and its LabelSmoother loss. MFU is against the measured bfloat16 matrix-multiply peak."""
-    ours, marian = _same_weights_pair(config)
-    unfused = copy.deepcopy(ours)
-    unfused.lm_head.register_forward_hook(lambda module, inputs, output: None)
-    models = {"ours": ours, "ours_unfused_loss": unfused, "marian": marian}
-    batch = _random_batch(config, batch_size, source_length, target_length)
-    unlabelled = {key: value for key, value in batch.items() if key != "labels"}
-    smoother = LabelSmoother(epsilon=0.1)
-    optimizers = {
-        name: torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.98), eps=1e-9, weight_decay=0.0, fused=True)
-        for name, model in models.items()
-    }
-
-    def step(name: str) -> Callable[[], None]:
-        def run() -> None:
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                if name == "marian":
-                    loss = smoother(models[name](**unlabelled), batch["labels"])
-                else:
-                    loss = models[name](**batch, label_smoothing=0.1).loss
-            loss.backward()
-            optimizers[name].step()
-            optimizers[name].zero_grad(set_to_none=True)
-
-        return run
-
-    for model in models.values():
-        model.train()
-    timings = side_by_side({name: step(name) for name in models}, repeats)
-    flops = training_step_flops(config, batch_size, source_length, target_length)
-    peak = matmul_peak_flops(torch.bfloat16)
-    results = {
-        name: {
-            "target_tokens_per_second": round(batch_size * target_length / timing["median_seconds"], 1),
-            "peak_memory_mb": round(timing["peak_bytes"] / 2**20, 1),
-            "model_flops_utilisation": round(flops / timing["median_seconds"] / peak, 4),
-        }
-        for name, timing in timings.items()
-    }
-    results["ratio_ours_to_marian"] = _ratio(timings)
-    results["ratio_ours_unfused_loss_to_marian"] = _ratio(timings, "ours_unfused_loss")
-    results["step_flops"] = flops
-    results["bfloat16_matmul_peak_gflops"] = round(peak / 1e9, 1)
+    ours (the loss fused with the output projection), ours with the unfused loss (as before the fused loss worked
+    under autocast) and MarianMTModel with the same weights and its LabelSmoother loss. MFU is against the measured
+    bfloat16 matrix-multiply peak; the float32 peak is beside it."""
+    results = training_benchmark(
+        config, batch_size, source_length, target_length, repeats, autocast_dtype=torch.bfloat16, unfused_loss=True
+    )
     results["float32_matmul_peak_gflops"] = round(matmul_peak_flops(torch.float32) / 1e9, 1)
     return results
 
