@@ -3,6 +3,8 @@
 python scripts/benchmark.py data      # preprocessing time and padding of token batches (Multi30k)
 python scripts/benchmark.py speed --trained_model runs/multi30k_en_de_small   # ours vs MarianMTModel, CTranslate2
 python scripts/benchmark.py quality --trained_model runs/multi30k_en_de_small # BLEU of int8 and CTranslate2
+python scripts/benchmark.py bf16 --trained_model runs/multi30k_en_de_small \
+    --curves float32=runs/curve_fp32,bfloat16=runs/curve_bf16  # bfloat16 training, decoding, curves (bf16 CPUs)
 nice python scripts/benchmark.py scale --sizes 450000,1500000,4500000  # the data pipeline and first updates at
                                                                        # WMT14 size (a corpus made from Multi30k)
 """
@@ -13,6 +15,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from .bf16 import bf16_benchmark
 from .harness import data_benchmark, quality_benchmark, scale_benchmark, speed_benchmark, write_tables
 
 DEFAULT_CORPUS = Path(__file__).resolve().parents[2] / "shared" / "data" / "multi30k"
@@ -20,7 +23,7 @@ DEFAULT_CORPUS = Path(__file__).resolve().parents[2] / "shared" / "data" / "mult
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("benchmark", choices=["data", "speed", "quality", "scale"])
+    parser.add_argument("benchmark", choices=["data", "speed", "quality", "scale", "bf16"])
     parser.add_argument("--corpus", default=str(DEFAULT_CORPUS), help="folder of Moses-style Multi30k files")
     parser.add_argument("--max_tokens", type=int, help="tokens per batch (default: data 4096, scale 6250)")
     parser.add_argument("--trained_model", help="a trained small En-De model folder (speed: CTranslate2 rows)")
@@ -35,11 +38,27 @@ def main(argv: list[str] | None = None) -> None:
     scale.add_argument("--config_overrides", help="VaswaniConfig field=value pairs for the training run")
     scale.add_argument("--vocab_size", type=int, default=37000)
     scale.add_argument("--work_dir", help="where the temporary corpus goes (default: the system's temporary folder)")
+    bf16 = parser.add_argument_group("bf16")
+    bf16.add_argument("--presets", default="base,small", help="presets of the training step under autocast")
+    bf16.add_argument("--speed_sentences", type=int, default=128, help="test sources timed per decoding variant")
+    bf16.add_argument("--bleu_sentences", type=int, help="test sentences scored per variant (default: all)")
+    bf16.add_argument("--curves", help="LABEL=RUN_DIR,LABEL=RUN_DIR: training runs whose loss curves to plot")
     args = parser.parse_args(argv)
     if args.benchmark == "data":
         results = {"data": data_benchmark(args.corpus, max_tokens=args.max_tokens or 4096)}
     elif args.benchmark == "speed":
         results = speed_benchmark(args.trained_model, repeats=args.repeats)
+    elif args.benchmark == "bf16":
+        results = bf16_benchmark(
+            args.trained_model,
+            args.corpus,
+            repeats=args.repeats,
+            presets=tuple(preset for preset in args.presets.split(",") if preset),
+            speed_sentences=args.speed_sentences,
+            bleu_sentences=args.bleu_sentences,
+            curves=dict(item.split("=", 1) for item in args.curves.split(",")) if args.curves else None,
+            figure=Path(args.output_dir) / "bf16_curves.png",
+        )
     elif args.benchmark == "scale":
         results = scale_benchmark(
             args.corpus,
@@ -62,4 +81,3 @@ def main(argv: list[str] | None = None) -> None:
     path = write_tables(args.benchmark, results, args.output_dir, command)
     print(json.dumps(results, indent=2))
     print(f"written to {path} and {path.with_suffix('.md')}")
-

@@ -1,5 +1,6 @@
 """Benchmarks whose figures go to files (`scripts/benchmark.py` is the command-line front)."""
 
+import copy
 import ctypes
 import gc
 import json
@@ -233,10 +234,18 @@ def training_benchmark(
     repeats: int = 5,
     autocast_dtype: torch.dtype | None = None,
     label_smoothing: float = 0.1,
+    unfused_loss: bool = False,
 ) -> dict:
     """Training step (forward, label-smoothed loss, backward, Adam step) of ours and of MarianMTModel with the same
-    weights and batch: target tokens/s, peak memory, model FLOP utilisation, and the ratio ours / Marian."""
-    models = dict(zip(("ours", "marian"), _same_weights_pair(config), strict=True))
+    weights and batch: target tokens/s, peak memory, model FLOP utilisation, and the ratio ours / Marian. With
+    `unfused_loss`, also ours with a no-op hook on its output projection, which keeps the loss unfused (the logits
+    stored, the loss computed from them)."""
+    ours, marian = _same_weights_pair(config)
+    models = {"ours": ours, "marian": marian}
+    if unfused_loss:
+        unfused = copy.deepcopy(ours)
+        unfused.lm_head.register_forward_hook(lambda module, inputs, output: None)
+        models = {"ours": ours, "ours_unfused_loss": unfused, "marian": marian}
     batch = _random_batch(config, batch_size, source_length, target_length)
     optimizers = {  # fused: the Trainer's default optimizer, adamw_torch_fused
         name: torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.98), eps=1e-9, weight_decay=0.0, fused=True)
@@ -249,6 +258,7 @@ def training_benchmark(
         # Each model's loss as Seq2SeqTrainer computes it with label_smoothing_factor set: ours in the model, fused
         # with the output projection (VaswaniTrainer.compute_loss); Marian's by LabelSmoother from its logits.
         "ours": lambda: models["ours"](**batch, label_smoothing=label_smoothing).loss,
+        "ours_unfused_loss": lambda: models["ours_unfused_loss"](**batch, label_smoothing=label_smoothing).loss,
         "marian": lambda: smoother(models["marian"](**unlabelled), batch["labels"]),
     }
 
@@ -277,6 +287,8 @@ def training_benchmark(
         for name, timing in timings.items()
     }
     results["ratio_ours_to_marian"] = _ratio(timings)
+    if unfused_loss:
+        results["ratio_ours_unfused_loss_to_marian"] = _ratio(timings, "ours_unfused_loss")
     results["step_flops"] = flops
     results["matmul_peak_gflops"] = round(peak / 1e9, 1)
     return results
@@ -428,6 +440,8 @@ def speed_benchmark(trained_model_dir: str | os.PathLike | None = None, repeats:
     results: dict = {
         "machine": {"threads": torch.get_num_threads(), "native_bfloat16": bf16, "torch": torch.__version__},
     }
+    if not bf16:
+        results["machine"]["bfloat16_rows"] = "skipped: no bfloat16 units on this CPU (avx512_bf16 / amx_bf16)"
     for preset in ("small", "base"):
         config = VaswaniConfig.from_preset(preset, vocab_size=37000 if preset == "base" else 8000)
         results[f"training_{preset}_float32"] = training_benchmark(config, repeats=repeats)

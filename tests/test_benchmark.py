@@ -1,9 +1,13 @@
 """The speed benchmark (benchmarks/harness.py) measures what it claims: same work for both models, same outputs,
 sane figures."""
 
+import json
+from pathlib import Path
+
 import torch
 from conftest import tiny_config
 
+from benchmarks import bf16, harness
 from benchmarks.harness import (
     PeakMemory,
     hold_until_sampled,
@@ -69,3 +73,48 @@ def test_translation_benchmark_gives_marians_tokens_with_exact_lengths():
     results = translation_benchmark(model, num_beams=2, batch_size=3, source_length=6, new_tokens=4, repeats=2)
     assert results["same_tokens_as_marian"] is True
     assert set(results) >= {"ours", "marian", "ours_int8_dynamic"}
+
+
+def test_without_bf16_units_the_benchmarks_say_so_and_skip_the_bf16_rows(monkeypatch):
+    monkeypatch.setattr(bf16, "_cpu_has_native_bfloat16", lambda: False)
+    monkeypatch.setattr(harness, "_cpu_has_native_bfloat16", lambda: False)
+    measured = []
+    monkeypatch.setattr(bf16, "training_bf16_benchmark", lambda *args, **kwargs: measured.append(args))
+    results = bf16.bf16_benchmark(presets=("small",))
+    assert results["machine"]["native_bfloat16"] is False and "no bfloat16 units" in results["skipped"]["reason"]
+    assert set(results) == {"machine", "skipped"} and measured == []
+    # the speed benchmark keeps its float32 rows and names the skipped ones
+    monkeypatch.setattr(harness, "training_benchmark", lambda config, **kwargs: {"dtype": str(kwargs)})
+    monkeypatch.setattr(harness, "translation_benchmark", lambda *args, **kwargs: {})
+    monkeypatch.setattr(harness, "_same_weights_pair", lambda config: (None, None))
+    speed = harness.speed_benchmark(repeats=1)
+    assert not [section for section in speed if "bfloat16" in section]
+    assert "training_base_float32" in speed and "skipped" in speed["machine"]["bfloat16_rows"]
+    # with the units (this CPU's flags monkeypatched), the bf16 training rows are there
+    monkeypatch.setattr(harness, "_cpu_has_native_bfloat16", lambda: True)
+    assert {"training_small_bfloat16", "training_base_bfloat16"} <= set(harness.speed_benchmark(repeats=1))
+
+
+def test_the_bf16_training_benchmark_runs_ours_fused_unfused_and_marian():
+    results = bf16.training_bf16_benchmark(
+        tiny_config(vocab_size=300), batch_size=4, source_length=8, target_length=8, repeats=1
+    )
+    for name in ("ours", "ours_unfused_loss", "marian"):
+        assert results[name]["target_tokens_per_second"] > 0
+    assert results["matmul_peak_gflops"] > 0 and results["ratio_ours_to_marian"] > 0
+
+
+def test_the_bf16_curves_compare_the_runs_up_to_the_updates_both_reached(tmp_path):
+    def run(name: str, steps: int, in_checkpoint: bool) -> Path:
+        folder = tmp_path / name
+        state = folder / "checkpoint-30" if in_checkpoint else folder
+        state.mkdir(parents=True)
+        history = [{"step": step, "loss": 10.0 - step / 10} for step in range(10, steps + 1, 10)] + [{"step": steps}]
+        (state / "trainer_state.json").write_text(json.dumps({"log_history": history}))
+        return folder
+
+    runs = {"float32": run("fp32", 50, in_checkpoint=False), "bfloat16": run("bf16", 30, in_checkpoint=True)}
+    results = bf16.training_curves(runs, tmp_path / "curves.png")
+    assert results["updates_compared"] == 30 and list(results["loss_float32"]) == ["10", "20", "30"]
+    assert results["final_loss_bfloat16"] == results["final_loss_float32"] == 7.0
+    assert (tmp_path / "curves.png").stat().st_size > 0

@@ -71,12 +71,19 @@ def test_the_fused_label_smoothed_loss_equals_the_plain_loss_in_float32_and_unde
     torch.testing.assert_close(fused.loss, plain.loss)
     torch.testing.assert_close(fused_gradients, plain_gradients, rtol=1e-4, atol=1e-6)
 
-    # Under autocast the loss comes from the bf16 logits: transformers' LabelSmoother on them gives the same loss,
-    # within bf16's precision of float32's, with gradients pointing the same way.
+    # Under bf16 autocast the training loss is fused too: the loss of the bf16 logits (transformers' LabelSmoother on
+    # the logits evaluation mode returns), within bf16's precision of float32's, with gradients pointing the same way.
     autocast, autocast_gradients = loss_and_gradients(model, batch, torch.bfloat16)
-    assert autocast.logits.dtype == torch.bfloat16
+    assert autocast.logits is None
+    model.eval()
+    autocast_plain, autocast_plain_gradients = loss_and_gradients(model, batch, torch.bfloat16)
+    assert autocast_plain.logits.dtype == torch.bfloat16
     smoother = LabelSmoother(epsilon=0.1)
-    torch.testing.assert_close(autocast.loss, smoother({"logits": autocast.logits.float()}, batch["labels"]))
+    torch.testing.assert_close(
+        autocast_plain.loss, smoother({"logits": autocast_plain.logits.float()}, batch["labels"])
+    )
+    torch.testing.assert_close(autocast.loss, autocast_plain.loss, rtol=1e-4, atol=1e-5)
+    assert torch.nn.functional.cosine_similarity(autocast_gradients, autocast_plain_gradients, dim=0) > 0.999
     torch.testing.assert_close(autocast.loss, fused.loss, rtol=0.02, atol=0)
     assert torch.nn.functional.cosine_similarity(autocast_gradients, fused_gradients, dim=0) > 0.99
 

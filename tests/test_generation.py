@@ -1,12 +1,13 @@
 """generation_vaswani.py: greedy and beam search give transformers' own results while doing less work."""
 
+import copy
 import sys
 from unittest import mock
 
 import pytest
 import torch
 import transformers
-from conftest import ROOT, padded_batch, tiny_model
+from conftest import ROOT, copy_task_batch, padded_batch, tiny_model
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from packaging.requirements import Requirement
@@ -219,3 +220,25 @@ def test_the_reused_transposed_score_buffers_give_the_output_projections_logits(
             )
             assert scores.data_ptr() == buffers[0].data_ptr()
             torch.testing.assert_close(scores, expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("num_beams", [1, 4])
+@pytest.mark.parametrize("precision", ["bfloat16_weights", "bfloat16_autocast"])
+def test_bf16_decoding_is_finite_and_gives_the_tokens_of_transformers_loops_in_bf16(
+    reversal_model, num_beams, precision
+):
+    """The two ways to decode in bfloat16 (benchmarks/bf16.py measures both): the weights cast with
+    model.to(torch.bfloat16), or float32 weights under bf16 autocast. Padded sources (masks at bf16's minimum)."""
+    model = copy.deepcopy(reversal_model)
+    if precision == "bfloat16_weights":
+        model = model.to(torch.bfloat16)
+    batch = copy_task_batch(torch.Generator().manual_seed(9), batch_size=12)
+    labels = batch.pop("labels")
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bfloat16_autocast"):
+        ours, theirs = generate_with_each_loop(model, batch, num_beams=num_beams, max_new_tokens=12)
+        assert torch.equal(ours, theirs)
+        assert len({tuple(row.tolist()) for row in ours}) == len(ours)  # varied outputs: the comparison means something
+        logits = model(**batch, labels=labels).logits
+        ours, theirs = generate_with_each_loop(model, padded_batch(5), num_beams=num_beams)  # Sec. 6.1 length limit
+        assert torch.equal(ours, theirs)
+    assert logits.dtype == torch.bfloat16 and torch.isfinite(logits).all()

@@ -260,6 +260,57 @@ def test_training_loss_fused_with_the_output_projection_equals_the_plain_path(la
         torch.testing.assert_close(fused_grads[name], grad, atol=1e-6, rtol=1e-4, msg=name)
 
 
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
+def test_the_fused_loss_under_bf16_autocast_equals_the_unfused_loss_under_autocast(label_smoothing):
+    """Under bfloat16 autocast the training loss is fused too (the logits never stored): the same loss and gradients
+    as the unfused path under the same autocast (bf16 products, float32 softmax), within bf16's precision."""
+    model = tiny_model(seed=7, vocab_size=300)  # dropout 0: training and evaluation mode compute the same function
+    batch = copy_task_batch(torch.Generator().manual_seed(8), batch_size=6)
+    results = {}
+    for training in (True, False):
+        model.train(training)
+        model.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(**batch, label_smoothing=label_smoothing, num_items_in_batch=50)
+        out.loss.backward()
+        results[training] = (out, {name: p.grad.clone() for name, p in model.named_parameters()})
+    (fused, fused_grads), (plain, plain_grads) = results[True], results[False]
+    assert fused.logits is None and plain.logits.dtype == torch.bfloat16  # the fused path ran, and the plain one
+    assert fused.loss.dtype == plain.loss.dtype == torch.float32
+    torch.testing.assert_close(fused.loss, plain.loss, rtol=1e-5, atol=1e-5)  # the same bf16 logits, float32 loss
+    for name, grad in plain_grads.items():
+        assert fused_grads[name].dtype == torch.float32, name
+        # bf16 rounds to 8 bits of mantissa (relative 2^-8): the two paths round the same sums in another order
+        torch.testing.assert_close(fused_grads[name], grad, rtol=0.02, atol=0.02 * grad.abs().max().item(), msg=name)
+        assert torch.nn.functional.cosine_similarity(fused_grads[name].flatten(), grad.flatten(), dim=0) > 0.999
+
+
+def test_the_fused_loss_computes_in_bf16_across_chunks_like_the_plain_bf16_loss():
+    generator = torch.Generator().manual_seed(9)
+    hidden = torch.randn(7, 16, generator=generator).bfloat16().requires_grad_()
+    weight = torch.randn(40, 16, generator=generator, requires_grad=True)
+    labels = torch.tensor([3, -100, 0, 39, 4, -100, 7])
+    fused = LinearCrossEntropy.apply(hidden, weight, labels, 0.1, 5, 3, torch.bfloat16)  # chunks 3 + 3 + 1
+    fused.backward()
+    fused_grads = hidden.grad, weight.grad
+    hidden.grad = weight.grad = None
+    logits = (hidden @ weight.bfloat16().t()).float()
+    plain = torch.nn.functional.cross_entropy(logits, labels, label_smoothing=0.1, reduction="sum") / 5
+    plain.backward()
+    torch.testing.assert_close(fused, plain)
+    assert fused_grads[0].dtype == torch.bfloat16 and fused_grads[1].dtype == torch.float32
+    torch.testing.assert_close(fused_grads[0], hidden.grad)
+    torch.testing.assert_close(fused_grads[1], weight.grad, rtol=0.01, atol=1e-3)
+
+
+def test_float16_autocast_keeps_the_unfused_loss():
+    # Its gradients would be computed before GradScaler scales them, and could underflow in float16.
+    model = tiny_model(seed=7).train()
+    batch = copy_task_batch(torch.Generator().manual_seed(8), batch_size=2)
+    with torch.autocast("cpu", dtype=torch.float16):
+        assert model(**batch, label_smoothing=0.1).logits is not None
+
+
 def test_fused_loss_gradients_match_finite_differences_across_chunks():
     generator = torch.Generator().manual_seed(6)
     hidden = torch.randn(7, 5, dtype=torch.float64, generator=generator, requires_grad=True)

@@ -251,6 +251,8 @@ def _score_buffers(
     projection = model.lm_head
     if type(projection) is not nn.Linear or projection.bias is not None or projection.weight.dtype != torch.float32:
         return None
+    if torch.is_autocast_enabled(device.type):  # lm_head runs in autocast's dtype there; an out= product would not
+        return None
     vocabulary = projection.out_features
     transposed = torch.empty(vocabulary, rows, device=device) if device.type == "cpu" else None
     return torch.empty(rows, vocabulary, device=device), transposed

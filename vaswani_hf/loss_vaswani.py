@@ -18,33 +18,63 @@ class LinearCrossEntropy(torch.autograd.Function):
     4,096 x 37,000 floats per base batch), which this avoids; the matrix products are the same."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, labels, label_smoothing: float, denominator, chunk_rows: int):
+    def forward(
+        ctx,
+        hidden,
+        weight,
+        labels,
+        label_smoothing: float,
+        denominator,
+        chunk_rows: int,
+        compute_dtype: torch.dtype | None = None,
+    ):
         vocab_size = weight.shape[0]
         keep_weight_grad = ctx.needs_input_grad[1]
+        # The matrix products run in `compute_dtype` (autocast's bfloat16, say: the weight is cast once, as autocast
+        # casts it for a Linear), the softmax and the loss in float32 on their float32 results, as the unfused loss
+        # computes cross_entropy on logits.float(); the gradients of the products come back in float32.
+        compute_dtype = compute_dtype or hidden.dtype
+        low_precision = torch.finfo(compute_dtype).bits < 32
+        rows_all = hidden.to(compute_dtype)
+        weight_compute = weight.to(compute_dtype)
         grad_hidden = torch.empty_like(hidden)
-        grad_weight = torch.zeros_like(weight) if keep_weight_grad else None
-        loss = hidden.new_zeros(())
-        for start in range(0, hidden.shape[0], chunk_rows):
-            rows = hidden[start : start + chunk_rows]
-            targets = labels[start : start + chunk_rows]
-            kept = targets.ne(-100)
-            targets = targets.clamp(min=0).unsqueeze(1)
-            logits = rows @ weight.t()
-            log_normaliser = torch.logsumexp(logits, dim=-1)
-            # -log p(target) mixed with the mean of -log p over the vocabulary, as LabelSmoother and cross_entropy.
-            token_loss = (
-                log_normaliser
-                - (1 - label_smoothing) * logits.gather(1, targets).squeeze(1)
-                - label_smoothing / vocab_size * logits.sum(-1)
-            )
-            loss += token_loss.masked_fill(~kept, 0.0).sum()
-            # d loss / d logits = softmax - ((1 - eps) one-hot + eps / V), per kept token, over the denominator.
-            grad_logits = logits.sub_(log_normaliser.unsqueeze(1)).exp_()
-            grad_logits.scatter_add_(1, targets, grad_logits.new_full(targets.shape, label_smoothing - 1))
-            grad_logits.sub_(label_smoothing / vocab_size).mul_((kept / denominator).unsqueeze(1))
-            grad_hidden[start : start + chunk_rows] = grad_logits @ weight
-            if keep_weight_grad:
-                grad_weight.addmm_(grad_logits.t(), rows)
+        grad_weight = (
+            torch.zeros_like(weight, dtype=torch.float32 if low_precision else weight.dtype)
+            if keep_weight_grad
+            else None
+        )
+        loss = hidden.new_zeros((), dtype=torch.float32 if low_precision else hidden.dtype)
+        with torch.autocast(hidden.device.type, enabled=False):
+            for start in range(0, hidden.shape[0], chunk_rows):
+                rows = rows_all[start : start + chunk_rows]
+                targets = labels[start : start + chunk_rows]
+                kept = targets.ne(-100)
+                targets = targets.clamp(min=0).unsqueeze(1)
+                logits = rows @ weight_compute.t()
+                if low_precision:
+                    logits = logits.float()
+                log_normaliser = torch.logsumexp(logits, dim=-1)
+                # -log p(target) mixed with the mean of -log p over the vocabulary, as LabelSmoother and cross_entropy.
+                token_loss = (
+                    log_normaliser
+                    - (1 - label_smoothing) * logits.gather(1, targets).squeeze(1)
+                    - label_smoothing / vocab_size * logits.sum(-1)
+                )
+                loss += token_loss.masked_fill(~kept, 0.0).sum()
+                # d loss / d logits = softmax - ((1 - eps) one-hot + eps / V), per kept token, over the denominator.
+                grad_logits = logits.sub_(log_normaliser.unsqueeze(1)).exp_()
+                grad_logits.scatter_add_(1, targets, grad_logits.new_full(targets.shape, label_smoothing - 1))
+                grad_logits.sub_(label_smoothing / vocab_size).mul_((kept / denominator).unsqueeze(1))
+                if low_precision:
+                    grad_logits = grad_logits.to(compute_dtype)
+                grad_hidden[start : start + chunk_rows] = grad_logits @ weight_compute
+                if keep_weight_grad:
+                    if low_precision:
+                        grad_weight += grad_logits.t() @ rows
+                    else:
+                        grad_weight.addmm_(grad_logits.t(), rows)
+        if keep_weight_grad:
+            grad_weight = grad_weight.to(weight.dtype)
         ctx.save_for_backward(grad_hidden, grad_weight)
         return loss / denominator
 
@@ -53,7 +83,7 @@ class LinearCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_loss):
         grad_hidden, grad_weight = ctx.saved_tensors
         grad_weight = None if grad_weight is None else grad_weight * grad_loss
-        return grad_hidden * grad_loss, grad_weight, None, None, None, None
+        return grad_hidden * grad_loss, grad_weight, None, None, None, None, None
 
 
 def label_smoothed_loss(
@@ -67,8 +97,8 @@ def label_smoothed_loss(
     """Cross-entropy of `output_projection(hidden_states)` against `labels` (-100 where ignored) with label smoothing
     (Sec. 5.4: the target puts 1 - eps on the label and eps spread over the vocabulary): the mean over the kept
     tokens, or their sum over `num_items_in_batch`. Returns (loss, logits). With `keep_logits=False`, when gradients
-    flow in float32 without autocast through a plain `nn.Linear` projection, the loss is fused with it
-    (`LinearCrossEntropy`) and the logits are None."""
+    flow through a plain float32 `nn.Linear` projection, in float32 or under bfloat16 autocast, the loss is fused with
+    it (`LinearCrossEntropy`) and the logits are None."""
     if labels.shape != hidden_states.shape[:-1]:
         raise ValueError(
             f"labels of shape {tuple(labels.shape)} do not match the decoder output's {tuple(hidden_states.shape[:-1])}"
@@ -83,14 +113,19 @@ def label_smoothed_loss(
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
     denominator = labels.ne(-100).sum() if num_items_in_batch is None else num_items_in_batch
+    device_type = hidden_states.device.type
+    # Under bfloat16 autocast the products run in bfloat16 as autocast would run the projection; float16 autocast keeps
+    # the unfused path: the fused gradients are computed before GradScaler's scale could keep them from underflowing.
+    compute_dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else torch.float32
     fused = (
         not keep_logits
         and torch.is_grad_enabled()
         # a plain projection: not one replaced (quantized, adapted) or hooked, whose output the fused loss would skip
         and type(output_projection) is nn.Linear
         and not (output_projection._forward_hooks or output_projection._forward_pre_hooks)
-        and hidden_states.dtype == output_projection.weight.dtype == torch.float32
-        and not torch.is_autocast_enabled(hidden_states.device.type)
+        and output_projection.weight.dtype == torch.float32
+        and compute_dtype in (torch.float32, torch.bfloat16)
+        and hidden_states.dtype in (torch.float32, compute_dtype)
         and output_projection.bias is None
     )
     if fused:
@@ -102,6 +137,7 @@ def label_smoothed_loss(
             label_smoothing,
             denominator,
             chunk_rows,
+            compute_dtype,
         )
         return loss, None
     logits = output_projection(hidden_states)
