@@ -2,7 +2,7 @@
 sane figures."""
 
 import torch
-from conftest import tiny_config
+from helpers import tiny_config
 
 from benchmarks.harness import (
     PeakMemory,
