@@ -4,7 +4,7 @@ exist (or are marked planned), and the files uploaded as remote code import only
 import ast
 import re
 
-from conftest import ROOT
+from helpers import ROOT
 
 from vaswani_hf.hub import CODE_FILES
 

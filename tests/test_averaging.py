@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import tiny_model
+from helpers import tiny_model
 from safetensors.torch import load_file
 
 from vaswani_hf.checkpoints import COMPLETE_MARKER, checkpoint_record

@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 import torch
-from conftest import tiny_config
+from helpers import tiny_config
 
 from benchmarks import bf16, harness
 from benchmarks.harness import (

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 import yaml
-from conftest import ROOT, recipe
+from helpers import ROOT, recipe
 from transformers import HfArgumentParser
 
 from vaswani_hf.arguments import DataArguments, ModelArguments, VaswaniTrainingArguments, parse_overrides

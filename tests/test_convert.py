@@ -12,9 +12,17 @@ from pathlib import Path
 import ctranslate2
 import pytest
 import torch
-from conftest import ROOT, copy_task_batch, offline_hub_cache, padded_batch, tiny_config, tiny_model
-from test_modeling import decoder_inputs
-from transformers import MarianConfig, MarianMTModel
+from helpers import (
+    ROOT,
+    copy_task_batch,
+    decoder_inputs,
+    offline_hub_cache,
+    padded_batch,
+    tiny_config,
+    tiny_model,
+    user_folder,
+)
+from transformers import AutoModelForSeq2SeqLM, MarianConfig, MarianMTModel
 
 from vaswani_hf import convert_from_marian, convert_to_marian, export_ctranslate2, quantize_dynamic_int8
 from vaswani_hf.hub import render_model_card
@@ -239,3 +247,20 @@ def test_dynamic_int8_stays_close_to_float32():
         quantized = quantize_dynamic_int8(model)(**batch).logits
     assert (quantized - reference).abs().max() < 0.1 * reference.abs().max()
     assert any(type(m).__module__.startswith("torch.ao") for m in quantize_dynamic_int8(model).modules())
+
+
+def test_export_ctranslate2_never_replaces_a_folder_unasked_nor_the_model_it_came_from(
+    tiny_translator, tiny_translator_folder, tmp_path
+):
+    model, tokenizer = tiny_translator
+    mine = user_folder(tmp_path / "mine")
+    with pytest.raises(FileExistsError, match="mine exists and is not empty"):
+        export_ctranslate2(model, tokenizer, mine)
+    assert [p.name for p in mine.iterdir()] == ["mine.txt"]
+    export_ctranslate2(model, tokenizer, mine, overwrite=True)
+    assert (mine / "model.bin").is_file() and not (mine / "mine.txt").exists()
+    loaded = AutoModelForSeq2SeqLM.from_pretrained(tiny_translator_folder)
+    for target in (tiny_translator_folder, tiny_translator_folder.parent):
+        with pytest.raises(FileExistsError, match="the model .*replacing it would delete the model"):
+            export_ctranslate2(loaded, tokenizer, target, overwrite=True)
+    assert (tiny_translator_folder / "model.safetensors").is_file()

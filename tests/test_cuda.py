@@ -6,10 +6,16 @@ import copy
 
 import pytest
 import torch
-from conftest import copy_task_batch, padded_batch, tiny_model
-from test_faults import fp16_trainer
-from test_generation import generate_with_each_loop
-from test_training import pad, reversal_dataset, trainer_for
+from helpers import (
+    copy_task_batch,
+    fp16_trainer,
+    generate_with_each_loop,
+    pad,
+    padded_batch,
+    reversal_dataset,
+    tiny_model,
+    trainer_for,
+)
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 from transformers.trainer_pt_utils import LabelSmoother
 

@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 from accelerate.data_loader import BatchSamplerShard
-from conftest import HANG_GUARD_SECONDS, ROOT
+from helpers import HANG_GUARD_SECONDS, ROOT
 
 from benchmarks.harness import padding_share
 from vaswani_hf.data import MULTI30K_SPLITS, TokenBatchSampler, load_parallel_corpus, padded_size, preprocess

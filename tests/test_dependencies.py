@@ -8,7 +8,7 @@ import sys
 from importlib.metadata import packages_distributions
 from pathlib import Path
 
-from conftest import ROOT
+from helpers import ROOT
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import yaml
-from conftest import HANG_GUARD_SECONDS, ROOT, recipe
+from helpers import HANG_GUARD_SECONDS, ROOT, recipe
 from recorded_train import fingerprint
 from transformers import AutoModelForSeq2SeqLM
 

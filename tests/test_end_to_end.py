@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import HANG_GUARD_SECONDS, ROOT, TINY, recipe, run
+from helpers import HANG_GUARD_SECONDS, ROOT, TINY, recipe, run
 from hub_server import multi30k_files, serve
 from safetensors.torch import load_file
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer

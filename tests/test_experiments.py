@@ -12,7 +12,7 @@ from dataclasses import replace
 import matplotlib.image
 import pytest
 import torch
-from conftest import ROOT
+from helpers import ROOT
 
 from experiments import BUDGETS, EXPERIMENTS, Multi30kTask, render_report
 from experiments.cost import fitted_slope, run_cost

@@ -18,9 +18,19 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import HANG_GUARD_SECONDS, ROOT, padded_batch, recipe, run, tiny_model
+from helpers import (
+    HANG_GUARD_SECONDS,
+    ROOT,
+    folder_state,
+    fp16_trainer,
+    padded_batch,
+    recipe,
+    run,
+    tiny_model,
+    tiny_run_arguments,
+    trainer_for,
+)
 from safetensors.torch import load_file
-from test_training import folder_state, tiny_run_arguments, trainer_for
 from transformers import AutoModelForSeq2SeqLM, GenerationConfig, HfArgumentParser, modeling_utils, pipeline
 
 from vaswani_hf.arguments import DataArguments, ModelArguments, VaswaniTrainingArguments
@@ -71,17 +81,6 @@ def test_skip_policy_drops_only_the_bad_update(tmp_path):
     guard = next(c for c in trainer.callback_handler.callbacks if isinstance(c, NonFiniteGradientGuard))
     assert guard.skipped_steps == [4] and trainer.state.global_step == 10
     assert all(torch.isfinite(p).all() for p in model.parameters())
-
-
-def fp16_trainer(tmp_path, model, init_scale: float, **overrides):
-    """A VaswaniTrainer training in fp16 through the Trainer's own fp16 path (scaled backward, unscaling before the
-    norm, GradScaler's step and update), with a real torch.amp.GradScaler. accelerate makes the scaler and fp16
-    autocast for accelerators only (on a CPU its Accelerator leaves both off); here they are given to it as it sets
-    them up on a GPU, with GradScaler's CPU implementation."""
-    trainer = trainer_for(tmp_path, model, fp16=True, **overrides)
-    trainer.accelerator.scaler = torch.amp.GradScaler("cpu", init_scale=init_scale)
-    trainer.accelerator.native_amp = True
-    return trainer
 
 
 @pytest.mark.parametrize("optim", ["adamw_torch_fused", "adamw_torch"])

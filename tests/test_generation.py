@@ -1,4 +1,5 @@
-"""generation_vaswani.py: greedy and beam search give transformers' own results while doing less work."""
+"""generation_vaswani.py: the paper's decoding settings and the source-length limit; greedy and beam search give
+transformers' own results while doing less work."""
 
 import copy
 import sys
@@ -7,7 +8,7 @@ from unittest import mock
 import pytest
 import torch
 import transformers
-from conftest import ROOT, copy_task_batch, padded_batch, tiny_model
+from helpers import ROOT, copy_task_batch, generate_with_each_loop, padded_batch, reversed_source, tiny_model, until_eos
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from packaging.requirements import Requirement
@@ -29,23 +30,6 @@ if sys.version_info >= (3, 11):
     import tomllib
 else:
     import tomli as tomllib
-
-
-def generate_with_each_loop(model, batch: dict, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
-    """The same call through our loops and through GenerationMixin's; fails if ours did not run."""
-    decided = []
-
-    def applies(*args):
-        decided.append(fast_decoding_applies(*args))
-        return decided[-1]
-
-    fast_decoding_applies = generation.fast_decoding_applies
-    with mock.patch.object(generation, "fast_decoding_applies", applies):
-        ours = model.generate(**batch, **kwargs)
-    assert decided == [True], "generate did not take the fast loop"
-    with mock.patch.object(generation, "fast_decoding_applies", lambda *args: False):
-        theirs = model.generate(**batch, **kwargs)
-    return ours, theirs
 
 
 decoding_settings = st.fixed_dictionaries(
@@ -242,3 +226,27 @@ def test_bf16_decoding_is_finite_and_gives_the_tokens_of_transformers_loops_in_b
         ours, theirs = generate_with_each_loop(model, padded_batch(5), num_beams=num_beams)  # Sec. 6.1 length limit
         assert torch.equal(ours, theirs)
     assert logits.dtype == torch.bfloat16 and torch.isfinite(logits).all()
+
+
+def test_default_generation_follows_section_6_1(reversal_model):
+    config = reversal_model.generation_config
+    assert (config.num_beams, config.length_penalty, config.max_new_tokens_offset) == (4, 0.6, 50)
+    batch = copy_task_batch(torch.Generator().manual_seed(8), batch_size=5)
+    del batch["labels"]
+    beams = reversal_model.generate(**batch)  # beam 4 on a padded batch
+    assert beams.shape[0] == 5 and (beams[:, 0] == 1).all() and ((beams == 2).sum(-1) >= 1).all()
+    assert sum(until_eos(row) == reversed_source(batch, i) for i, row in enumerate(beams)) >= 3
+    four_best = reversal_model.generate(**batch, num_return_sequences=4)
+    assert four_best.shape[0] == 20 and len({tuple(until_eos(row)) for row in four_best[:4]}) == 4
+
+
+def test_output_length_is_capped_at_source_length_plus_offset():
+    model = tiny_model()  # random weights never emit </s> on purpose: only the limit stops them
+    model.generation_config.max_new_tokens_offset = 4
+    batch = padded_batch()
+    out = model.generate(**batch, num_beams=1)
+    source_lengths = batch["attention_mask"].sum(-1)
+    for row, source_length in enumerate(source_lengths.tolist()):
+        tokens = out[row, 1:].tolist()
+        assert tokens.index(2) <= source_length + 4  # </s> at the latest right after source length + 4 tokens
+    assert out.shape[1] == 1 + int(source_lengths.max()) + 4 + 1

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import HANG_GUARD_SECONDS, ROOT
+from helpers import HANG_GUARD_SECONDS, ROOT
 
 
 @pytest.mark.slow

@@ -5,7 +5,7 @@ import logging
 
 import pytest
 import torch
-from conftest import padded_batch, tiny_model
+from helpers import padded_batch, tiny_model
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForSeq2SeqLM, GenerationConfig
 

@@ -1,35 +1,15 @@
-"""The model's behaviour: masks, padding, attention implementations, outputs, caching, generation, ablations,
-gradient checkpointing and saving."""
+"""The model's behaviour: masks, padding, attention implementations, outputs, caching, ablations, gradient
+checkpointing and saving. Its loss is tested in tests/test_loss.py, its decoding in tests/test_generation.py."""
 
 import pytest
 import torch
-from conftest import copy_task_batch, padded_batch, tiny_config, tiny_model
+from helpers import copy_task_batch, decoder_inputs, padded_batch, reversed_source, tiny_config, tiny_model, until_eos
 from transformers import AutoModelForSeq2SeqLM
-from transformers.trainer_pt_utils import LabelSmoother
 
 from vaswani_hf import VaswaniForConditionalGeneration
-from vaswani_hf.loss_vaswani import LinearCrossEntropy
 from vaswani_hf.modeling_vaswani import VaswaniSinusoidalPositionalEncoding
 
 ATTENTION_IMPLEMENTATIONS = ["eager", "sdpa"]
-
-
-def until_eos(generated: torch.Tensor) -> list[int]:
-    """The generated tokens after the start token, up to and without the first </s>."""
-    tokens = generated[1:].tolist()
-    return tokens[: tokens.index(2)] if 2 in tokens else tokens
-
-
-def reversed_source(batch: dict, row: int) -> list[int]:
-    length = int(batch["attention_mask"][row].sum()) - 1
-    return batch["input_ids"][row, :length].flip(0).tolist()
-
-
-def decoder_inputs(batch_size: int, length: int, seed: int = 1) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(seed)
-    ids = torch.randint(4, 97, (batch_size, length), generator=generator)
-    ids[:, 0] = 1
-    return ids
 
 
 def test_sinusoids_follow_section_3_5():
@@ -103,18 +83,6 @@ def test_output_attentions_and_hidden_states():
     assert torch.triu(out.decoder_attentions[1], diagonal=1).abs().max() == 0
 
 
-def test_loss_ignores_minus_100_and_matches_cross_entropy():
-    model = tiny_model()
-    batch = copy_task_batch(torch.Generator().manual_seed(3), batch_size=4)
-    out = model(**batch)
-    labels = batch["labels"]
-    expected = torch.nn.functional.cross_entropy(out.logits[labels != -100], labels[labels != -100])
-    torch.testing.assert_close(out.loss, expected)
-    total = (labels != -100).sum()
-    summed = model(**batch, num_items_in_batch=2 * total).loss
-    torch.testing.assert_close(summed, expected / 2)
-
-
 def test_cached_and_uncached_greedy_decoding_agree(reversal_model):
     batch = copy_task_batch(torch.Generator().manual_seed(7), batch_size=8)
     del batch["labels"]
@@ -135,30 +103,6 @@ def test_a_static_cache_decodes_like_the_dynamic_one(reversal_model, num_beams):
     dynamic = reversal_model.generate(**batch, num_beams=num_beams, max_new_tokens=12)
     static = reversal_model.generate(**batch, num_beams=num_beams, max_new_tokens=12, cache_implementation="static")
     assert torch.equal(dynamic, static)
-
-
-def test_default_generation_follows_section_6_1(reversal_model):
-    config = reversal_model.generation_config
-    assert (config.num_beams, config.length_penalty, config.max_new_tokens_offset) == (4, 0.6, 50)
-    batch = copy_task_batch(torch.Generator().manual_seed(8), batch_size=5)
-    del batch["labels"]
-    beams = reversal_model.generate(**batch)  # beam 4 on a padded batch
-    assert beams.shape[0] == 5 and (beams[:, 0] == 1).all() and ((beams == 2).sum(-1) >= 1).all()
-    assert sum(until_eos(row) == reversed_source(batch, i) for i, row in enumerate(beams)) >= 3
-    four_best = reversal_model.generate(**batch, num_return_sequences=4)
-    assert four_best.shape[0] == 20 and len({tuple(until_eos(row)) for row in four_best[:4]}) == 4
-
-
-def test_output_length_is_capped_at_source_length_plus_offset():
-    model = tiny_model()  # random weights never emit </s> on purpose: only the limit stops them
-    model.generation_config.max_new_tokens_offset = 4
-    batch = padded_batch()
-    out = model.generate(**batch, num_beams=1)
-    source_lengths = batch["attention_mask"].sum(-1)
-    for row, source_length in enumerate(source_lengths.tolist()):
-        tokens = out[row, 1:].tolist()
-        assert tokens.index(2) <= source_length + 4  # </s> at the latest right after source length + 4 tokens
-    assert out.shape[1] == 1 + int(source_lengths.max()) + 4 + 1
 
 
 def test_unscaled_attention_differs_from_scaled():
@@ -228,108 +172,6 @@ def test_save_and_load_round_trip_keeps_logits_and_ties(tmp_path):
     )
     assert loaded.generation_config.max_new_tokens_offset == 50
     assert tiny_config().to_dict()["model_type"] == "vaswani"
-
-
-def test_label_smoothing_matches_the_trainers_label_smoother():
-    model = tiny_model()
-    batch = copy_task_batch(torch.Generator().manual_seed(4), batch_size=4)
-    out = model(**batch, label_smoothing=0.1)
-    total = (batch["labels"] != -100).sum()
-    smoother = LabelSmoother(epsilon=0.1)
-    torch.testing.assert_close(out.loss, smoother(out, batch["labels"]))
-    summed = model(**batch, label_smoothing=0.1, num_items_in_batch=2 * total).loss
-    torch.testing.assert_close(summed, smoother(out, batch["labels"], num_items_in_batch=2 * total))
-
-
-@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
-def test_training_loss_fused_with_the_output_projection_equals_the_plain_path(label_smoothing):
-    # Dropout 0: training and evaluation mode compute the same function; only the loss path differs.
-    model = tiny_model()
-    batch = copy_task_batch(torch.Generator().manual_seed(5), batch_size=6)
-    results = {}
-    for training in (True, False):
-        model.train(training)
-        model.zero_grad()
-        out = model(**batch, label_smoothing=label_smoothing, num_items_in_batch=50)
-        out.loss.backward()
-        results[training] = (out, {name: p.grad.clone() for name, p in model.named_parameters()})
-    (fused, fused_grads), (plain, plain_grads) = results[True], results[False]
-    assert fused.logits is None and plain.logits is not None
-    torch.testing.assert_close(fused.loss, plain.loss, atol=1e-6, rtol=1e-5)
-    for name, grad in plain_grads.items():
-        torch.testing.assert_close(fused_grads[name], grad, atol=1e-6, rtol=1e-4, msg=name)
-
-
-@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
-def test_the_fused_loss_under_bf16_autocast_equals_the_unfused_loss_under_autocast(label_smoothing):
-    """Under bfloat16 autocast the training loss is fused too (the logits never stored): the same loss and gradients
-    as the unfused path under the same autocast (bf16 products, float32 softmax), within bf16's precision."""
-    model = tiny_model(seed=7, vocab_size=300)  # dropout 0: training and evaluation mode compute the same function
-    batch = copy_task_batch(torch.Generator().manual_seed(8), batch_size=6)
-    results = {}
-    for training in (True, False):
-        model.train(training)
-        model.zero_grad(set_to_none=True)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            out = model(**batch, label_smoothing=label_smoothing, num_items_in_batch=50)
-        out.loss.backward()
-        results[training] = (out, {name: p.grad.clone() for name, p in model.named_parameters()})
-    (fused, fused_grads), (plain, plain_grads) = results[True], results[False]
-    assert fused.logits is None and plain.logits.dtype == torch.bfloat16  # the fused path ran, and the plain one
-    assert fused.loss.dtype == plain.loss.dtype == torch.float32
-    torch.testing.assert_close(fused.loss, plain.loss, rtol=1e-5, atol=1e-5)  # the same bf16 logits, float32 loss
-    for name, grad in plain_grads.items():
-        assert fused_grads[name].dtype == torch.float32, name
-        # bf16 rounds to 8 bits of mantissa (relative 2^-8): the two paths round the same sums in another order
-        torch.testing.assert_close(fused_grads[name], grad, rtol=0.02, atol=0.02 * grad.abs().max().item(), msg=name)
-        assert torch.nn.functional.cosine_similarity(fused_grads[name].flatten(), grad.flatten(), dim=0) > 0.999
-
-
-def test_the_fused_loss_computes_in_bf16_across_chunks_like_the_plain_bf16_loss():
-    generator = torch.Generator().manual_seed(9)
-    hidden = torch.randn(7, 16, generator=generator).bfloat16().requires_grad_()
-    weight = torch.randn(40, 16, generator=generator, requires_grad=True)
-    labels = torch.tensor([3, -100, 0, 39, 4, -100, 7])
-    fused = LinearCrossEntropy.apply(hidden, weight, labels, 0.1, 5, 3, torch.bfloat16)  # chunks 3 + 3 + 1
-    fused.backward()
-    fused_grads = hidden.grad, weight.grad
-    hidden.grad = weight.grad = None
-    logits = (hidden @ weight.bfloat16().t()).float()
-    plain = torch.nn.functional.cross_entropy(logits, labels, label_smoothing=0.1, reduction="sum") / 5
-    plain.backward()
-    torch.testing.assert_close(fused, plain)
-    assert fused_grads[0].dtype == torch.bfloat16 and fused_grads[1].dtype == torch.float32
-    torch.testing.assert_close(fused_grads[0], hidden.grad)
-    torch.testing.assert_close(fused_grads[1], weight.grad, rtol=0.01, atol=1e-3)
-
-
-def test_float16_autocast_keeps_the_unfused_loss():
-    # Its gradients would be computed before GradScaler scales them, and could underflow in float16.
-    model = tiny_model(seed=7).train()
-    batch = copy_task_batch(torch.Generator().manual_seed(8), batch_size=2)
-    with torch.autocast("cpu", dtype=torch.float16):
-        assert model(**batch, label_smoothing=0.1).logits is not None
-
-
-def test_fused_loss_gradients_match_finite_differences_across_chunks():
-    generator = torch.Generator().manual_seed(6)
-    hidden = torch.randn(7, 5, dtype=torch.float64, generator=generator, requires_grad=True)
-    weight = torch.randn(11, 5, dtype=torch.float64, generator=generator, requires_grad=True)
-    labels = torch.tensor([3, -100, 0, 10, 4, -100, 7])
-    # chunks of 3 rows: 3 + 3 + 1, the last one partial
-    assert torch.autograd.gradcheck(lambda h, w: LinearCrossEntropy.apply(h, w, labels, 0.1, 5, 3), (hidden, weight))
-    fused = LinearCrossEntropy.apply(hidden, weight, labels, 0.1, 5, 3)
-    plain = torch.nn.functional.cross_entropy(hidden @ weight.t(), labels, label_smoothing=0.1, reduction="sum") / 5
-    torch.testing.assert_close(fused, plain)
-
-
-def test_a_hooked_output_projection_keeps_the_plain_loss_path_in_training():
-    model = tiny_model().train()
-    batch = copy_task_batch(torch.Generator().manual_seed(5), batch_size=2)
-    seen = []
-    model.lm_head.register_forward_hook(lambda module, args, output: seen.append(output.shape))
-    out = model(**batch, label_smoothing=0.1)
-    assert out.logits is not None and seen == [out.logits.shape]
 
 
 @pytest.mark.parametrize("with_labels", [False, True])

@@ -1,5 +1,5 @@
-"""Parsing as translation (Sec. 6.3): the treebank loader, linearization, repair, EVALB-convention scoring, the
-right-branching baseline, and decoding with the paper's parsing settings."""
+"""Parsing as translation (Sec. 6.3): repair, EVALB-convention scoring, the right-branching baseline, and decoding
+with the paper's parsing settings. The treebank loader and linearization are in tests/test_treebank.py."""
 
 import os
 import random
@@ -10,12 +10,10 @@ import types
 from collections import Counter
 
 import pytest
-from conftest import ROOT, tiny_model
+from helpers import GOLD, ROOT, WORDS, tiny_model, tree, with_placeholder_tags
 
 from vaswani_hf.cli.train import parse_arguments
 from vaswani_hf.cli.train_tokenizer import main as train_tokenizer_main
-from vaswani_hf.corpus import load_corpus
-from vaswani_hf.data import load_parallel_corpus, preprocess
 from vaswani_hf.parsing import (
     EVALB_DELETED_TAGS,
     EVALB_EQUAL_LABELS,
@@ -28,93 +26,15 @@ from vaswani_hf.tokenization import load_tokenizer, train_tokenizer
 from vaswani_hf.training import train_tokenizer_command
 from vaswani_hf.treebank import (
     Tree,
-    clean_tree,
     delinearize,
     linearize,
     linearized_words,
-    read_treebank,
-    read_trees,
     tree_from_linearized,
 )
-
-TREEBANK = ROOT.parent / "shared" / "data" / "ptb-sample" / "treebank.zip"
-# "The cat sat on the mat ." with gold brackets S 0-6, NP 0-2, VP 2-6, PP 3-6, NP 4-6 (the final "." is deleted).
-GOLD = "(S (NP (DT The) (NN cat)) (VP (VBD sat) (PP (IN on) (NP (DT the) (NN mat)))) (. .))"
-WORDS = "The cat sat on the mat .".split()
-
-
-@pytest.fixture(scope="module")
-def treebank_zip():
-    if not TREEBANK.is_file():
-        if os.environ.get("CI"):
-            pytest.fail(f"the treebank sample is not at {TREEBANK}")
-        pytest.skip(f"the treebank sample is not at {TREEBANK}")
-    return TREEBANK
-
-
-@pytest.fixture(scope="module")
-def treebank(treebank_zip):
-    return read_treebank(treebank_zip)
-
-
-def tree(text: str) -> Tree:
-    (result,) = read_trees(text)
-    return result
-
-
-def with_placeholder_tags(node: Tree) -> Tree:
-    """The tree with every part-of-speech tag replaced by XX: what a linearization keeps."""
-    if node.is_preterminal:
-        return Tree("XX", node.children)
-    return Tree(node.label, tuple(with_placeholder_tags(child) for child in node.children))
 
 
 def predicted(linearized: str) -> Tree:
     return delinearize(linearized, WORDS)
-
-
-def test_splits_by_file_have_the_documented_sentence_counts(treebank):
-    # wsj_0001-0159 train, 0160-0179 validation, 0180-0199 test: 3,914 sentences of the NLTK sample
-    assert {split: len(trees) for split, trees in treebank.items()} == {"train": 3396, "validation": 273, "test": 245}
-
-
-def test_every_test_tree_survives_linearize_then_delinearize(treebank):
-    for gold in treebank["test"]:
-        assert delinearize(linearize(gold), gold.words()) == with_placeholder_tags(gold)
-
-
-def test_cleaning_removes_traces_empty_constituents_and_function_tags():
-    raw = tree(
-        "( (S (NP-SBJ-1 (-NONE- *T*-1)) (NP-SBJ=2 (PRP It)) (VP (VBZ is) (ADJP-PRD (-LRB- -LRB-) (JJ odd) "
-        "(-RRB- -RRB-)) (SBAR (-NONE- 0) (S (-NONE- *T*-2)))) (. .)) )"
-    )
-    assert str(clean_tree(raw)) == "(S (NP (PRP It)) (VP (VBZ is) (ADJP (-LRB- -LRB-) (JJ odd) (-RRB- -RRB-))) (. .))"
-
-
-def test_linearization_drops_tags_and_labels_closing_brackets_not():
-    assert linearize(tree(GOLD)) == "(S (NP The cat ) (VP sat (PP on (NP the mat ) ) ) . )"
-
-
-def test_the_treebank_format_gives_translation_pairs(treebank_zip):
-    corpus = load_corpus(treebank_zip, "en", "tree", dataset_format="treebank")
-    assert {split: len(data) for split, data in corpus.items()} == {"train": 3396, "validation": 273, "test": 245}
-    pair = corpus["test"][0]["translation"]
-    words = pair["en"].split()
-    assert delinearize(pair["tree"], words).words() == words
-    tokenizer = train_tokenizer((text for p in corpus["validation"]["translation"] for text in p.values()), 500)
-    data = preprocess(corpus, tokenizer, "en", "tree", max_target_tokens=400, max_length_ratio=5.0)
-    assert len(data["train"]) >= 3380 and data["train"][0]["labels"][-1] == tokenizer.eos_token_id
-    with pytest.raises(ValueError, match="fixed by file number"):
-        load_corpus(treebank_zip, "en", "tree", dataset_format="treebank", splits={"train": "train"})
-
-
-def test_a_treebank_is_read_only_when_its_format_is_named(treebank_zip):
-    # the translation loader knows no treebank: a zip given to it is refused, naming the file and the format to ask for
-    for load in (load_parallel_corpus, load_corpus):
-        with pytest.raises(ValueError, match=r"treebank.zip is no file of sentence pairs .*dataset_format: treebank"):
-            load(treebank_zip, "en", "tree")
-    with pytest.raises(ValueError, match=r"dataset_format 'trees' is not one of \('translation', 'treebank'\)"):
-        load_corpus(treebank_zip, "en", "tree", dataset_format="trees")
 
 
 def test_a_parsing_recipes_tokenizer_command_reads_the_treebank(treebank_zip, tmp_path):
@@ -275,7 +195,7 @@ def test_the_scorer_agrees_with_pyevalb_but_for_repeated_brackets(treebank, pyev
 
     def pyevalb_f1(predicted: list[Tree]) -> tuple[float, int]:
         counts = Counter()
-        for tree, reference in zip(predicted, gold, strict=True):
+        for tree, reference in zip(predicted, gold, strict=True):  # noqa: F402 (a tree, not helpers.tree)
             result = scorer.score_trees(
                 parser.create_from_bracket_string(evalb_view(reference, reference)),
                 parser.create_from_bracket_string(evalb_view(tree, reference)),
@@ -305,7 +225,7 @@ def relabeled(tree: Tree, rng: random.Random) -> Tree:
 def repeated_matches(predicted: list[Tree], gold: list[Tree]) -> int:
     """The matches beyond the first of each (label, span) EVALB bracket, over the sentences."""
     total = 0
-    for tree, reference in zip(predicted, gold, strict=True):
+    for tree, reference in zip(predicted, gold, strict=True):  # noqa: F402 (a tree, not helpers.tree)
         matched = labeled_brackets(tree, reference) & labeled_brackets(reference, reference)
         total += sum(count - 1 for count in matched.values())
     return total

@@ -8,7 +8,7 @@ import random
 
 import pytest
 import torch
-from conftest import tiny_model
+from helpers import tiny_model
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from transformers import GenerationConfig, LogitsProcessorList

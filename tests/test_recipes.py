@@ -5,7 +5,7 @@ import re
 
 import pytest
 import yaml
-from conftest import ROOT
+from helpers import ROOT
 
 from vaswani_hf import VaswaniConfig
 from vaswani_hf.arguments import parse_overrides

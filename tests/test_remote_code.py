@@ -8,7 +8,7 @@ import sys
 import textwrap
 
 import torch
-from conftest import HANG_GUARD_SECONDS, ROOT, padded_batch, tiny_model
+from helpers import HANG_GUARD_SECONDS, ROOT, padded_batch, tiny_model
 
 from vaswani_hf import VaswaniForConditionalGeneration
 from vaswani_hf.hub import CODE_FILES

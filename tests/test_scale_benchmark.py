@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, TINY
+from helpers import ROOT, TINY
 
 from benchmarks.harness import generate_wmt_sized_corpus, log_log_slope
 

@@ -5,8 +5,8 @@ import json
 
 import pytest
 import torch
-from conftest import tiny_model
 from datasets import Dataset, DatasetDict
+from helpers import tiny_model
 from transformers import AutoTokenizer, pipeline
 
 from vaswani_hf.data import preprocess

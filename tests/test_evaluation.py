@@ -1,11 +1,16 @@
-"""The paper's metric: tokenized BLEU with compound splitting, as tensor2tensor's get_ende_bleu.sh computed it, on
-hand-made sentences whose n-gram counts are worked out by hand below."""
+"""evaluation.py: the paper's metric, tokenized BLEU with compound splitting as tensor2tensor's get_ende_bleu.sh
+computed it, on hand-made sentences whose n-gram counts are worked out by hand below; translate()'s progress bar."""
 
+import io
 import math
+import sys
 
 import pytest
+from helpers import tiny_model
 
-from vaswani_hf.evaluation import TOKENIZED_BLEU_LABEL, bleu, tokenize_as_t2t, tokenized_bleu
+from vaswani_hf.evaluation import TOKENIZED_BLEU_LABEL, bleu, tokenize_as_t2t, tokenized_bleu, translate
+from vaswani_hf.parsing import parse
+from vaswani_hf.tokenization import train_tokenizer
 
 
 def test_text_is_tokenized_and_compounds_split_as_get_ende_bleu_does():
@@ -38,3 +43,34 @@ def test_a_missing_n_gram_order_scores_zero_as_multi_bleu_does():
     assert tokenized_bleu(["a b c d"], ["a b x d"])["score"] == 0.0
     assert bleu(["a b c d"], ["a b x d"])["score"] > 0
     assert tokenized_bleu(["Das rich-text Format."], ["Das rich-text Format."])["score"] == pytest.approx(100.0)
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_translation_shows_a_progress_bar_on_a_terminal_only(monkeypatch):
+    tokenizer = train_tokenizer(["a man rides a bike", "zwei hunde spielen im schnee"] * 20, vocab_size=300)
+    model = tiny_model(vocab_size=len(tokenizer))
+    sources = ["a man", "two dogs", "a bike"]
+    shown = {}
+    for name, stream, progress_bar in (
+        ("terminal", Terminal(), True),
+        ("off", Terminal(), False),
+        ("pipe", io.StringIO(), True),
+    ):
+        monkeypatch.setattr(sys, "stderr", stream)
+        translations = translate(
+            model, tokenizer, sources, batch_size=2, progress_bar=progress_bar, description="test", max_new_tokens=3
+        )
+        shown[name] = stream.getvalue()
+        assert len(translations) == 3
+    # parsing decodes through translate() with its own bar (beam 21 takes minutes on a real parser)
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    parse(model, tokenizer, sources, num_beams=1)
+    shown["parsing"] = sys.stderr.getvalue()
+    monkeypatch.undo()
+    assert "test: 100%" in shown["terminal"] and "3/3" in shown["terminal"]
+    assert shown["off"] == "" and shown["pipe"] == ""
+    assert "Parsing: 100%" in shown["parsing"]

@@ -1,7 +1,7 @@
 """Nothing is deleted that a command did not build: the one rule for folders built whole and renamed into place
 (`vaswani_hf.files.check_output_folder`, applied by `atomic_folder`), which publishing, the CTranslate2 export
-and checkpoint averaging use. Publishing's and averaging's own cases are in tests/test_hub.py and
-tests/test_averaging.py."""
+and checkpoint averaging use. Publishing's, the export's and averaging's own cases are in
+tests/test_hub.py, tests/test_convert.py and tests/test_averaging.py."""
 
 import itertools
 import logging
@@ -12,21 +12,14 @@ import traceback
 from pathlib import Path
 
 import pytest
-from transformers import AutoModelForSeq2SeqLM
+from helpers import user_folder
 
-from vaswani_hf import export_ctranslate2
 from vaswani_hf.files import atomic_folder, recover_interrupted_swap
 
 
 def build(path, **policy) -> None:
     with atomic_folder(path, **policy) as staging:
         (staging / "built.txt").write_text("new")
-
-
-def user_folder(path):
-    path.mkdir(parents=True)
-    (path / "mine.txt").write_text("keep me")
-    return path
 
 
 def test_a_non_empty_folder_is_refused_and_kept_unless_overwrite_is_asked(tmp_path):
@@ -79,23 +72,6 @@ def test_a_folder_the_same_command_built_is_rebuilt_unless_it_holds_something_el
     build(folder, overwrite=True)  # without built_by the record goes: the next build is not "its own" any more
     with pytest.raises(FileExistsError, match="exists and is not empty"):
         build(folder, built_by="vaswani-publish")
-
-
-def test_export_ctranslate2_never_replaces_a_folder_unasked_nor_the_model_it_came_from(
-    tiny_translator, tiny_translator_folder, tmp_path
-):
-    model, tokenizer = tiny_translator
-    mine = user_folder(tmp_path / "mine")
-    with pytest.raises(FileExistsError, match="mine exists and is not empty"):
-        export_ctranslate2(model, tokenizer, mine)
-    assert [p.name for p in mine.iterdir()] == ["mine.txt"]
-    export_ctranslate2(model, tokenizer, mine, overwrite=True)
-    assert (mine / "model.bin").is_file() and not (mine / "mine.txt").exists()
-    loaded = AutoModelForSeq2SeqLM.from_pretrained(tiny_translator_folder)
-    for target in (tiny_translator_folder, tiny_translator_folder.parent):
-        with pytest.raises(FileExistsError, match="the model .*replacing it would delete the model"):
-            export_ctranslate2(loaded, tokenizer, target, overwrite=True)
-    assert (tiny_translator_folder / "model.safetensors").is_file()
 
 
 def files_of(folder: Path) -> dict[str, str] | None:
