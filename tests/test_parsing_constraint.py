@@ -251,3 +251,25 @@ def test_evaluate_parsing_writes_the_predicted_trees_and_has_an_unconstrained_fl
         predicted = [read_trees(line)[0] for line in output.read_text().splitlines()]
         # one tree a line, over the gold words with the gold tags, scoring as the metrics say
         assert [t.tagged_words() for t in predicted] == [g.tagged_words() for g in gold]
+
+
+def test_word_slots_allow_the_same_tokens_and_score_a_word_by_the_mass_of_every_piece_that_could_stand_there(
+    tokenizer, vocabulary
+):
+    words = ["unbelievably", "Ütopia"]  # several pieces each
+    plain = TreeConstraintLogitsProcessor(vocabulary, [words])
+    slots = TreeConstraintLogitsProcessor(vocabulary, [words], word_slots=True)
+    scores = torch.randn(1, len(tokenizer), generator=torch.Generator().manual_seed(3)).log_softmax(-1)
+    structure = [vocabulary.open, vocabulary.first_open, vocabulary.close, tokenizer.eos_token_id]
+    begins = vocabulary.starts_item.clone()
+    begins[structure] = False
+    goes_on = ~vocabulary.starts_item
+    goes_on[structure] = False
+    first, second = vocabulary.word_pieces(words)[0][:2]
+    beginning, going_on = (ids(tokenizer, "(S (NP"), first, begins), ([*ids(tokenizer, "(S"), first], second, goes_on)
+    for prefix, piece, pieces_there in (beginning, going_on):
+        ranked, unranked = (p(torch.tensor([[1, *prefix]]), scores.clone())[0] for p in (slots, plain))
+        assert torch.equal(torch.isfinite(ranked), torch.isfinite(unranked)) and torch.isfinite(ranked[piece])
+        torch.testing.assert_close(ranked[piece], torch.logsumexp(scores[0][pieces_there], 0))
+        others = torch.isfinite(unranked) & (torch.arange(len(tokenizer)) != piece)
+        assert torch.equal(ranked[others], unranked[others]) and ranked[piece] > unranked[piece]

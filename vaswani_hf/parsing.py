@@ -144,12 +144,14 @@ def parse(
     length_penalty: float = PARSING_LENGTH_PENALTY,
     progress_bar: bool = True,
     labels: Iterable[str] | None = None,
+    word_slots: bool = False,
 ) -> list[str]:
     """Linearized trees generated with the paper's parsing settings (Sec. 6.3) unless told otherwise: beam 21,
     length penalty 0.3, each output at most its source length + 300 tokens (the model's per-sentence length limit).
     With `labels` (`constituent_labels` of the training trees) decoding is constrained
     (`TreeConstraintLogitsProcessor`): every output is a well-formed tree over its sentence's words (separated by
-    single spaces), with those labels, closed within the length limit. A progress bar counts the sentences on a
+    single spaces), with those labels, closed within the length limit; `word_slots`: hypotheses ranked by their
+    structure only (`TreeConstraintLogitsProcessor`'s `word_slots`). A progress bar counts the sentences on a
     terminal (beam 21 takes minutes) unless `progress_bar=False`."""
     config = copy.deepcopy(model.generation_config)
     config.num_beams = num_beams
@@ -165,7 +167,8 @@ def parse(
         def constraint(sources: list[str], batch: BatchEncoding) -> LogitsProcessorList:
             limits = target_length_limits(model.config, batch["attention_mask"], PARSING_LENGTH_OFFSET)
             words = [source.split(" ") for source in sources]
-            return LogitsProcessorList([TreeConstraintLogitsProcessor(vocabulary, words, limits.tolist())])
+            processor = TreeConstraintLogitsProcessor(vocabulary, words, limits.tolist(), word_slots=word_slots)
+            return LogitsProcessorList([processor])
 
     return translate(
         model,
@@ -188,9 +191,9 @@ def evaluate_parser(
     **decoding,
 ) -> tuple[dict, list[str]]:
     """Parse `sentences` (words separated by spaces, as in the gold trees; `decoding`: `num_beams`, `length_penalty`,
-    `progress_bar`, `labels` of `parse`), repair malformed outputs, and score them: (bracket scores plus the percent
-    of `well_formed` outputs and of outputs whose leaves are exactly the sentence's words, `words_copied`; generated
-    linearizations)."""
+    `progress_bar`, `labels`, `word_slots` of `parse`), repair malformed outputs, and score them: (bracket scores plus
+    the percent of `well_formed` outputs and of outputs whose leaves are exactly the sentence's words,
+    `words_copied`; generated linearizations)."""
     generated = parse(model, tokenizer, sentences, batch_size, **decoding)
     repaired = [tree_from_linearized(text, gold.words()) for text, gold in zip(generated, gold_trees, strict=True)]
     scores = bracket_scores([tree for tree, _ in repaired], gold_trees)
@@ -225,12 +228,15 @@ def evaluate_parsing_run(
     length_penalty: float = PARSING_LENGTH_PENALTY,
     constrained: bool = True,
     output_file: str | os.PathLike | None = None,
+    word_slots: bool = False,
 ) -> dict:
     """Score a saved parser on a treebank split beside the right-branching baseline; optionally write the metrics
     JSON (numbers only: no treebank text) and the predicted trees, one per line in the Penn Treebank's bracket form
     with the gold tags (`with_gold_tags`), for EVALB (`output_file`: treebank text, keep it out of the repository).
     Decoding is constrained to well-formed trees over each sentence with the training trees' labels unless
-    `constrained=False`."""
+    `constrained=False`; `word_slots`: constrained hypotheses ranked by their structure only (`parse`)."""
+    if word_slots and not constrained:
+        raise ValueError("word_slots ranks constrained hypotheses: it needs constrained=True")
     trees = read_treebank(treebank)
     gold = trees[split][:limit]
     label = most_common_label(trees["train"])
@@ -240,7 +246,15 @@ def evaluate_parsing_run(
     sentences = [" ".join(t.words()) for t in gold]
     labels = constituent_labels(trees["train"]) if constrained else None
     scores, generated = evaluate_parser(
-        model, tokenizer, sentences, gold, batch_size, num_beams=num_beams, length_penalty=length_penalty, labels=labels
+        model,
+        tokenizer,
+        sentences,
+        gold,
+        batch_size,
+        num_beams=num_beams,
+        length_penalty=length_penalty,
+        labels=labels,
+        word_slots=word_slots,
     )
     if output_file is not None:
         predicted = [tree_from_linearized(text, t.words())[0] for text, t in zip(generated, gold, strict=True)]
@@ -253,6 +267,7 @@ def evaluate_parsing_run(
             "length_penalty": length_penalty,
             "max_new_tokens": f"source length + {PARSING_LENGTH_OFFSET}",
             "constrained": constrained,
+            "word_slots": word_slots,
         },
         "parser": scores,
         "right_branching": {"label": label, **baseline},

@@ -114,6 +114,9 @@ def _padded(rows: list[list[int]], width: int | None = None) -> torch.Tensor:
     return table
 
 
+_WORD_COLUMN = 2  # the column of `_candidates` that holds the next word piece
+
+
 class TreeConstraintLogitsProcessor(LogitsProcessor):
     """Only continuations that keep each hypothesis a prefix of a well-formed linearized tree over its sentence's
     words, in order (the others get -inf): open a constituent with one of `vocabulary.labels` (the first token is
@@ -123,7 +126,12 @@ class TreeConstraintLogitsProcessor(LogitsProcessor):
     length limit never cuts a tree.
 
     Sentence i owns rows i * k ... (i + 1) * k - 1 of the batch, k = rows / sentences (`generate` repeats each
-    source once per beam). `prompt_length`: the decoder tokens before the output (its start token)."""
+    source once per beam). `prompt_length`: the decoder tokens before the output (its start token).
+
+    `word_slots=True` scores the sentence's next piece as the model's mass on any word piece there (a piece beginning
+    a word, or continuing one), not on that piece alone: the words are given, so a hypothesis is ranked by its
+    structure only, as with Vinyals et al.'s `XX` placeholders, and a word the model would spell otherwise no longer
+    loses to a bracket."""
 
     def __init__(
         self,
@@ -131,11 +139,13 @@ class TreeConstraintLogitsProcessor(LogitsProcessor):
         sentences: Sequence[list[str]],
         max_new_tokens: Sequence[int] | None = None,
         prompt_length: int = 1,
+        word_slots: bool = False,
     ):
         if max_new_tokens is not None and len(max_new_tokens) != len(sentences):
             raise ValueError(f"{len(max_new_tokens)} length limits for {len(sentences)} sentences")
         self.vocabulary = vocabulary
         self.prompt_length = prompt_length
+        self.word_slots = word_slots
         words = [vocabulary.word_pieces(list(sentence)) for sentence in sentences]
         most_words = max(map(len, words))
         most_pieces = max(len(piece) for sentence in words for piece in sentence)
@@ -182,7 +192,25 @@ class TreeConstraintLogitsProcessor(LogitsProcessor):
         unused = candidates == vocab_size
         candidates = candidates.masked_fill(unused, 0)
         kept = scores.gather(1, candidates).masked_fill_(unused, -math.inf)
+        if self.word_slots and candidates.shape[1] > _WORD_COLUMN:  # not at the first token, the root's bracket
+            kept[:, _WORD_COLUMN] = self._word_slot_scores(scores, candidates[:, _WORD_COLUMN], unused[:, _WORD_COLUMN])
         return torch.full_like(scores, -math.inf).scatter_reduce_(1, candidates, kept, reduce="amax")
+
+    def _word_slot_scores(self, scores: torch.Tensor, word: torch.Tensor, unused: torch.Tensor) -> torch.Tensor:
+        """Per row, the log-sum-exp of the scores of the pieces that could stand where `word` stands: those that
+        begin a word (a space, not a bracket or the end) where it begins one, those without a space where it goes on
+        one; -inf where the row has no word candidate."""
+        vocabulary, vocab_size = self.vocabulary, scores.shape[1]
+        begins = torch.zeros(vocab_size, dtype=torch.bool, device=scores.device)
+        known = min(vocab_size, self.starts_item.shape[0])
+        begins[:known] = self.starts_item[:known]
+        goes_on = ~begins
+        goes_on[known:] = False  # ids beyond the tokenizer's never occur
+        begins[[vocabulary.open, vocabulary.first_open, vocabulary.close, vocabulary.eos]] = False
+        goes_on[[vocabulary.open, vocabulary.first_open, vocabulary.close, vocabulary.eos]] = False
+        first = begins[word]
+        slot = torch.where(first[:, None], begins[None], goes_on[None])
+        return torch.logsumexp(scores.masked_fill(~slot, -math.inf), dim=1).masked_fill_(unused, -math.inf)
 
     def _candidates(self, sentence: torch.Tensor, tokens: torch.Tensor, vocab_size: int) -> torch.Tensor:
         """(rows x candidates) token ids each row may emit, `vocab_size` for none. The state is recomputed from the

@@ -28,6 +28,12 @@ def main(argv: list[str] | None = None) -> None:
         help="decode freely (malformed outputs are repaired before scoring) instead of only well-formed trees",
     )
     parser.add_argument(
+        "--word_slots",
+        action="store_true",
+        help="rank constrained hypotheses by their structure only: the next word piece scored as the model's mass on "
+        "any word piece there (the words are given, as with Vinyals et al.'s XX placeholders)",
+    )
+    parser.add_argument(
         "--output",
         help="write the predicted trees here, one per line with the gold tags, for EVALB (treebank text: keep it out "
         "of the repository)",
@@ -44,6 +50,7 @@ def main(argv: list[str] | None = None) -> None:
         length_penalty=args.length_penalty,
         constrained=not args.unconstrained,
         output_file=args.output,
+        word_slots=args.word_slots,
     )
     print(json.dumps({name: metrics[name] for name in ("parser", "right_branching")}, indent=2))
 
