@@ -1,6 +1,7 @@
 """Parse a treebank split with a trained model (beam 21, length penalty 0.3, source length + 300: Sec. 6.3) and
 score it with labeled-bracket F1 in the EVALB convention, beside a right-branching baseline. Decoding is constrained
-to well-formed trees over each sentence's words (with the training trees' labels) unless --unconstrained.
+to well-formed trees over each sentence's words (with the training trees' labels) unless --unconstrained, hypotheses
+ranked by their structure only (the next word piece scored as a word slot) unless --no_word_slots.
 
 vaswani-evaluate-parsing runs/ptb_parsing ../shared/data/ptb-sample/treebank.zip --metrics_file f1.json \
     --output runs/ptb_parsing/test_trees.txt
@@ -28,10 +29,10 @@ def main(argv: list[str] | None = None) -> None:
         help="decode freely (malformed outputs are repaired before scoring) instead of only well-formed trees",
     )
     parser.add_argument(
-        "--word_slots",
+        "--no_word_slots",
         action="store_true",
-        help="rank constrained hypotheses by their structure only: the next word piece scored as the model's mass on "
-        "any word piece there (the words are given, as with Vinyals et al.'s XX placeholders)",
+        help="rank constrained hypotheses by the model's score of the sentence's exact next piece, not as a word slot "
+        "(the model's mass on any word piece there, the default: the words are given, as with XX placeholders)",
     )
     parser.add_argument(
         "--output",
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> None:
         length_penalty=args.length_penalty,
         constrained=not args.unconstrained,
         output_file=args.output,
-        word_slots=args.word_slots,
+        word_slots=not args.no_word_slots,
     )
     print(json.dumps({name: metrics[name] for name in ("parser", "right_branching")}, indent=2))
 
