@@ -15,9 +15,8 @@ from helpers import GOLD, ROOT, WORDS, tiny_model, tree, with_placeholder_tags
 from vaswani_hf.cli.train import parse_arguments
 from vaswani_hf.cli.train_tokenizer import main as train_tokenizer_main
 from vaswani_hf.parsing import (
-    EVALB_DELETED_TAGS,
-    EVALB_EQUAL_LABELS,
     bracket_scores,
+    evalb_view,
     evaluate_parser,
     labeled_brackets,
     right_branching_tree,
@@ -171,21 +170,6 @@ def pyevalb(tmp_path_factory):
     finally:
         sys.path.remove(str(target))
     return parser, scorer.Scorer()
-
-
-def evalb_view(tree: Tree, gold: Tree) -> str:
-    """`tree` as COLLINS.prm makes EVALB see it, for a scorer without parameters: the words whose gold tag is
-    deleted removed with the constituents they leave empty, PRT written ADVP, the gold tags on the words."""
-    tags = iter(tag for tag, _ in gold.tagged_words())
-
-    def visit(node: Tree) -> str | None:
-        if node.is_preterminal:
-            tag = next(tags)
-            return None if tag in EVALB_DELETED_TAGS else f"({tag} {node.children[0]})"
-        children = [text for text in map(visit, node.children) if text]
-        return f"({EVALB_EQUAL_LABELS.get(node.label, node.label)} {' '.join(children)})" if children else None
-
-    return visit(tree)
 
 
 @pytest.mark.slow

@@ -203,6 +203,21 @@ def evaluate_parser(
     return scores, generated
 
 
+def evalb_view(tree: Tree, gold: Tree) -> str:
+    """`tree` as COLLINS.prm makes EVALB see it, for a scorer without parameters: the words whose gold tag is
+    deleted removed with the constituents they leave empty, PRT written ADVP, the gold tags on the words."""
+    tags = iter(tag for tag, _ in gold.tagged_words())
+
+    def visit(node: Tree) -> str | None:
+        if node.is_preterminal:
+            tag = next(tags)
+            return None if tag in EVALB_DELETED_TAGS else f"({tag} {node.children[0]})"
+        children = [text for text in map(visit, node.children) if text]
+        return f"({EVALB_EQUAL_LABELS.get(node.label, node.label)} {' '.join(children)})" if children else None
+
+    return visit(tree)
+
+
 def with_gold_tags(tree: Tree, gold: Tree) -> Tree:
     """`tree` (over the words of `gold`) with `gold`'s part-of-speech tags: the model predicts no tags, and EVALB
     deletes punctuation by its tag (`DELETE_LABEL`), so with the gold tags it deletes the same words in both trees
