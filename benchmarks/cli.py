@@ -3,6 +3,8 @@
 python scripts/benchmark.py data      # preprocessing time and padding of token batches (Multi30k)
 python scripts/benchmark.py speed --trained_model runs/multi30k_en_de_small   # ours vs MarianMTModel, CTranslate2
 python scripts/benchmark.py quality --trained_model runs/multi30k_en_de_small # BLEU of int8 and CTranslate2
+python scripts/benchmark.py translate --trained_model runs/quickstart_en_de   # Multi30k test end to end: ours
+                                       # (pipeline, evaluate), Marian, CTranslate2 float32 / int8; beam 4
 nice python scripts/benchmark.py scale --sizes 450000,1500000,4500000  # the data pipeline and first updates at
                                                                        # WMT14 size (a corpus made from Multi30k)
 """
@@ -14,13 +16,14 @@ import sys
 from pathlib import Path
 
 from .harness import data_benchmark, quality_benchmark, scale_benchmark, speed_benchmark, write_tables
+from .translate import ENGINES, translate_benchmark
 
 DEFAULT_CORPUS = Path(__file__).resolve().parents[2] / "shared" / "data" / "multi30k"
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("benchmark", choices=["data", "speed", "quality", "scale"])
+    parser.add_argument("benchmark", choices=["data", "speed", "quality", "scale", "translate"])
     parser.add_argument("--corpus", default=str(DEFAULT_CORPUS), help="folder of Moses-style Multi30k files")
     parser.add_argument("--max_tokens", type=int, help="tokens per batch (default: data 4096, scale 6250)")
     parser.add_argument("--trained_model", help="a trained small En-De model folder (speed: CTranslate2 rows)")
@@ -35,11 +38,33 @@ def main(argv: list[str] | None = None) -> None:
     scale.add_argument("--config_overrides", help="VaswaniConfig field=value pairs for the training run")
     scale.add_argument("--vocab_size", type=int, default=37000)
     scale.add_argument("--work_dir", help="where the temporary corpus goes (default: the system's temporary folder)")
+    translate = parser.add_argument_group("translate")
+    translate.add_argument("--batch_size", type=int, default=64, help="sentences per batch, every engine")
+    translate.add_argument("--sentences", type=int, help="translate only the first N test sentences (quick runs)")
+    translate.add_argument("--engines", default=",".join(ENGINES), help=f"comma-separated, among {', '.join(ENGINES)}")
+    translate.add_argument(
+        "--no_before", action="store_true", help="leave out ours as it decoded before issue 22 (ours_*_before)"
+    )
     args = parser.parse_args(argv)
     if args.benchmark == "data":
         results = {"data": data_benchmark(args.corpus, max_tokens=args.max_tokens or 4096)}
     elif args.benchmark == "speed":
         results = speed_benchmark(args.trained_model, repeats=args.repeats)
+    elif args.benchmark == "translate":
+        if args.trained_model is None:
+            parser.error("translate needs --trained_model")
+        engines = tuple(args.engines.split(","))
+        if unknown := set(engines) - set(ENGINES):
+            parser.error(f"unknown engines {sorted(unknown)}: choose among {', '.join(ENGINES)}")
+        results = translate_benchmark(
+            args.trained_model,
+            args.corpus,
+            batch_size=args.batch_size,
+            repeats=args.repeats,
+            sentences=args.sentences,
+            before=not args.no_before,
+            engines=engines,
+        )
     elif args.benchmark == "scale":
         results = scale_benchmark(
             args.corpus,
@@ -62,4 +87,3 @@ def main(argv: list[str] | None = None) -> None:
     path = write_tables(args.benchmark, results, args.output_dir, command)
     print(json.dumps(results, indent=2))
     print(f"written to {path} and {path.with_suffix('.md')}")
-
