@@ -523,6 +523,8 @@ def beam_search(
             done = is_early_stop_heuristic_unsatisfied.logical_not().squeeze(1)
             if early_stopping is True:
                 done |= is_sent_finished.all(dim=1)
+            if done.all():  # transformers' loop may go on (one sentence done one way, another the other): no change
+                break
             if done.any():
                 finished = done.nonzero().squeeze(1)
                 output_sequences[sentences[finished]] = sequences[finished, :num_return_sequences]
