@@ -4,10 +4,12 @@ sane figures."""
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from helpers import tiny_config
 
 from benchmarks import bf16, harness
+from benchmarks.cli import main
 from benchmarks.harness import (
     PeakMemory,
     hold_until_sampled,
@@ -16,6 +18,7 @@ from benchmarks.harness import (
     training_step_flops,
     translation_benchmark,
 )
+from benchmarks.translate import ENGINES, translate_benchmark
 from vaswani_hf.modeling_vaswani import VaswaniForConditionalGeneration
 
 
@@ -118,3 +121,36 @@ def test_the_bf16_curves_compare_the_runs_up_to_the_updates_both_reached(tmp_pat
     assert results["updates_compared"] == 30 and list(results["loss_float32"]) == ["10", "20", "30"]
     assert results["final_loss_bfloat16"] == results["final_loss_float32"] == 7.0
     assert (tmp_path / "curves.png").stat().st_size > 0
+
+
+def test_the_translate_benchmark_runs_every_engine_on_the_same_sentences(tiny_translator, multi30k_dir, tmp_path):
+    model, tokenizer = tiny_translator
+    model.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    results = translate_benchmark(tmp_path / "model", multi30k_dir, batch_size=3, repeats=2, sentences=7)
+    rows = results["translate"]
+    assert set(rows) == {*ENGINES, "ours_pipeline_before", "ours_evaluate_before"}
+    for row in rows.values():
+        assert len(row["all_seconds"]) == 2 and row["seconds"] > 0 and row["sentences_per_second"] > 0
+        assert 0 <= row["bleu"] <= 100 and row["speed_relative_to_ctranslate2_float32"] > 0
+    # ours through both paths, before and after the batching changes, and Marian with the same weights agree
+    for name in ("ours_pipeline", "ours_pipeline_before", "ours_evaluate_before", "marian"):
+        assert rows[name]["same_translations_as_ours_evaluate"] == 7, name
+    assert rows["ctranslate2_float32"]["speed_relative_to_ctranslate2_float32"] == 1.0
+    machine = results["machine"]
+    assert machine["threads"] == torch.get_num_threads() and isinstance(machine["native_bfloat16"], bool)
+    assert machine["cpu"] is not None and machine["transformers"] and results["settings"]["sentences"] == 7
+
+
+def test_the_translate_subcommand_writes_its_tables(tiny_translator, multi30k_dir, tmp_path):
+    model, tokenizer = tiny_translator
+    model.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    arguments = ["translate", "--trained_model", str(tmp_path / "model"), "--corpus", str(multi30k_dir)]
+    arguments += ["--sentences", "4", "--batch_size", "2", "--repeats", "1", "--engines", "ours_evaluate,marian"]
+    main([*arguments, "--no_before", "--output_dir", str(tmp_path / "out")])
+    written = json.loads((tmp_path / "out" / "translate.json").read_text())
+    assert set(written["translate"]) == {"ours_evaluate", "marian"}
+    assert "| ours_evaluate |" in (tmp_path / "out" / "translate.md").read_text()
+    with pytest.raises(SystemExit):
+        main(["translate", "--trained_model", str(tmp_path / "model"), "--engines", "ours,fast"])

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from packaging.requirements import Requirement
 from packaging.version import Version
-from transformers import GenerationMixin
+from transformers import GenerationMixin, LogitsProcessor
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 from transformers.generation.logits_process import MinLengthLogitsProcessor, MinNewTokensLengthLogitsProcessor
 
@@ -74,6 +74,81 @@ def test_a_random_model_with_a_tiny_vocabulary_matches_transformers_even_when_be
     for num_beams in (1, 2, 5):
         ours, theirs = generate_with_each_loop(model, batch, num_beams=num_beams, max_new_tokens=15)
         assert torch.equal(ours, theirs)
+
+
+def mixed_length_batch(seed: int, batch_size: int = 24) -> dict[str, torch.Tensor]:
+    """Sources of 2-9 tokens in random order, right-padded: the reversal model's outputs end at different steps."""
+    batch = copy_task_batch(torch.Generator().manual_seed(seed), batch_size=batch_size)
+    return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+
+
+def decoder_rows_per_step(model, **generate_kwargs) -> tuple[torch.Tensor, list[int]]:
+    """generate's tokens, and the number of rows the decoder ran at each step."""
+    rows = []
+    layer = model.model.decoder.layers[0].ffn
+    hook = layer.register_forward_hook(lambda module, args, output: rows.append(len(args[0])))
+    try:
+        tokens = model.generate(**generate_kwargs)
+    finally:
+        hook.remove()
+    return tokens, rows
+
+
+@pytest.mark.parametrize("num_beams", [1, 4])
+@pytest.mark.parametrize("early_stopping", [True, False, "never"])
+def test_finished_sentences_leave_the_batch_and_the_others_get_transformers_tokens(
+    reversal_model, num_beams, early_stopping
+):
+    # 24 sources of mixed lengths finish at different steps: ours drops each as it is done, transformers' keeps all.
+    if num_beams == 1 and early_stopping is not True:
+        pytest.skip("early stopping is a beam-search setting")
+    options = {"num_beams": num_beams, "max_new_tokens": 14}
+    if num_beams > 1:
+        options |= {"early_stopping": early_stopping, "length_penalty": 0.6, "num_return_sequences": 2}
+    for seed in range(3):
+        batch = mixed_length_batch(seed)
+        ours, theirs = generate_with_each_loop(reversal_model, batch, **options)
+        assert torch.equal(ours, theirs)
+        _, rows = decoder_rows_per_step(reversal_model, **batch, **options)
+        rows_per_sentence = rows[1:] if num_beams > 1 else rows  # beam search: the first step once per sentence
+        assert rows_per_sentence == sorted(rows_per_sentence, reverse=True)
+        if early_stopping is not False or num_beams == 1:  # "never" and True: every sentence ends on its own
+            assert rows_per_sentence[-1] < rows_per_sentence[0], "no finished sentence left the batch"
+        with mock.patch.object(generation, "DROP_FINISHED_SENTENCES", False):
+            kept, rows_kept = decoder_rows_per_step(reversal_model, **batch, **options)
+        assert torch.equal(kept, ours) and set(rows_kept[1:]) == {len(batch["input_ids"]) * num_beams}
+
+
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_the_default_decoding_drops_finished_sentences_with_their_length_limits(reversal_model, num_beams):
+    # The paper's per-sentence length limit (source + 50, here + 2 to make it bite) is pruned with the rows.
+    batch = mixed_length_batch(7)
+    reversal_model.generation_config.max_new_tokens_offset = 2
+    try:
+        ours, theirs = generate_with_each_loop(reversal_model, batch, num_beams=num_beams)
+        _, rows = decoder_rows_per_step(reversal_model, **batch, num_beams=num_beams)
+    finally:
+        reversal_model.generation_config.max_new_tokens_offset = 50
+    assert torch.equal(ours, theirs)
+    assert rows[-1] < rows[1]
+
+
+class RowCountingProcessor(LogitsProcessor):
+    """A processor that is not known to treat rows independently: finished sentences must stay in the batch."""
+
+    def __call__(self, input_ids, scores):
+        scores[:, 5] -= 0.01 * torch.arange(len(scores), dtype=scores.dtype)
+        return scores
+
+
+@pytest.mark.parametrize("num_beams", [1, 4])
+def test_an_unknown_logits_processor_keeps_every_sentence_in_the_batch(reversal_model, num_beams):
+    batch = mixed_length_batch(1)
+    options = {"num_beams": num_beams, "max_new_tokens": 12, "logits_processor": [RowCountingProcessor()]}
+    ours, theirs = generate_with_each_loop(reversal_model, batch, **options)
+    assert torch.equal(ours, theirs)
+    _, rows = decoder_rows_per_step(reversal_model, **batch, **options)
+    assert set(rows[1:]) == {len(batch["input_ids"]) * num_beams}
 
 
 def test_beam_search_projects_each_source_once_for_all_its_beams(reversal_model):

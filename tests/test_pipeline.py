@@ -2,11 +2,13 @@
 
 import json
 import logging
+from unittest import mock
 
 import pytest
 from transformers import pipeline, pipelines
 
 from vaswani_hf import TranslationPipeline
+from vaswani_hf.evaluation import translate
 
 SOURCES = ["A man in a red shirt is riding a bike.", "Two dogs are playing in the snow.", "A woman."]
 
@@ -25,6 +27,49 @@ def test_translation_task_gives_the_package_pipeline_with_the_papers_decoding(ti
     assert translator(SOURCES) == [{"translation_text": text} for text in expected]
     assert translator(SOURCES, batch_size=2) == [{"translation_text": text} for text in expected]
     assert translator(SOURCES[0]) == [{"translation_text": expected[0]}]
+
+
+MIXED = [
+    SOURCES[0],
+    "Three people are walking down a busy street at night while it rains.",
+    "",
+    SOURCES[2],
+    "A dog.",
+    SOURCES[1],
+    "Children.",
+]
+
+
+def source_lengths_of_each_generate_call(model, run) -> tuple[object, list[list[int]]]:
+    """run()'s result, and the source lengths (tokens) of each batch that reached model.generate."""
+    batches, generate = [], model.generate
+
+    def recording(**kwargs):
+        batches.append(kwargs["attention_mask"].sum(-1).tolist())
+        return generate(**kwargs)
+
+    with mock.patch.object(model, "generate", side_effect=recording):
+        return run(), batches
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 3])
+def test_many_sentences_are_decoded_in_order_of_length_and_returned_in_input_order(tiny_translator, batch_size):
+    model, tokenizer = tiny_translator
+    expected = [generate_texts(model, tokenizer, [text])[0] if text else "" for text in MIXED]
+    assert len(set(expected)) == len(MIXED)
+    translator = pipeline("translation", model=model, tokenizer=tokenizer)
+    texts = [text for text in MIXED if text]  # translate() has no shortcut for empty sources
+    for run, wanted in (
+        (lambda: [output["translation_text"] for output in translator(MIXED, batch_size=batch_size)], expected),
+        (
+            lambda: translate(model, tokenizer, texts, batch_size=batch_size, progress_bar=False),
+            list(filter(None, expected)),
+        ),
+    ):
+        translations, batches = source_lengths_of_each_generate_call(model, run)
+        assert translations == wanted
+        lengths = [length for batch in batches for length in batch]
+        assert lengths == sorted(lengths) and len(batches) == -(-len(lengths) // batch_size)
 
 
 def test_language_pair_task_loads_a_saved_folder(tiny_translator, tmp_path):

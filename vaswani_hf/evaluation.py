@@ -29,7 +29,8 @@ def translate(
     **generate_kwargs,
 ) -> list[str]:
     """Translate `sources` with `model.generate` (its generation config: beam 4, length penalty 0.6, length limit,
-    unless `generate_kwargs` say otherwise). Sentences are batched by length and returned in input order. A tqdm bar
+    unless `generate_kwargs` say otherwise). Sentences are batched in order of their number of tokens (least padding)
+    and returned in input order. A tqdm bar
     counts the sentences on a terminal (never when stderr is not one, nor with `progress_bar=False`).
 
     With `across_processes`, every process of the run (accelerate's `PartialState`) must call it with the same
@@ -40,7 +41,8 @@ def translate(
     `batch_logits_processor(sources, batch)`, when given, makes the logits processors of each batch from its sources
     and their encoding, in the order of the batch's rows (constraints that depend on the sentence: parsing.parse)."""
     model.eval()
-    order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
+    lengths = source_lengths(tokenizer, sources)
+    order = sorted(range(len(sources)), key=lengths.__getitem__)
     batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
     state = PartialState() if across_processes else None
     if state is not None:
@@ -69,6 +71,11 @@ def translate(
     for index, text in translated:
         translations[index] = text
     return translations
+
+
+def source_lengths(tokenizer: PreTrainedTokenizerBase, sources: list[str]) -> list[int]:
+    """The number of tokens of each source, as `translate` encodes it: the key its batches are sorted by."""
+    return [len(ids) for ids in tokenizer(list(sources))["input_ids"]]
 
 
 def _corpus_score(metric, hypotheses: list[str], references: list[str], fields: tuple[str, ...]) -> dict:

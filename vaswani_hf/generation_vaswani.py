@@ -37,7 +37,18 @@ import transformers
 from torch import nn
 from transformers import GenerationConfig, GenerationMixin, LogitsProcessor, LogitsProcessorList, StoppingCriteriaList
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer, EncoderDecoderCache
-from transformers.generation.logits_process import MinLengthLogitsProcessor, MinNewTokensLengthLogitsProcessor
+from transformers.generation.logits_process import (
+    ForcedBOSTokenLogitsProcessor,
+    ForcedEOSTokenLogitsProcessor,
+    MinLengthLogitsProcessor,
+    MinNewTokensLengthLogitsProcessor,
+    NoBadWordsLogitsProcessor,
+    NoRepeatNGramLogitsProcessor,
+    RepetitionPenaltyLogitsProcessor,
+    SuppressTokensAtBeginLogitsProcessor,
+    SuppressTokensLogitsProcessor,
+)
+from transformers.generation.stopping_criteria import EosTokenCriteria, MaxLengthCriteria
 from transformers.utils import logging
 
 from .configuration_vaswani import VaswaniConfig
@@ -92,6 +103,10 @@ class SourceLengthLimitLogitsProcessor(LogitsProcessor):
         forced[:, self.eos_token_id] = 0.0
         return torch.where(at_limit.unsqueeze(1), forced, scores)
 
+    def select_rows(self, rows: torch.Tensor) -> "SourceLengthLimitLogitsProcessor":
+        """The processor of the given rows only (the decoding loops drop finished sentences from the batch)."""
+        return SourceLengthLimitLogitsProcessor(self.max_target_lengths[rows], self.eos_token_id)
+
 
 
 def check_generate_inputs(input_ids: torch.Tensor | None, *num_beams: int | None) -> None:
@@ -122,22 +137,29 @@ class SuppressEndOfSentenceLogitsProcessor(LogitsProcessor):
 
 
 class PreallocatedSelfAttentionLayer(DynamicLayer):
-    """A decoder self-attention cache layer whose keys and values live in buffers of `capacity` positions: each new
-    position is written in place, and a beam reorder copies into a second pair of buffers, which then swap."""
+    """A decoder self-attention cache layer whose keys and values live in buffers of `capacity` positions (and
+    `max_rows` rows, or as many as it first holds): each new position is written in place, and a reorder (beam
+    search's, or one that drops finished rows) copies into a second pair of buffers, which then swap."""
 
-    def __init__(self, capacity: int):
+    def __init__(self, capacity: int, max_rows: int = 0):
         super().__init__()
         self.capacity = capacity
+        self.max_rows = max_rows
+        self.rows = 0
         self.spares: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def _buffers_like(self, states: torch.Tensor, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
-        shape = (rows, states.shape[1], self.capacity, states.shape[3])
+        shape = (max(rows, self.max_rows), states.shape[1], self.capacity, states.shape[3])
         return tuple(torch.empty(shape, dtype=states.dtype, device=states.device) for _ in range(2))
+
+    def _views(self, buffers: tuple[torch.Tensor, torch.Tensor], length: int) -> None:
+        self.keys, self.values = (buffer[: self.rows, :, :length] for buffer in buffers)
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         self.device = key_states.device
-        self.buffers = self._buffers_like(key_states, key_states.shape[0])
-        self.keys, self.values = (buffer[:, :, :0] for buffer in self.buffers)
+        self.rows = key_states.shape[0]
+        self.buffers = self._buffers_like(key_states, self.rows)
+        self._views(self.buffers, 0)
         self.is_initialized = True
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
@@ -145,22 +167,25 @@ class PreallocatedSelfAttentionLayer(DynamicLayer):
             self.lazy_initialization(key_states, value_states)
         start = self.keys.shape[-2]
         end = start + key_states.shape[-2]
-        self.buffers[0][:, :, start:end] = key_states
-        self.buffers[1][:, :, start:end] = value_states
-        self.keys, self.values = (buffer[:, :, :end] for buffer in self.buffers)
+        self.buffers[0][: self.rows, :, start:end] = key_states
+        self.buffers[1][: self.rows, :, start:end] = value_states
+        self._views(self.buffers, end)
         return self.keys, self.values
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        """Keep rows `beam_idx` (in that order): beam search's reorder, which may also leave rows out."""
         length = self.get_seq_length()
         if length == 0:
             return
-        if self.spares is None or self.spares[0].shape[0] != beam_idx.shape[0]:  # first use, or rows per sentence
-            self.spares = self._buffers_like(self.keys, beam_idx.shape[0])
+        rows = beam_idx.shape[0]
+        if self.spares is None or self.spares[0].shape[0] < rows:  # first use, or more rows than ever before
+            self.spares = self._buffers_like(self.keys, rows)
         targets = self.spares
-        torch.index_select(self.keys, 0, beam_idx, out=targets[0][:, :, :length])
-        torch.index_select(self.values, 0, beam_idx, out=targets[1][:, :, :length])
+        torch.index_select(self.keys, 0, beam_idx, out=targets[0][:rows, :, :length])
+        torch.index_select(self.values, 0, beam_idx, out=targets[1][:rows, :, :length])
         self.spares, self.buffers = self.buffers, targets
-        self.keys, self.values = (buffer[:, :, :length] for buffer in targets)
+        self.rows = rows
+        self._views(targets, length)
 
 
 def _in_place_processors(processors: LogitsProcessorList) -> LogitsProcessorList:
@@ -175,6 +200,43 @@ def _in_place_processors(processors: LogitsProcessorList) -> LogitsProcessorList
             )
         replaced.append(processor)
     return replaced
+
+
+# Sentences whose outputs are final leave the running batch (their rows of the caches, of the encoder output, of the
+# source mask and of the scores), as in CTranslate2 and fairseq; transformers' loops keep computing them to the end.
+# False keeps them (benchmarks/translate.py measures both in one run).
+DROP_FINISHED_SENTENCES = True
+
+# Logits processors whose result for a row depends only on that row (its tokens, its scores, the step): a batch
+# without some rows gives the other rows the same scores. Others (a custom processor that keeps per-row state) keep
+# every sentence in the batch to the end, unless they offer `select_rows(rows)`, as our length limit does.
+_ROW_WISE_PROCESSORS = (
+    SuppressEndOfSentenceLogitsProcessor,
+    NoRepeatNGramLogitsProcessor,
+    RepetitionPenaltyLogitsProcessor,
+    NoBadWordsLogitsProcessor,
+    SuppressTokensLogitsProcessor,
+    SuppressTokensAtBeginLogitsProcessor,
+    ForcedBOSTokenLogitsProcessor,
+    ForcedEOSTokenLogitsProcessor,
+)
+# Stopping criteria that stop a row for its own tokens, or every row at once (the length limit): the loop over the
+# remaining rows stops when transformers' loop over all rows would.
+_ROW_WISE_STOPPING_CRITERIA = (MaxLengthCriteria, EosTokenCriteria)
+
+
+def _finished_rows_can_leave(processors: LogitsProcessorList, stopping_criteria: StoppingCriteriaList) -> bool:
+    """Whether dropping finished sentences from the running batch leaves every other sentence's result unchanged."""
+    return (
+        DROP_FINISHED_SENTENCES
+        and all(type(p) in _ROW_WISE_PROCESSORS or hasattr(p, "select_rows") for p in processors)
+        and all(type(criteria) in _ROW_WISE_STOPPING_CRITERIA for criteria in stopping_criteria)
+    )
+
+
+def _processors_of_rows(processors: LogitsProcessorList, rows: torch.Tensor) -> LogitsProcessorList:
+    """The processors for the given rows of the running batch (`_finished_rows_can_leave` allowed them)."""
+    return LogitsProcessorList(p.select_rows(rows) if hasattr(p, "select_rows") else p for p in processors)
 
 
 @functools.cache
@@ -258,9 +320,21 @@ def _score_buffers(
     return torch.empty(rows, vocabulary, device=device), transposed
 
 
-def _preallocated_cache(model: nn.Module, model_kwargs: dict, max_length: int) -> EncoderDecoderCache:
+def _score_buffers_of_rows(
+    buffers: tuple[torch.Tensor, torch.Tensor | None] | None, rows: int
+) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """The first `rows` rows of `_score_buffers`' matrices, as contiguous views (for a batch that has lost rows)."""
+    if buffers is None or buffers[0].shape[0] == rows:
+        return buffers
+    scores, transposed = buffers
+    if transposed is not None:
+        transposed = transposed.view(-1)[: transposed.shape[0] * rows].view(transposed.shape[0], rows)
+    return scores[:rows], transposed
+
+
+def _preallocated_cache(model: nn.Module, model_kwargs: dict, max_length: int, max_rows: int) -> EncoderDecoderCache:
     """`generate`'s cache with the decoder self-attention layers replaced by preallocated ones."""
-    layers = [PreallocatedSelfAttentionLayer(max_length) for _ in range(model.config.decoder_layers)]
+    layers = [PreallocatedSelfAttentionLayer(max_length, max_rows) for _ in range(model.config.decoder_layers)]
     return EncoderDecoderCache(Cache(layers=layers), model_kwargs["cache"].cross_attention_cache)
 
 
@@ -279,15 +353,21 @@ def greedy_search(
     model_kwargs: dict,
 ) -> torch.LongTensor:
     """Greedy decoding with `GenerationMixin._sample`'s results: the highest-scoring token each step, padding after
-    a row has finished."""
+    a row has finished. Finished rows leave the running batch (`DROP_FINISHED_SENTENCES`); their tokens wait in
+    `outputs`."""
     processors = _in_place_processors(logits_processor)
+    drop_finished = _finished_rows_can_leave(processors, stopping_criteria)
     encoder_hidden_states, source_mask = _sources(model_kwargs, slice(None))
-    cache = _preallocated_cache(model, model_kwargs, generation_config.max_length)
+    batch_size = input_ids.shape[0]
+    cache = _preallocated_cache(model, model_kwargs, generation_config.max_length, batch_size)
     pad_token_id = generation_config._pad_token_tensor
     has_eos_stopping_criteria = any(hasattr(criteria, "eos_token_id") for criteria in stopping_criteria)
-    unfinished = torch.ones(input_ids.shape[0], dtype=torch.long, device=input_ids.device)
+    unfinished = torch.ones(batch_size, dtype=torch.long, device=input_ids.device)
     new_ids = input_ids
-    scores_buffers = _score_buffers(model, input_ids.shape[0], input_ids.device)
+    all_score_buffers = _score_buffers(model, batch_size, input_ids.device)
+    scores_buffers = all_score_buffers
+    outputs = None  # every row's tokens, once some rows have left the running batch
+    rows = torch.arange(batch_size, device=input_ids.device)  # the running rows' places in `outputs`
     while True:
         scores = _next_token_scores(model, new_ids, encoder_hidden_states, source_mask, cache, out=scores_buffers)
         next_tokens = processors(input_ids, scores).argmax(dim=-1)
@@ -296,8 +376,26 @@ def greedy_search(
         input_ids = torch.cat([input_ids, next_tokens[:, None]], dim=-1)
         unfinished = unfinished & ~stopping_criteria(input_ids, None)
         if unfinished.max() == 0:
-            return input_ids
+            break
         new_ids = next_tokens[:, None]
+        if drop_finished and not unfinished.all():
+            if outputs is None:
+                shape = (batch_size, generation_config.max_length)
+                outputs = torch.full(shape, int(pad_token_id), dtype=input_ids.dtype, device=rows.device)
+            finished = unfinished.logical_not().nonzero().squeeze(1)
+            outputs[rows[finished], : input_ids.shape[1]] = input_ids[finished]
+            keep = unfinished.nonzero().squeeze(1)
+            rows, input_ids, new_ids, unfinished = rows[keep], input_ids[keep], new_ids[keep], unfinished[keep]
+            encoder_hidden_states = encoder_hidden_states[keep]
+            source_mask = None if source_mask is None else source_mask[keep]
+            cache.self_attention_cache.reorder_cache(keep)
+            cache.cross_attention_cache.batch_select_indices(keep)
+            processors = _processors_of_rows(processors, keep)
+            scores_buffers = _score_buffers_of_rows(all_score_buffers, keep.shape[0])
+    if outputs is None:
+        return input_ids
+    outputs[rows, : input_ids.shape[1]] = input_ids
+    return outputs[:, : input_ids.shape[1]]
 
 
 def beam_search(
@@ -309,11 +407,18 @@ def beam_search(
     model_kwargs: dict,
 ) -> torch.LongTensor:
     """Beam search with `GenerationMixin._beam_search`'s results. `input_ids` holds each sentence's prompt repeated
-    once per beam, as `generate` passes it; the selection steps are transformers' own helpers."""
+    once per beam, as `generate` passes it; the selection steps are transformers' own helpers.
+
+    A sentence is done once transformers' helpers can no longer change its finished hypotheses: all its beams
+    finished under `early_stopping=True`, or the early-stopping heuristic satisfied (from then on its candidates get
+    -1e9 and never enter). With `DROP_FINISHED_SENTENCES` a done sentence leaves the running batch: its hypotheses
+    go to the outputs, and its rows of the search state, the caches, the encoder output and the scores are dropped
+    (folded into the beam reorder of the self-attention cache, which copies every step anyway)."""
     num_beams = generation_config.num_beams
     length_penalty = generation_config.length_penalty
     early_stopping = generation_config.early_stopping
     max_length = generation_config.max_length
+    num_return_sequences = generation_config.num_return_sequences
     eos_token_id = generation_config._eos_token_tensor
     pad_token_id = generation_config._pad_token_tensor
     batch_size = input_ids.shape[0] // num_beams
@@ -335,15 +440,21 @@ def beam_search(
         (batch_size, num_beams, max_length - cur_len), -1, dtype=torch.int32, device=device
     )
     beam_indices = running_beam_indices.clone()
+    # the returned hypotheses (and their beam indices, for the final crop) of every sentence, filled as they finish
+    output_sequences = sequences[:, :num_return_sequences].clone()
+    output_beam_indices = beam_indices[:, :num_return_sequences].clone()
+    sentences = torch.arange(batch_size, device=device)  # the running sentences' places in the outputs
 
     processors = _in_place_processors(logits_processor)
-    cache = _preallocated_cache(model, model_kwargs, max_length)
+    drop_finished = _finished_rows_can_leave(processors, stopping_criteria)
+    cache = _preallocated_cache(model, model_kwargs, max_length, batch_size * num_beams)
     first_beams = torch.arange(batch_size, device=device) * num_beams
     encoder_hidden_states, source_mask = _sources(model_kwargs, first_beams)
     # The first step once per sentence: its beams are copies of one prompt, with the same scores.
     scores = _next_token_scores(model, input_ids[first_beams], encoder_hidden_states, source_mask, cache)
     log_probs = nn.functional.log_softmax(scores, dim=-1).repeat_interleave(num_beams, dim=0)
-    scores_buffers = _score_buffers(model, batch_size * num_beams, device)
+    all_score_buffers = _score_buffers(model, batch_size * num_beams, device)
+    scores_buffers = all_score_buffers
     while True:
         flat_running_sequences = running_sequences[:, :, :cur_len].reshape(batch_size * num_beams, cur_len)
         if cur_len > prompt_len:
@@ -410,14 +521,41 @@ def beam_search(
             is_early_stop_heuristic_unsatisfied, is_sent_finished, next_token_hits_stopping_criteria, early_stopping
         ):
             break
+        if drop_finished:
+            done = is_early_stop_heuristic_unsatisfied.logical_not().squeeze(1)
+            if early_stopping is True:
+                done |= is_sent_finished.all(dim=1)
+            if done.all():  # transformers' loop may go on (one sentence done one way, another the other): no change
+                break
+            if done.any():
+                finished = done.nonzero().squeeze(1)
+                output_sequences[sentences[finished]] = sequences[finished, :num_return_sequences]
+                output_beam_indices[sentences[finished]] = beam_indices[finished, :num_return_sequences]
+                keep = done.logical_not().nonzero().squeeze(1)
+                sentences = sentences[keep]
+                running_sequences, sequences = running_sequences[keep], sequences[keep]
+                running_beam_scores, beam_scores = running_beam_scores[keep], beam_scores[keep]
+                running_beam_indices, beam_indices = running_beam_indices[keep], beam_indices[keep]
+                is_sent_finished = is_sent_finished[keep]
+                is_early_stop_heuristic_unsatisfied = is_early_stop_heuristic_unsatisfied[keep]
+                beam_idx = beam_idx.view(batch_size, num_beams)[keep].reshape(-1)
+                batch_size = keep.shape[0]
+                encoder_hidden_states = encoder_hidden_states[keep]
+                source_mask = None if source_mask is None else source_mask[keep]
+                cache.cross_attention_cache.batch_select_indices(keep)
+                kept_rows = (keep[:, None] * num_beams + torch.arange(num_beams, device=device)).reshape(-1)
+                processors = _processors_of_rows(processors, kept_rows)
+                scores_buffers = _score_buffers_of_rows(all_score_buffers, batch_size * num_beams)
         # The surviving beams' self-attention states; after the first step the cache holds one row per sentence.
         cache.self_attention_cache.reorder_cache(beam_idx // num_beams if first_step else beam_idx)
 
-    num_return_sequences = generation_config.num_return_sequences
-    sequences = sequences[:, :num_return_sequences].reshape(batch_size * num_return_sequences, -1)
-    beam_indices = beam_indices[:, :num_return_sequences].reshape(batch_size * num_return_sequences, -1)
-    generated_length = (beam_indices + 1).bool().sum(dim=1).max()  # transformers' crop of the unused positions
-    return sequences[:, : prompt_len + generated_length]
+    output_sequences[sentences] = sequences[:, :num_return_sequences]
+    output_beam_indices[sentences] = beam_indices[:, :num_return_sequences]
+    total = output_sequences.shape[0]
+    output_sequences = output_sequences.reshape(total * num_return_sequences, -1)
+    output_beam_indices = output_beam_indices.reshape(total * num_return_sequences, -1)
+    generated_length = (output_beam_indices + 1).bool().sum(dim=1).max()  # transformers' crop of the unused positions
+    return output_sequences[:, : prompt_len + generated_length]
 
 
 class VaswaniGenerationMixin(GenerationMixin):

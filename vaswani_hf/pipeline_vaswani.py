@@ -22,7 +22,8 @@ class TranslationPipeline(Pipeline):
     input, in order (a list of `num_return_sequences` dicts per input when that is above 1). Decoding follows the
     model's `generation_config` (for Vaswani models the paper's beam 4 and length penalty 0.6, Sec. 6.1); generation
     arguments (`num_beams`, `max_new_tokens`, `generation_config`, ...) passed at creation or call time override it.
-    `batch_size=n` translates n inputs per `generate` call.
+    `batch_size=n` translates n inputs per `generate` call: inputs of similar token counts together (the list is
+    decoded in order of length, and the outputs returned in the input order).
 
     Defined results for awkward inputs:
     - an empty or whitespace-only string translates to `""`, without running the model;
@@ -87,6 +88,8 @@ class TranslationPipeline(Pipeline):
 
         translations = [[{"translation_text": ""}] for _ in texts]
         to_translate = [index for index, text in enumerate(texts) if text.strip()]
+        if len(to_translate) > 1:  # batches of similar lengths; the translations go back to their inputs' places
+            to_translate = [to_translate[i] for i in self.length_order([texts[index] for index in to_translate])]
         if to_translate:
             outputs = super().__call__([texts[index] for index in to_translate], **kwargs)
             for index, output in zip(to_translate, outputs, strict=True):
@@ -94,6 +97,12 @@ class TranslationPipeline(Pipeline):
         if single:
             return translations[0]
         return [output[0] for output in translations] if all(len(o) == 1 for o in translations) else translations
+
+    def length_order(self, texts: list[str]) -> list[int]:
+        """The indices of `texts` from the fewest tokens to the most (stable): consecutive inputs, which `batch_size`
+        decodes together, then have similar lengths, so less padding, and sentences that finish at similar steps."""
+        lengths = [len(ids) for ids in self.tokenizer(list(texts), split_special_tokens=True)["input_ids"]]
+        return sorted(range(len(texts)), key=lengths.__getitem__)
 
     def max_source_length(self) -> int | None:
         """The longest source, in tokens, that the model accepts (None if neither model nor tokenizer says)."""

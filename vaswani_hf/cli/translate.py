@@ -56,9 +56,9 @@ def main(argv: list[str] | None = None) -> None:
 def translate_in_length_order(
     translator: Pipeline, sources: list[str], batch_size: int, **generate_kwargs
 ) -> list[str]:
-    """Translations of `sources`, in their order, decoded `batch_size` at a time in order of length (less padding,
-    as `evaluation.translate` does), with a progress bar on standard error."""
-    order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
+    """Translations of `sources`, in their order, decoded `batch_size` at a time in order of their number of tokens
+    (less padding, as `evaluation.translate` does), with a progress bar on standard error."""
+    order = translator.length_order(sources)
     translations = [""] * len(sources)
     with tqdm(total=len(sources), unit="sentence", desc="translating", file=sys.stderr) as progress:
         for start in range(0, len(order), batch_size):

@@ -1,0 +1,217 @@
+"""The end-to-end translation benchmark: a test set translated text in, text out, as users translate a file.
+
+Multi30k test_2016_flickr (1,000 sentences of mixed lengths, whose translations finish at different steps) with a
+trained model at the paper's decoding (beam 4, length penalty 0.6, Sec. 6.1), through each engine a user would reach
+for, in one process, alternating: ours through `pipeline("translation")` and through
+`vaswani_hf.evaluation.translate` (what `vaswani-evaluate` runs), `MarianMTModel` with the same weights
+(`convert_to_marian`) through transformers' own `generate` on the same batches, and the CTranslate2 export in float32
+and int8 (`translate_batch` with the same batch size; it sorts by length itself). With `before=True` also ours as it
+was before sorting by tokens and dropping finished sentences (`ours_*_before`), for before/after figures from the
+same run.
+
+Per engine: median wall time, sentences/s, sacreBLEU, speed relative to CTranslate2 float32 (the median of per-round
+ratios) and how many translations equal ours through `evaluation.translate`.
+"""
+
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from unittest import mock
+
+import torch
+import transformers
+from transformers import LogitsProcessorList, pipeline
+
+import vaswani_hf.evaluation as evaluation
+import vaswani_hf.generation_vaswani as generation
+from vaswani_hf.convert import convert_to_marian, export_ctranslate2
+from vaswani_hf.data import load_parallel_corpus
+from vaswani_hf.generation_vaswani import SourceLengthLimitLogitsProcessor, target_length_limits
+from vaswani_hf.modeling_vaswani import VaswaniForConditionalGeneration
+from vaswani_hf.pipeline_vaswani import TranslationPipeline
+from vaswani_hf.tokenization import load_tokenizer
+
+from .harness import _cpu_has_native_bfloat16, _machine
+
+Engine = Callable[[list[str]], list[str]]
+ENGINES = ("ours_pipeline", "ours_evaluate", "marian", "ctranslate2_float32", "ctranslate2_int8")
+
+
+def load_test_set(
+    corpus_dir: str | Path, source_lang: str = "en", target_lang: str = "de", split: str = "test_2016_flickr"
+) -> tuple[list[str], list[str]]:
+    """(sources, references) of a split of a Moses-style corpus folder (Multi30k's test_2016_flickr by default)."""
+    pairs = load_parallel_corpus(corpus_dir, source_lang, target_lang, splits={"test": split})["test"]["translation"]
+    return [pair[source_lang] for pair in pairs], [pair[target_lang] for pair in pairs]
+
+
+@contextmanager
+def as_before():
+    """Ours as it decoded before issue 22: `evaluation.translate` batching sentences in order of characters, the
+    pipeline in the order given, and finished sentences kept in the running batch to the end."""
+    with ExitStack() as stack:
+        stack.enter_context(mock.patch.object(generation, "DROP_FINISHED_SENTENCES", False))
+        stack.enter_context(
+            mock.patch.object(TranslationPipeline, "length_order", lambda self, texts: list(range(len(texts))))
+        )
+        stack.enter_context(
+            mock.patch.object(evaluation, "source_lengths", lambda tokenizer, sources: [len(s) for s in sources])
+        )
+        yield
+
+
+def _our_engines(model, tokenizer, batch_size: int, decoding: dict) -> dict[str, Engine]:
+    translator = pipeline("translation", model=model, tokenizer=tokenizer, device=model.device)
+
+    def through_pipeline(sources: list[str]) -> list[str]:
+        return [output["translation_text"] for output in translator(sources, batch_size=batch_size, **decoding)]
+
+    def through_evaluate(sources: list[str]) -> list[str]:
+        return evaluation.translate(model, tokenizer, sources, batch_size=batch_size, progress_bar=False, **decoding)
+
+    return {"ours_pipeline": through_pipeline, "ours_evaluate": through_evaluate}
+
+
+def _before(engine: Engine) -> Engine:
+    def run(sources: list[str]) -> list[str]:
+        with as_before():
+            return engine(sources)
+
+    return run
+
+
+def _marian_engine(model, tokenizer, batch_size: int, decoding: dict) -> Engine:
+    """MarianMTModel with our weights through transformers' `generate`, on `evaluation.translate`'s batches (sorted
+    by tokens), with our per-sentence length limit (source + 50, Sec. 6.1) so that it runs the same search."""
+    marian = convert_to_marian(model).eval()
+    offset = model.generation_config.max_new_tokens_offset
+
+    def run(sources: list[str]) -> list[str]:
+        lengths = evaluation.source_lengths(tokenizer, sources)
+        order = sorted(range(len(sources)), key=lengths.__getitem__)
+        translations = [""] * len(sources)
+        for start in range(0, len(order), batch_size):
+            indices = order[start : start + batch_size]
+            batch = tokenizer([sources[i] for i in indices], return_tensors="pt", padding=True)
+            limits = target_length_limits(model.config, batch["attention_mask"], offset)
+            limit = SourceLengthLimitLogitsProcessor(
+                limits.repeat_interleave(decoding["num_beams"]), model.config.eos_token_id
+            )
+            generated = marian.generate(
+                **batch, logits_processor=LogitsProcessorList([limit]), max_new_tokens=int(limits.max()) + 1, **decoding
+            )
+            for index, text in zip(indices, tokenizer.batch_decode(generated, skip_special_tokens=True), strict=True):
+                translations[index] = text
+        return translations
+
+    return run
+
+
+def _ctranslate2_engines(model, tokenizer, folder: Path, batch_size: int, decoding: dict) -> dict[str, Engine]:
+    import ctranslate2
+
+    engines = {}
+    for quantization in ("float32", "int8"):
+        path = export_ctranslate2(model, tokenizer, folder / quantization, quantization=quantization)
+        translator = ctranslate2.Translator(str(path), device="cpu", intra_threads=torch.get_num_threads())
+
+        def run(sources: list[str], translator=translator) -> list[str]:
+            tokens = [tokenizer.convert_ids_to_tokens(ids) for ids in tokenizer(sources)["input_ids"]]
+            results = translator.translate_batch(
+                tokens,
+                max_batch_size=batch_size,
+                beam_size=decoding["num_beams"],
+                length_penalty=decoding["length_penalty"],
+            )
+            return [tokenizer.convert_tokens_to_string(result.hypotheses[0]) for result in results]
+
+        engines[f"ctranslate2_{quantization}"] = run
+    return engines
+
+
+def translate_benchmark(
+    model_dir: str | Path,
+    corpus_dir: str | Path,
+    batch_size: int = 64,
+    repeats: int = 3,
+    sentences: int | None = None,
+    before: bool = True,
+    engines: tuple[str, ...] = ENGINES,
+    source_lang: str = "en",
+    target_lang: str = "de",
+) -> dict:
+    """Translate the test set with every engine, `repeats` rounds alternating (the order reversed every other
+    round) after one warm-up round on `batch_size` sentences; `sentences` limits the test set (for quick runs)."""
+    sources, references = load_test_set(corpus_dir, source_lang, target_lang)
+    if sentences is not None:
+        sources, references = sources[:sentences], references[:sentences]
+    model = VaswaniForConditionalGeneration.from_pretrained(model_dir).eval()
+    tokenizer = load_tokenizer(model_dir)
+    decoding = {"num_beams": 4, "length_penalty": 0.6}
+    with tempfile.TemporaryDirectory() as folder:
+        available: dict[str, Engine] = _our_engines(model, tokenizer, batch_size, decoding)
+        if before:
+            available |= {f"{name}_before": _before(engine) for name, engine in list(available.items())}
+        available["marian"] = _marian_engine(model, tokenizer, batch_size, decoding)
+        if any(name.startswith("ctranslate2") for name in engines):
+            available |= _ctranslate2_engines(model, tokenizer, Path(folder), batch_size, decoding)
+        names = [name for name in available if name in engines or (before and name.removesuffix("_before") in engines)]
+        runs = {name: available[name] for name in names}
+        with torch.inference_mode():
+            for engine in runs.values():  # warm-up: first-call allocations, kernel choices
+                engine(sources[:batch_size])
+            seconds: dict[str, list[float]] = {name: [] for name in names}
+            outputs: dict[str, list[str]] = {}
+            for round_index in range(repeats):
+                for name in names if round_index % 2 == 0 else names[::-1]:
+                    started = time.perf_counter()
+                    translations = runs[name](sources)
+                    seconds[name].append(time.perf_counter() - started)
+                    if outputs.setdefault(name, translations) != translations:
+                        raise RuntimeError(f"{name} translated differently in round {round_index}")
+    reference_name = "ctranslate2_float32" if "ctranslate2_float32" in names else names[0]
+    compared = outputs.get("ours_evaluate", outputs[names[0]])
+    results: dict = {
+        "machine": {
+            **_machine(),
+            "native_bfloat16": _cpu_has_native_bfloat16(),
+            "threads": torch.get_num_threads(),
+            "transformers": transformers.__version__,
+            "ctranslate2": _version("ctranslate2"),
+        },
+        "settings": {
+            "model": str(model_dir),
+            "test_set": f"{Path(corpus_dir).name} test_2016_flickr {source_lang}-{target_lang}",
+            "sentences": len(sources),
+            "batch_size": batch_size,
+            "num_beams": decoding["num_beams"],
+            "length_penalty": decoding["length_penalty"],
+            "repeats": repeats,
+            "speed_relative_to": reference_name,
+        },
+        "translate": {},
+    }
+    for name in names:
+        median = statistics.median(seconds[name])
+        ratios = [reference / own for reference, own in zip(seconds[reference_name], seconds[name], strict=True)]
+        results["translate"][name] = {
+            "seconds": round(median, 2),
+            "sentences_per_second": round(len(sources) / median, 1),
+            "bleu": round(evaluation.bleu(outputs[name], references)["score"], 2),
+            "speed_relative_to_ctranslate2_float32": round(statistics.median(ratios), 3),
+            "same_translations_as_ours_evaluate": sum(a == b for a, b in zip(outputs[name], compared, strict=True)),
+            "all_seconds": [round(s, 2) for s in seconds[name]],
+        }
+    return results
+
+
+def _version(package: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
