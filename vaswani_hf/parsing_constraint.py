@@ -146,6 +146,7 @@ class TreeConstraintLogitsProcessor(LogitsProcessor):
         self.vocabulary = vocabulary
         self.prompt_length = prompt_length
         self.word_slots = word_slots
+        self._slot_masks_for = None  # (vocabulary size, device) of the cached word-slot masks
         words = [vocabulary.word_pieces(list(sentence)) for sentence in sentences]
         most_words = max(map(len, words))
         most_pieces = max(len(piece) for sentence in words for piece in sentence)
@@ -200,17 +201,23 @@ class TreeConstraintLogitsProcessor(LogitsProcessor):
         """Per row, the log-sum-exp of the scores of the pieces that could stand where `word` stands: those that
         begin a word (a space, not a bracket or the end) where it begins one, those without a space where it goes on
         one; -inf where the row has no word candidate."""
-        vocabulary, vocab_size = self.vocabulary, scores.shape[1]
-        begins = torch.zeros(vocab_size, dtype=torch.bool, device=scores.device)
-        known = min(vocab_size, self.starts_item.shape[0])
-        begins[:known] = self.starts_item[:known]
-        goes_on = ~begins
-        goes_on[known:] = False  # ids beyond the tokenizer's never occur
-        begins[[vocabulary.open, vocabulary.first_open, vocabulary.close, vocabulary.eos]] = False
-        goes_on[[vocabulary.open, vocabulary.first_open, vocabulary.close, vocabulary.eos]] = False
-        first = begins[word]
-        slot = torch.where(first[:, None], begins[None], goes_on[None])
+        begins, goes_on = self._slot_masks(scores.shape[1], scores.device)
+        slot = torch.where(begins[word][:, None], begins[None], goes_on[None])
         return torch.logsumexp(scores.masked_fill(~slot, -math.inf), dim=1).masked_fill_(unused, -math.inf)
+
+    def _slot_masks(self, vocab_size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(pieces that begin a word, pieces that go on one), built once per vocabulary size and device."""
+        if self._slot_masks_for != (vocab_size, device):
+            vocabulary = self.vocabulary
+            known = min(vocab_size, self.starts_item.shape[0])
+            begins = torch.zeros(vocab_size, dtype=torch.bool, device=device)
+            begins[:known] = self.starts_item[:known]
+            goes_on = ~begins
+            goes_on[known:] = False  # ids beyond the tokenizer's never occur
+            structure = [vocabulary.open, vocabulary.first_open, vocabulary.close, vocabulary.eos]
+            begins[structure] = goes_on[structure] = False
+            self._slot_masks_for, self._slot_masks_cached = (vocab_size, device), (begins, goes_on)
+        return self._slot_masks_cached
 
     def _candidates(self, sentence: torch.Tensor, tokens: torch.Tensor, vocab_size: int) -> torch.Tensor:
         """(rows x candidates) token ids each row may emit, `vocab_size` for none. The state is recomputed from the
