@@ -7,6 +7,8 @@ python scripts/benchmark.py bf16 --trained_model runs/multi30k_en_de_small \
     --curves float32=runs/curve_fp32,bfloat16=runs/curve_bf16  # bfloat16 training, decoding, curves (bf16 CPUs)
 python scripts/benchmark.py translate --trained_model runs/quickstart_en_de   # Multi30k test end to end: ours
                                        # (pipeline, evaluate), Marian, CTranslate2 float32 / int8; beam 4
+python scripts/benchmark.py projection --trained_model runs/quickstart_en_de  # the decoding loops' projection
+                                       # layout by rows, and the test set translated with each layout rule
 nice python scripts/benchmark.py scale --sizes 450000,1500000,4500000  # the data pipeline and first updates at
                                                                        # WMT14 size (a corpus made from Multi30k)
 """
@@ -19,6 +21,7 @@ from pathlib import Path
 
 from .bf16 import bf16_benchmark
 from .harness import data_benchmark, quality_benchmark, scale_benchmark, speed_benchmark, write_tables
+from .projection import ROWS, projection_benchmark
 from .translate import ENGINES, translate_benchmark
 
 DEFAULT_CORPUS = Path(__file__).resolve().parents[2] / "shared" / "data" / "multi30k"
@@ -26,7 +29,7 @@ DEFAULT_CORPUS = Path(__file__).resolve().parents[2] / "shared" / "data" / "mult
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("benchmark", choices=["data", "speed", "quality", "scale", "bf16", "translate"])
+    parser.add_argument("benchmark", choices=["data", "speed", "quality", "scale", "bf16", "translate", "projection"])
     parser.add_argument("--corpus", default=str(DEFAULT_CORPUS), help="folder of Moses-style Multi30k files")
     parser.add_argument("--max_tokens", type=int, help="tokens per batch (default: data 4096, scale 6250)")
     parser.add_argument("--trained_model", help="a trained small En-De model folder (speed: CTranslate2 rows)")
@@ -46,13 +49,15 @@ def main(argv: list[str] | None = None) -> None:
     bf16.add_argument("--speed_sentences", type=int, default=128, help="test sources timed per decoding variant")
     bf16.add_argument("--bleu_sentences", type=int, help="test sentences scored per variant (default: all)")
     bf16.add_argument("--curves", help="LABEL=RUN_DIR,LABEL=RUN_DIR: training runs whose loss curves to plot")
-    translate = parser.add_argument_group("translate")
+    translate = parser.add_argument_group("translate, projection")
     translate.add_argument("--batch_size", type=int, default=64, help="sentences per batch, every engine")
     translate.add_argument("--sentences", type=int, help="translate only the first N test sentences (quick runs)")
     translate.add_argument("--engines", default=",".join(ENGINES), help=f"comma-separated, among {', '.join(ENGINES)}")
     translate.add_argument(
         "--no_before", action="store_true", help="leave out ours as it decoded before issue 22 (ours_*_before)"
     )
+    projection = parser.add_argument_group("projection")
+    projection.add_argument("--rows", default=",".join(map(str, ROWS)), help="row counts, comma-separated")
     args = parser.parse_args(argv)
     if args.benchmark == "data":
         results = {"data": data_benchmark(args.corpus, max_tokens=args.max_tokens or 4096)}
@@ -83,6 +88,15 @@ def main(argv: list[str] | None = None) -> None:
             sentences=args.sentences,
             before=not args.no_before,
             engines=engines,
+        )
+    elif args.benchmark == "projection":
+        results = projection_benchmark(
+            args.trained_model,
+            args.corpus,
+            rows=tuple(int(count) for count in args.rows.split(",")),
+            repeats=args.repeats,
+            batch_size=args.batch_size,
+            sentences=args.sentences,
         )
     elif args.benchmark == "scale":
         results = scale_benchmark(

@@ -8,7 +8,7 @@ import pytest
 import torch
 from helpers import tiny_config
 
-from benchmarks import bf16, harness
+from benchmarks import bf16, harness, projection
 from benchmarks.cli import main
 from benchmarks.harness import (
     PeakMemory,
@@ -154,3 +154,26 @@ def test_the_translate_subcommand_writes_its_tables(tiny_translator, multi30k_di
     assert "| ours_evaluate |" in (tmp_path / "out" / "translate.md").read_text()
     with pytest.raises(SystemExit):
         main(["translate", "--trained_model", str(tmp_path / "model"), "--engines", "ours,fast"])
+
+
+def test_the_projection_benchmark_times_both_layouts_by_rows_and_translates_with_each_rule(
+    tiny_translator_folder, multi30k_dir, tmp_path
+):
+    arguments = ["projection", "--trained_model", str(tiny_translator_folder), "--corpus", str(multi30k_dir)]
+    arguments += ["--rows", "2,32,128", "--sentences", "5", "--batch_size", "3", "--repeats", "1"]
+    main([*arguments, "--output_dir", str(tmp_path)])
+    written = json.loads((tmp_path / "projection.json").read_text())
+    vocabulary, width = VaswaniForConditionalGeneration.from_pretrained(tiny_translator_folder).lm_head.weight.shape
+    for section in ("products_base_preset_37000x512", f"products_trained_model_{vocabulary}x{width}"):
+        rows = written[section]
+        assert list(rows) == ["2 rows", "32 rows", "128 rows"]
+        assert rows["2 rows"]["rule_takes"] == "plain" and rows["32 rows"]["rule_takes"] == "transposed"
+        assert rows["128 rows"]["rule_takes"] == "plain"
+        assert all(row["microseconds_plain"] > 0 < row["microseconds_transposed_with_copy"] for row in rows.values())
+    translated = written["translate"]
+    assert set(translated) == set(projection.LAYOUTS)
+    for row in translated.values():  # the layouts change the sums' rounding only: the same translations here
+        assert row["sentences"] == 5 and row["same_translations_as_rule"] == 5 and row["seconds"] > 0
+    assert translated["always_transposed"]["speed_relative_to_always_transposed"] == 1.0
+    assert written["machine"]["threads"] == torch.get_num_threads()
+    assert "| 32 rows |" in (tmp_path / "projection.md").read_text()

@@ -2,6 +2,7 @@
 transformers' own results while doing less work."""
 
 import copy
+import math
 import sys
 from unittest import mock
 
@@ -257,13 +258,16 @@ def test_the_preallocated_cache_appends_and_reorders_without_new_buffers():
     assert layer.get_seq_length() == 2
 
 
-@pytest.mark.parametrize("rows", [3, 32, 128])
-def test_the_reused_transposed_score_buffers_give_the_output_projections_logits(rows):
-    # The decoding loops compute weight x hidden^T into reused buffers; the plain path is lm_head(hidden).
+@pytest.mark.parametrize(("rows", "transposed"), [(3, False), (32, True), (128, False)])
+def test_the_reused_score_buffers_give_the_output_projections_logits(rows, transposed):
+    # The decoding loops compute the scores into reused buffers, for 5-63 rows on a CPU as weight x hidden^T and a
+    # transposing copy; the plain path is lm_head(hidden).
     model = tiny_model(seed=2, vocab_size=3000)
     generator = torch.Generator().manual_seed(rows)
     encoder_hidden_states = torch.randn(rows, 5, model.config.d_model, generator=generator)
     buffers = _score_buffers(model, rows, torch.device("cpu"))
+    if buffers[1] is not None:
+        buffers[1].fill_(math.nan)  # stays NaN unless the transposed product is written into it
     with torch.no_grad():  # as in generate
         for step_ids in torch.randint(4, 3000, (2, rows, 1), generator=generator):  # two steps through one buffer pair
             expected, scores = (
@@ -279,6 +283,7 @@ def test_the_reused_transposed_score_buffers_give_the_output_projections_logits(
             )
             assert scores.data_ptr() == buffers[0].data_ptr()
             torch.testing.assert_close(scores, expected, rtol=1e-4, atol=1e-5)
+    assert (buffers[1] is not None and not buffers[1].isnan().any()) == transposed
 
 
 @pytest.mark.parametrize("num_beams", [1, 4])

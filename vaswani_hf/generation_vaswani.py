@@ -10,9 +10,8 @@ These loops skip it and change no result (tests compare them token for token wit
   search reorders them between two such buffers: on a CPU, allocating fresh multi-megabyte tensors every step
   (concatenation, then the reorder) costs more than the copies themselves;
 - the decoder runs on the new token only and the output projection on its position, into reused score buffers,
-  with no per-step bookkeeping of model arguments; on a CPU the projection is computed as weight x hidden^T
-  (vocabulary x rows), which MKL runs faster than hidden x weight^T for few rows (measured: ~30% at 32 rows, ~15% at
-  128, the transposing copy included), with equal results.
+  with no per-step bookkeeping of model arguments; on a CPU, for 5-63 rows, the projection is computed as weight x
+  hidden^T (vocabulary x rows), which MKL runs faster than hidden x weight^T there (`TRANSPOSED_PROJECTION_ROWS`).
 Which beams survive, the length penalty, early stopping and the finished hypotheses are decided by transformers' own
 beam-search helpers, so the search itself is theirs. Anything else (sampling, returned scores or attentions, static
 caches, several devices, streamers) runs through `GenerationMixin` unchanged.
@@ -276,6 +275,12 @@ def _call_is_supported(generation_config: GenerationConfig, model_kwargs: dict, 
     )
 
 
+# On a CPU, MKL runs the output projection of 5-63 rows faster as weight x hidden^T plus a transposing copy than as
+# hidden x weight^T (up to 1.8x at 16 rows of the base preset), and slower for fewer or more rows (up to 3x at 2 rows,
+# 1.6x at 128 rows of the small preset): docs/benchmarks/projection.md. Both give the same sums up to rounding.
+TRANSPOSED_PROJECTION_ROWS = range(5, 64)
+
+
 def _next_token_scores(
     model: nn.Module,
     decoder_input_ids: torch.LongTensor,
@@ -296,7 +301,7 @@ def _next_token_scores(
     if out is None:
         return model.lm_head(hidden_states).float()
     scores, transposed_scores = out
-    if transposed_scores is None:
+    if transposed_scores is None or hidden_states.shape[0] not in TRANSPOSED_PROJECTION_ROWS:
         return torch.mm(hidden_states, model.lm_head.weight.t(), out=scores)
     torch.mm(model.lm_head.weight, hidden_states.t(), out=transposed_scores)
     return scores.copy_(transposed_scores.t())
@@ -307,16 +312,19 @@ def _score_buffers(
 ) -> tuple[torch.Tensor, torch.Tensor | None] | None:
     """A score matrix (rows x vocabulary) and, on a CPU, its transposed twin for the projection's product, reused
     every step, when the output projection is a plain float32 one (not quantized, say): on a CPU a fresh score matrix
-    every step costs as much as the softmax over it, and copying the transposed product costs less than it saves.
-    Elsewhere the product goes straight into the score matrix: the layout was chosen for MKL, and on a GPU the copy
-    is one more pass over the scores (benchmarks/gpu_check.py times both there)."""
+    every step costs as much as the softmax over it, and for `TRANSPOSED_PROJECTION_ROWS` copying the transposed
+    product costs less than it saves. Elsewhere the product goes straight into the score matrix: the layout was
+    chosen for MKL, and on a GPU the copy is one more pass over the scores (benchmarks/gpu_check.py times both)."""
     projection = model.lm_head
     if type(projection) is not nn.Linear or projection.bias is not None or projection.weight.dtype != torch.float32:
         return None
     if torch.is_autocast_enabled(device.type):  # lm_head runs in autocast's dtype there; an out= product would not
         return None
     vocabulary = projection.out_features
-    transposed = torch.empty(vocabulary, rows, device=device) if device.type == "cpu" else None
+    transposed_rows = TRANSPOSED_PROJECTION_ROWS
+    if device.type != "cpu" or not transposed_rows or rows < transposed_rows.start:  # batches only lose rows
+        return torch.empty(rows, vocabulary, device=device), None
+    transposed = torch.empty(vocabulary, min(rows, transposed_rows.stop - 1), device=device)
     return torch.empty(rows, vocabulary, device=device), transposed
 
 
@@ -327,7 +335,7 @@ def _score_buffers_of_rows(
     if buffers is None or buffers[0].shape[0] == rows:
         return buffers
     scores, transposed = buffers
-    if transposed is not None:
+    if transposed is not None and rows <= transposed.shape[1]:  # otherwise unused (`TRANSPOSED_PROJECTION_ROWS`)
         transposed = transposed.view(-1)[: transposed.shape[0] * rows].view(transposed.shape[0], rows)
     return scores[:rows], transposed
 
