@@ -8,6 +8,7 @@ python scripts/benchmark.py translate --trained_model runs/quickstart_en_de   # 
 nice python scripts/benchmark.py scale --sizes 450000,1500000,4500000  # the data pipeline and first updates at
                                                                        # WMT14 size (a corpus made from Multi30k)
 """
+
 import sys
 from pathlib import Path
 

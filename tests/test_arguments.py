@@ -37,19 +37,32 @@ def test_a_checkpoint_limit_below_the_averaging_or_negative_is_refused():
 @pytest.mark.parametrize(
     ("setting", "message"),
     [
-        ({"metric_for_best_model": None}, "average_checkpoints 'best' rank the evaluations by metric_for_best_model, "
-         "which is not set: set metric_for_best_model"),
+        (
+            {"metric_for_best_model": None},
+            "average_checkpoints 'best' rank the evaluations by metric_for_best_model, "
+            "which is not set: set metric_for_best_model",
+        ),
         ({"eval_strategy": "no"}, "but eval_strategy is 'no'"),
-        ({"save_steps": 300}, "save_strategy 'steps' with save_steps 300 saves checkpoints where eval_strategy "
-         "'steps' with eval_steps 200 does not evaluate"),
-        ({"save_strategy": "epoch"}, "save_strategy 'epoch' with save_steps 400 saves checkpoints where "
-         "eval_strategy 'steps'"),
+        (
+            {"save_steps": 300},
+            "save_strategy 'steps' with save_steps 300 saves checkpoints where eval_strategy "
+            "'steps' with eval_steps 200 does not evaluate",
+        ),
+        (
+            {"save_strategy": "epoch"},
+            "save_strategy 'epoch' with save_steps 400 saves checkpoints where eval_strategy 'steps'",
+        ),
         ({"eval_steps": 0.1, "save_steps": 0.2}, "with eval_steps 0.1 does not evaluate"),
         ({"checkpoints_to_average": 0}, "checkpoints_to_average must be 1 or more, got 0"),
-        ({"average_last_checkpoints": 3}, "average_last_checkpoints 3 (the earlier spelling of average_checkpoints "
-         "'last' with checkpoints_to_average 3) contradicts average_checkpoints 'best' with checkpoints_to_average 5"),
-        ({"average_checkpoints": "last", "metric_for_best_model": None, "early_stopping_patience": 2},
-         "early_stopping_patience 2 rank the evaluations by metric_for_best_model, which is not set"),
+        (
+            {"average_last_checkpoints": 3},
+            "average_last_checkpoints 3 (the earlier spelling of average_checkpoints 'last' with "
+            "checkpoints_to_average 3) contradicts average_checkpoints 'best' with checkpoints_to_average 5",
+        ),
+        (
+            {"average_checkpoints": "last", "metric_for_best_model": None, "early_stopping_patience": 2},
+            "early_stopping_patience 2 rank the evaluations by metric_for_best_model, which is not set",
+        ),
         ({"early_stopping_patience": 0}, "early_stopping_patience must be 1 or more evaluations"),
     ],
 )

@@ -1,6 +1,5 @@
 """corpus.py: the loader of the format a recipe names; a treebank is read only when asked for."""
 
-
 import pytest
 
 from vaswani_hf.corpus import load_corpus

@@ -63,9 +63,7 @@ def load_from_the_hub(endpoint: str, loads: list[tuple], tmp_path) -> list[dict]
     return json.loads(results.read_text())
 
 
-def test_multi30k_served_as_the_hubs_flat_rows_loads_through_load_dataset_as_translation_pairs(
-    multi30k_dir, tmp_path
-):
+def test_multi30k_served_as_the_hubs_flat_rows_loads_through_load_dataset_as_translation_pairs(multi30k_dir, tmp_path):
     """tests/hub_server.py's serving mode gives the whole of Multi30k as bentrevett/multi30k (rows {"en", "de"});
     the real load_dataset reads it from there, and load_parallel_corpus turns the flat language columns into the
     translation column, pair for pair the local files; a language the dataset lacks is named with its columns."""

@@ -107,7 +107,6 @@ class SourceLengthLimitLogitsProcessor(LogitsProcessor):
         return SourceLengthLimitLogitsProcessor(self.max_target_lengths[rows], self.eos_token_id)
 
 
-
 def check_generate_inputs(input_ids: torch.Tensor | None, *num_beams: int | None) -> None:
     """Refuse what `generate` would fail on deep inside with an unnamed error: a beam count below 1 (a division by
     zero, or a negative size) and a batch of no sources or of sources with no tokens (a reshape error)."""
@@ -118,7 +117,6 @@ def check_generate_inputs(input_ids: torch.Tensor | None, *num_beams: int | None
         raise ValueError(
             f"input_ids has shape {tuple(input_ids.shape)}: generate needs at least one source of at least one token"
         )
-
 
 
 class SuppressEndOfSentenceLogitsProcessor(LogitsProcessor):

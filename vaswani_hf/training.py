@@ -106,9 +106,7 @@ MAX_PAIRS_TO_LEARN_BPE_IN_MULTI_PROCESS_RUN = 1_000_000
 
 def train_tokenizer_command(data_args: DataArguments, folder: str | os.PathLike) -> str:
     """The vaswani-train-tokenizer command line that learns the recipe's BPE into `folder`."""
-    command = [
-        "vaswani-train-tokenizer", data_args.dataset, data_args.source_lang, data_args.target_lang, str(folder)
-    ]
+    command = ["vaswani-train-tokenizer", data_args.dataset, data_args.source_lang, data_args.target_lang, str(folder)]
     if data_args.dataset_format != "translation":
         command += ["--dataset_format", data_args.dataset_format]
     if data_args.dataset_config:

@@ -14,8 +14,9 @@ from vaswani_hf.training import save_learned_tokenizer
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
-        "corpus", help="folder of {split}.{lang}[.gz] files, a TSV/JSONL file, a Hub dataset name, or (--dataset_format"
-        " treebank) a zip or folder of Penn Treebank .mrg files"
+        "corpus",
+        help="folder of {split}.{lang}[.gz] files, a TSV/JSONL file, a Hub dataset name, or (--dataset_format"
+        " treebank) a zip or folder of Penn Treebank .mrg files",
     )
     parser.add_argument("source_lang")
     parser.add_argument("target_lang")
