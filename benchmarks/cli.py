@@ -9,6 +9,7 @@ python scripts/benchmark.py translate --trained_model runs/quickstart_en_de   # 
                                        # (pipeline, evaluate), Marian, CTranslate2 float32 / int8; beam 4
 python scripts/benchmark.py projection --trained_model runs/quickstart_en_de  # the decoding loops' projection
                                        # layout by rows, and the test set translated with each layout rule
+python scripts/benchmark.py profile    # where the base training step and beam 4 spend their time
 nice python scripts/benchmark.py scale --sizes 450000,1500000,4500000  # the data pipeline and first updates at
                                                                        # WMT14 size (a corpus made from Multi30k)
 """
@@ -21,6 +22,7 @@ from pathlib import Path
 
 from .bf16 import bf16_benchmark
 from .harness import data_benchmark, quality_benchmark, scale_benchmark, speed_benchmark, write_tables
+from .profile import profile_benchmark
 from .projection import ROWS, projection_benchmark
 from .translate import ENGINES, translate_benchmark
 
@@ -29,7 +31,9 @@ DEFAULT_CORPUS = Path(__file__).resolve().parents[2] / "shared" / "data" / "mult
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("benchmark", choices=["data", "speed", "quality", "scale", "bf16", "translate", "projection"])
+    parser.add_argument(
+        "benchmark", choices=["data", "speed", "quality", "scale", "bf16", "translate", "projection", "profile"]
+    )
     parser.add_argument("--corpus", default=str(DEFAULT_CORPUS), help="folder of Moses-style Multi30k files")
     parser.add_argument("--max_tokens", type=int, help="tokens per batch (default: data 4096, scale 6250)")
     parser.add_argument("--trained_model", help="a trained small En-De model folder (speed: CTranslate2 rows)")
@@ -40,9 +44,9 @@ def main(argv: list[str] | None = None) -> None:
     scale.add_argument("--num_proc", type=int, default=2, help="datasets.map processes for preprocessing")
     scale.add_argument("--training_steps", type=int, default=20, help="updates at the largest size (0: none)")
     scale.add_argument("--processes", type=int, default=1, help="training processes (2: torchrun, gloo)")
-    scale.add_argument("--preset", default="base")
+    scale.add_argument("--preset", default="base", help="also profile's")
     scale.add_argument("--config_overrides", help="VaswaniConfig field=value pairs for the training run")
-    scale.add_argument("--vocab_size", type=int, default=37000)
+    scale.add_argument("--vocab_size", type=int, default=37000, help="also profile's")
     scale.add_argument("--work_dir", help="where the temporary corpus goes (default: the system's temporary folder)")
     bf16 = parser.add_argument_group("bf16")
     bf16.add_argument("--presets", default="base,small", help="presets of the training step under autocast")
@@ -98,6 +102,8 @@ def main(argv: list[str] | None = None) -> None:
             batch_size=args.batch_size,
             sentences=args.sentences,
         )
+    elif args.benchmark == "profile":
+        results = profile_benchmark(args.preset, args.vocab_size, repeats=args.repeats)
     elif args.benchmark == "scale":
         results = scale_benchmark(
             args.corpus,
