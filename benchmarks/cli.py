@@ -94,10 +94,13 @@ def main(argv: list[str] | None = None) -> None:
             engines=engines,
         )
     elif args.benchmark == "projection":
+        rows = args.rows.split(",")
+        if not all(count.isdigit() and int(count) > 0 for count in rows):
+            parser.error(f"--rows takes positive whole numbers separated by commas, got {args.rows!r}")
         results = projection_benchmark(
             args.trained_model,
             args.corpus,
-            rows=tuple(int(count) for count in args.rows.split(",")),
+            rows=tuple(int(count) for count in rows),
             repeats=args.repeats,
             batch_size=args.batch_size,
             sentences=args.sentences,

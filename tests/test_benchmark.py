@@ -177,6 +177,8 @@ def test_the_projection_benchmark_times_both_layouts_by_rows_and_translates_with
     assert translated["always_transposed"]["speed_relative_to_always_transposed"] == 1.0
     assert written["machine"]["threads"] == torch.get_num_threads()
     assert "| 32 rows |" in (tmp_path / "projection.md").read_text()
+    with pytest.raises(SystemExit):
+        main(["projection", "--rows", "32,x"])
 
 
 def test_the_profiles_give_operator_shares_and_the_training_steps_utilisation():
