@@ -22,7 +22,7 @@ from pathlib import Path
 
 from .bf16 import bf16_benchmark
 from .harness import data_benchmark, quality_benchmark, scale_benchmark, speed_benchmark, write_tables
-from .profile import profile_benchmark
+from .operator_profile import profile_benchmark
 from .projection import ROWS, projection_benchmark
 from .translate import ENGINES, translate_benchmark
 
