@@ -8,12 +8,10 @@ and measures nothing (`python scripts/benchmark.py bf16`; figures in docs/benchm
 import copy
 import json
 import os
-import platform
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
-import transformers
 
 from vaswani_hf.configuration_vaswani import VaswaniConfig
 from vaswani_hf.data import MULTI30K_SPLITS, load_parallel_corpus
@@ -21,29 +19,12 @@ from vaswani_hf.evaluation import bleu, translate
 from vaswani_hf.modeling_vaswani import VaswaniForConditionalGeneration
 from vaswani_hf.tokenization import load_tokenizer
 
-from .harness import _cpu_has_native_bfloat16, matmul_peak_flops, side_by_side, training_benchmark
+from .harness import machine, matmul_peak_flops, side_by_side, training_benchmark
 
 NO_BF16_UNITS = (
     "this CPU has no bfloat16 units (neither avx512_bf16 nor amx_bf16 in /proc/cpuinfo): PyTorch emulates bfloat16, "
     "so the bfloat16 rows are skipped; run on a CPU that has them"
 )
-
-
-def machine() -> dict:
-    """The CPU model, its bfloat16 units, threads, and the torch / transformers versions."""
-    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")), "")
-    flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), [])
-    return {
-        "cpu": model or platform.processor(),
-        "bfloat16_units": sorted(flag for flag in flags if flag in ("avx512_bf16", "amx_bf16", "amx_tile")),
-        "native_bfloat16": _cpu_has_native_bfloat16(),
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "niceness": os.nice(0),
-        "load_average_1_5_15_min_at_start": [round(load, 2) for load in os.getloadavg()],
-    }
 
 
 def training_bf16_benchmark(

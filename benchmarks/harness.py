@@ -6,6 +6,7 @@ import gc
 import json
 import math
 import os
+import platform
 import random
 import shutil
 import statistics
@@ -16,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+import transformers
 from transformers import GenerationConfig, PreTrainedTokenizerBase
 from transformers.trainer_pt_utils import LabelSmoother
 
@@ -226,6 +228,42 @@ def _random_batch(config, batch_size: int, source_length: int, target_length: in
     }
 
 
+def training_step(
+    model: torch.nn.Module, loss: Callable[[], torch.Tensor], autocast_dtype: torch.dtype | None = None
+) -> Callable[[], None]:
+    """One training step of `model` (in training mode): `loss` under autocast when `autocast_dtype` is given, backward,
+    and a step of fused AdamW, the Trainer's default optimizer (adamw_torch_fused), with the paper's betas and eps."""
+    model.train()
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=1e-4, betas=(0.9, 0.98), eps=1e-9, weight_decay=0.0, fused=True
+    )
+
+    def run() -> None:
+        with torch.autocast("cpu", dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
+            value = loss()
+        value.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return run
+
+
+def synthetic_generation_config(config, num_beams: int, new_tokens: int) -> GenerationConfig:
+    """Decoding that produces exactly `new_tokens` tokens per output (end of sentence suppressed until then), so
+    every engine does the same work; beams with the paper's length penalty (Sec. 6.1)."""
+    beam_settings = {"length_penalty": 0.6, "early_stopping": True} if num_beams > 1 else {}
+    return GenerationConfig(
+        num_beams=num_beams,
+        do_sample=False,
+        min_new_tokens=new_tokens,
+        max_new_tokens=new_tokens,
+        decoder_start_token_id=config.decoder_start_token_id,
+        pad_token_id=config.pad_token_id,
+        eos_token_id=config.eos_token_id,
+        **beam_settings,
+    )
+
+
 def training_benchmark(
     config,
     batch_size: int = 128,
@@ -247,10 +285,6 @@ def training_benchmark(
         unfused.lm_head.register_forward_hook(lambda module, inputs, output: None)
         models = {"ours": ours, "ours_unfused_loss": unfused, "marian": marian}
     batch = _random_batch(config, batch_size, source_length, target_length)
-    optimizers = {  # fused: the Trainer's default optimizer, adamw_torch_fused
-        name: torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.98), eps=1e-9, weight_decay=0.0, fused=True)
-        for name, model in models.items()
-    }
 
     smoother = LabelSmoother(epsilon=label_smoothing)
     unlabelled = {key: value for key, value in batch.items() if key != "labels"}
@@ -262,19 +296,9 @@ def training_benchmark(
         "marian": lambda: smoother(models["marian"](**unlabelled), batch["labels"]),
     }
 
-    def step(name: str) -> Callable[[], None]:
-        def run() -> None:
-            with torch.autocast("cpu", dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
-                loss = losses[name]()
-            loss.backward()
-            optimizers[name].step()
-            optimizers[name].zero_grad(set_to_none=True)
-
-        return run
-
-    for model in models.values():
-        model.train()
-    timings = side_by_side({name: step(name) for name in models}, repeats)
+    timings = side_by_side(
+        {name: training_step(model, losses[name], autocast_dtype) for name, model in models.items()}, repeats
+    )
     flops = training_step_flops(config, batch_size, source_length, target_length)
     peak = matmul_peak_flops(autocast_dtype or torch.float32)
     tokens = batch_size * target_length
@@ -311,17 +335,7 @@ def translation_benchmark(
     outputs: dict[str, torch.Tensor] = {}
     batch = _random_batch(model.config, batch_size, source_length, 1)
     inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
-    beam_settings = {"length_penalty": 0.6, "early_stopping": True} if num_beams > 1 else {}
-    generation = GenerationConfig(
-        num_beams=num_beams,
-        do_sample=False,
-        min_new_tokens=new_tokens,
-        max_new_tokens=new_tokens,
-        decoder_start_token_id=model.config.decoder_start_token_id,
-        pad_token_id=model.config.pad_token_id,
-        eos_token_id=model.config.eos_token_id,
-        **beam_settings,
-    )
+    generation = synthetic_generation_config(model.config, num_beams, new_tokens)
 
     def generate_with(name: str, engine: torch.nn.Module) -> Callable[[], int]:
         def run() -> int:
@@ -437,9 +451,7 @@ def speed_benchmark(trained_model_dir: str | os.PathLike | None = None, repeats:
     """Ours against MarianMTModel with the same weights: training steps at the base preset (37,000 vocabulary) and
     the small preset, translation at the base preset and, given a trained small model, with CTranslate2 beside."""
     bf16 = _cpu_has_native_bfloat16()
-    results: dict = {
-        "machine": {"threads": torch.get_num_threads(), "native_bfloat16": bf16, "torch": torch.__version__},
-    }
+    results: dict = {"machine": machine()}
     if not bf16:
         results["machine"]["bfloat16_rows"] = "skipped: no bfloat16 units on this CPU (avx512_bf16 / amx_bf16)"
     for preset in ("small", "base"):
@@ -665,7 +677,7 @@ def scale_benchmark(
     size's entry names its number of pairs (`pairs`); `slopes` are the log-log exponents of each cost in pairs."""
     sizes = sorted(sizes)
     results: dict = {
-        "machine": _machine(),
+        "machine": machine(),
         "settings": {
             "vocab_size": vocab_size,
             "num_proc": num_proc,
@@ -763,17 +775,21 @@ def scale_notes(results: dict) -> dict:
     }
 
 
-def _machine() -> dict:
-    """The CPU, its cores and matrix units, memory, torch, and the load and niceness this ran under."""
+def machine() -> dict:
+    """The CPU, its cores and bfloat16 units, memory, threads, the torch / transformers versions, and the load and
+    niceness this ran under: the header of every benchmark file."""
     cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")), "")
     flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), [])
     return {
-        "cpu": model,
+        "cpu": model or platform.processor(),
         "cores": os.cpu_count(),
-        "amx": sorted(flag for flag in flags if flag.startswith("amx")),
+        "bfloat16_units": sorted(flag for flag in flags if flag in ("avx512_bf16", "amx_bf16", "amx_tile")),
+        "native_bfloat16": _cpu_has_native_bfloat16(),
+        "threads": torch.get_num_threads(),
         "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
         "torch": torch.__version__,
+        "transformers": transformers.__version__,
         "niceness": os.nice(0),
         "load_average_1_5_15_min_at_start": [round(load, 2) for load in os.getloadavg()],
     }

@@ -3,16 +3,22 @@ FLOP utilisation against the matrix-multiply peak measured in the same process) 
 batch (32 sources of 30 tokens, exactly 30 new tokens). torch.profiler, self CPU time per operator, as shares.
 """
 
-import time
 from collections.abc import Callable
 
 import torch
 from torch.profiler import ProfilerActivity, profile
-from transformers import GenerationConfig
 
 from vaswani_hf import VaswaniConfig, VaswaniForConditionalGeneration
 
-from .harness import _machine, _random_batch, matmul_peak_flops, training_step_flops
+from .harness import (
+    _random_batch,
+    machine,
+    matmul_peak_flops,
+    side_by_side,
+    synthetic_generation_config,
+    training_step,
+    training_step_flops,
+)
 
 
 def operator_shares(run: Callable[[], None], top: int = 12) -> dict[str, float]:
@@ -27,31 +33,17 @@ def operator_shares(run: Callable[[], None], top: int = 12) -> dict[str, float]:
     return {f"share of {event.key}": round(event.self_cpu_time_total / total, 4) for event in events[:top]}
 
 
-def _best_seconds(run: Callable[[], None], repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        started = time.perf_counter()
-        run()
-        best = min(best, time.perf_counter() - started)
-    return best
+def _median_seconds(run: Callable[[], None], repeats: int) -> float:
+    return side_by_side({"run": run}, repeats)["run"]["median_seconds"]
 
 
 def training_step_profile(config: VaswaniConfig, batch_size: int = 128, length: int = 32, repeats: int = 3) -> dict:
     """Ours' training step as `speed` times it (label smoothing 0.1 in the fused loss, fused AdamW)."""
     torch.manual_seed(0)
-    model = VaswaniForConditionalGeneration(config).train()
+    model = VaswaniForConditionalGeneration(config)
     batch = _random_batch(config, batch_size, length, length)
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=1e-4, betas=(0.9, 0.98), eps=1e-9, weight_decay=0.0, fused=True
-    )
-
-    def step() -> None:
-        model(**batch, label_smoothing=0.1).loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    step()
-    seconds = _best_seconds(step, repeats)
+    step = training_step(model, lambda: model(**batch, label_smoothing=0.1).loss)
+    seconds = _median_seconds(step, repeats)
     peak = matmul_peak_flops()
     return {
         "step_seconds": round(seconds, 3),
@@ -66,16 +58,7 @@ def beam_search_profile(config: VaswaniConfig, batch_size: int = 32, length: int
     torch.manual_seed(0)
     model = VaswaniForConditionalGeneration(config).eval()
     batch = _random_batch(config, batch_size, length, 1)
-    generation = GenerationConfig(
-        num_beams=4,
-        length_penalty=0.6,
-        early_stopping=True,
-        min_new_tokens=length,
-        max_new_tokens=length,
-        decoder_start_token_id=config.decoder_start_token_id,
-        pad_token_id=config.pad_token_id,
-        eos_token_id=config.eos_token_id,
-    )
+    generation = synthetic_generation_config(config, num_beams=4, new_tokens=length)
 
     def run() -> None:
         with torch.inference_mode():
@@ -83,14 +66,13 @@ def beam_search_profile(config: VaswaniConfig, batch_size: int = 32, length: int
                 input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], generation_config=generation
             )
 
-    run()
-    return {"seconds": round(_best_seconds(run, repeats), 3), **operator_shares(run)}
+    return {"seconds": round(_median_seconds(run, repeats), 3), **operator_shares(run)}
 
 
 def profile_benchmark(preset: str = "base", vocab_size: int = 37000, repeats: int = 3) -> dict:
     config = VaswaniConfig.from_preset(preset, vocab_size=vocab_size)
     return {
-        "machine": {**_machine(), "threads": torch.get_num_threads()},
+        "machine": machine(),
         f"training_step_{preset}_float32": training_step_profile(config, repeats=repeats),
         f"beam4_{preset}_float32": beam_search_profile(config, repeats=repeats),
     }

@@ -11,7 +11,6 @@ from pathlib import Path
 from unittest import mock
 
 import torch
-import transformers
 
 import vaswani_hf.evaluation as evaluation
 import vaswani_hf.generation_vaswani as generation
@@ -19,7 +18,7 @@ from vaswani_hf.modeling_vaswani import VaswaniForConditionalGeneration
 from vaswani_hf.tokenization import load_tokenizer
 
 from .device_speed import alternating, projection_case, ratio
-from .harness import _cpu_has_native_bfloat16, _machine
+from .harness import machine
 from .translate import load_test_set
 
 # Which row counts take the transposed product: the loops' rule, the layout before it (every row count), none.
@@ -42,12 +41,7 @@ def projection_benchmark(
     """Products of each row count each way, then (with `model_dir`) the test set translated with each layout."""
     cpu = torch.device("cpu")
     results: dict = {
-        "machine": {
-            **_machine(),
-            "native_bfloat16": _cpu_has_native_bfloat16(),
-            "threads": torch.get_num_threads(),
-            "transformers": transformers.__version__,
-        },
+        "machine": machine(),
         "settings": {"rule": f"transposed for {LAYOUTS['rule'].start}-{LAYOUTS['rule'].stop - 1} rows"},
     }
     shapes = {"base_preset": (37000, 512)}

@@ -22,7 +22,6 @@ from pathlib import Path
 from unittest import mock
 
 import torch
-import transformers
 from transformers import LogitsProcessorList, pipeline
 
 import vaswani_hf.evaluation as evaluation
@@ -34,7 +33,7 @@ from vaswani_hf.modeling_vaswani import VaswaniForConditionalGeneration
 from vaswani_hf.pipeline_vaswani import TranslationPipeline
 from vaswani_hf.tokenization import load_tokenizer
 
-from .harness import _cpu_has_native_bfloat16, _machine
+from .harness import machine
 
 Engine = Callable[[list[str]], list[str]]
 ENGINES = ("ours_pipeline", "ours_evaluate", "marian", "ctranslate2_float32", "ctranslate2_int8")
@@ -176,10 +175,7 @@ def translate_benchmark(
     compared = outputs.get("ours_evaluate", outputs[names[0]])
     results: dict = {
         "machine": {
-            **_machine(),
-            "native_bfloat16": _cpu_has_native_bfloat16(),
-            "threads": torch.get_num_threads(),
-            "transformers": transformers.__version__,
+            **machine(),
             "ctranslate2": _version("ctranslate2"),
         },
         "settings": {

@@ -79,7 +79,6 @@ def test_translation_benchmark_gives_marians_tokens_with_exact_lengths():
 
 
 def test_without_bf16_units_the_benchmarks_say_so_and_skip_the_bf16_rows(monkeypatch):
-    monkeypatch.setattr(bf16, "_cpu_has_native_bfloat16", lambda: False)
     monkeypatch.setattr(harness, "_cpu_has_native_bfloat16", lambda: False)
     measured = []
     monkeypatch.setattr(bf16, "training_bf16_benchmark", lambda *args, **kwargs: measured.append(args))
