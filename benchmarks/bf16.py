@@ -115,35 +115,50 @@ def run_log_history(run_dir: str | os.PathLike) -> list[dict]:
     return json.loads(state.read_text())["log_history"]
 
 
+def _up_to(history: list[dict], key: str, last_step: int) -> dict[int, float]:
+    return {entry["step"]: entry[key] for entry in history if key in entry and entry["step"] <= last_step}
+
+
 def training_curves(runs: dict[str, str | os.PathLike], figure: str | os.PathLike) -> dict:
-    """The training loss of each run (label -> run folder) up to the updates they all reached, in one figure."""
-    losses = {
-        label: {entry["step"]: entry["loss"] for entry in run_log_history(run) if "loss" in entry}
-        for label, run in runs.items()
-    }
-    common = min(max(curve) for curve in losses.values())
-    losses = {label: {step: loss for step, loss in curve.items() if step <= common} for label, curve in losses.items()}
+    """The training loss and validation BLEU of each run (label -> run folder) up to the updates they all reached, in
+    one figure, and the test BLEU of each run's final model where its metrics.json has one."""
+    histories = {label: run_log_history(run) for label, run in runs.items()}
+    common = min(max(entry["step"] for entry in history if "loss" in entry) for history in histories.values())
+    losses = {label: _up_to(history, "loss", common) for label, history in histories.items()}
+    validation = {label: _up_to(history, "eval_bleu", common) for label, history in histories.items()}
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import pyplot
 
-    fig, axis = pyplot.subplots(figsize=(6, 4))
-    for label, curve in losses.items():
-        axis.plot(list(curve), list(curve.values()), label=label)
-    axis.set_xlabel("update")
-    axis.set_ylabel("training loss (label-smoothed)")
-    axis.set_title("Multi30k En-De, small preset: bfloat16 autocast vs float32")
-    axis.legend()
+    fig, (loss_axis, bleu_axis) = pyplot.subplots(1, 2, figsize=(10, 4))
+    for label in runs:
+        loss_axis.plot(list(losses[label]), list(losses[label].values()), label=label)
+        bleu_axis.plot(list(validation[label]), list(validation[label].values()), marker=".", label=label)
+    loss_axis.set_ylabel("training loss (label-smoothed)")
+    bleu_axis.set_ylabel("validation BLEU (beam 4)")
+    for axis in (loss_axis, bleu_axis):
+        axis.set_xlabel("update")
+        axis.legend()
+    fig.suptitle("Multi30k En-De, small preset: bfloat16 autocast vs float32")
     fig.tight_layout()
     fig.savefig(figure, dpi=120)
     pyplot.close(fig)
-    return {
-        "updates_compared": common,
-        "figure": str(figure),
-        **{f"loss_{label}": {str(step): loss for step, loss in curve.items()} for label, curve in losses.items()},
-        **{f"final_loss_{label}": curve[max(curve)] for label, curve in losses.items()},
-    }
+    results: dict = {"updates_compared": common, "figure": str(figure)}
+    for label, run in runs.items():
+        results[f"loss_{label}"] = {str(step): loss for step, loss in losses[label].items()}
+        results[f"final_loss_{label}"] = losses[label][max(losses[label])]
+        results[f"validation_bleu_{label}"] = {str(step): round(bleu, 2) for step, bleu in validation[label].items()}
+        metrics = Path(run) / "metrics.json"
+        if metrics.exists():
+            evaluation = json.loads(metrics.read_text())
+            final = evaluation["final_model"]
+            results[f"test_bleu_{label}"] = {
+                "model": final,
+                "after_updates": max(entry["step"] for entry in histories[label]),
+                "bleu": round(evaluation["evaluation"][final]["test_bleu"]["score"], 2),
+            }
+    return results
 
 
 def bf16_benchmark(

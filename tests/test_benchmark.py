@@ -111,14 +111,22 @@ def test_the_bf16_curves_compare_the_runs_up_to_the_updates_both_reached(tmp_pat
         folder = tmp_path / name
         state = folder / "checkpoint-30" if in_checkpoint else folder
         state.mkdir(parents=True)
-        history = [{"step": step, "loss": 10.0 - step / 10} for step in range(10, steps + 1, 10)] + [{"step": steps}]
+        history = [{"step": step, "loss": 10.0 - step / 10} for step in range(10, steps + 1, 10)]
+        history += [{"step": step, "eval_bleu": step / 2} for step in range(20, steps + 1, 20)] + [{"step": steps}]
         (state / "trainer_state.json").write_text(json.dumps({"log_history": history}))
+        if not in_checkpoint:  # a finished run: its final model's test BLEU
+            evaluation = {"average of the best 5": {"test_bleu": {"score": 38.123}}}
+            metrics = {"final_model": "average of the best 5", "evaluation": evaluation}
+            (folder / "metrics.json").write_text(json.dumps(metrics))
         return folder
 
     runs = {"float32": run("fp32", 50, in_checkpoint=False), "bfloat16": run("bf16", 30, in_checkpoint=True)}
     results = bf16.training_curves(runs, tmp_path / "curves.png")
     assert results["updates_compared"] == 30 and list(results["loss_float32"]) == ["10", "20", "30"]
     assert results["final_loss_bfloat16"] == results["final_loss_float32"] == 7.0
+    assert results["validation_bleu_float32"] == results["validation_bleu_bfloat16"] == {"20": 10.0}
+    assert results["test_bleu_float32"] == {"model": "average of the best 5", "after_updates": 50, "bleu": 38.12}
+    assert "test_bleu_bfloat16" not in results  # stopped before its final evaluation
     assert (tmp_path / "curves.png").stat().st_size > 0
 
 
