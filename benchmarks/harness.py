@@ -24,6 +24,7 @@ from transformers.trainer_pt_utils import LabelSmoother
 from vaswani_hf.configuration_vaswani import VaswaniConfig
 from vaswani_hf.convert import convert_to_marian, export_ctranslate2, quantize_dynamic_int8
 from vaswani_hf.data import MULTI30K_SPLITS, TokenBatchSampler, load_parallel_corpus, padded_size, preprocess
+from vaswani_hf.devices import cpu_has_native_bfloat16
 from vaswani_hf.evaluation import bleu, evaluate_translation
 from vaswani_hf.modeling_vaswani import VaswaniForConditionalGeneration
 from vaswani_hf.tokenization import load_tokenizer, train_tokenizer
@@ -450,7 +451,7 @@ def quality_benchmark(
 def speed_benchmark(trained_model_dir: str | os.PathLike | None = None, repeats: int = 5) -> dict:
     """Ours against MarianMTModel with the same weights: training steps at the base preset (37,000 vocabulary) and
     the small preset, translation at the base preset and, given a trained small model, with CTranslate2 beside."""
-    bf16 = _cpu_has_native_bfloat16()
+    bf16 = cpu_has_native_bfloat16()
     results: dict = {"machine": machine()}
     if not bf16:
         results["machine"]["bfloat16_rows"] = "skipped: no bfloat16 units on this CPU (avx512_bf16 / amx_bf16)"
@@ -472,12 +473,6 @@ def speed_benchmark(trained_model_dir: str | os.PathLike | None = None, repeats:
                 trained, beams, tokenizer, repeats=repeats
             )
     return results
-
-
-def _cpu_has_native_bfloat16() -> bool:
-    """bfloat16 matrix units (AVX512-BF16 or AMX); without them PyTorch emulates bfloat16 and autocast is slower."""
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def write_tables(name: str, results: dict, output_dir: str | os.PathLike, command: str) -> Path:
@@ -785,7 +780,7 @@ def machine() -> dict:
         "cpu": model or platform.processor(),
         "cores": os.cpu_count(),
         "bfloat16_units": sorted(flag for flag in flags if flag in ("avx512_bf16", "amx_bf16", "amx_tile")),
-        "native_bfloat16": _cpu_has_native_bfloat16(),
+        "native_bfloat16": cpu_has_native_bfloat16(),
         "threads": torch.get_num_threads(),
         "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
         "torch": torch.__version__,

@@ -79,7 +79,7 @@ def test_translation_benchmark_gives_marians_tokens_with_exact_lengths():
 
 
 def test_without_bf16_units_the_benchmarks_say_so_and_skip_the_bf16_rows(monkeypatch):
-    monkeypatch.setattr(harness, "_cpu_has_native_bfloat16", lambda: False)
+    monkeypatch.setattr(harness, "cpu_has_native_bfloat16", lambda: False)
     measured = []
     monkeypatch.setattr(bf16, "training_bf16_benchmark", lambda *args, **kwargs: measured.append(args))
     results = bf16.bf16_benchmark(presets=("small",))
@@ -93,7 +93,7 @@ def test_without_bf16_units_the_benchmarks_say_so_and_skip_the_bf16_rows(monkeyp
     assert not [section for section in speed if "bfloat16" in section]
     assert "training_base_float32" in speed and "skipped" in speed["machine"]["bfloat16_rows"]
     # with the units (this CPU's flags monkeypatched), the bf16 training rows are there
-    monkeypatch.setattr(harness, "_cpu_has_native_bfloat16", lambda: True)
+    monkeypatch.setattr(harness, "cpu_has_native_bfloat16", lambda: True)
     assert {"training_small_bfloat16", "training_base_bfloat16"} <= set(harness.speed_benchmark(repeats=1))
 
 

@@ -1,6 +1,7 @@
 """The translating commands as a user runs them: vaswani-translate in a shell pipe, on files and arguments, and
 vaswani-evaluate with its decoding options, on a tiny model saved to a folder."""
 
+import copy
 import json
 import os
 import subprocess
@@ -113,6 +114,32 @@ def test_translate_names_bad_input_and_devices(tiny_translator_folder, tmp_path,
     with pytest.raises(SystemExit):
         translate.main([str(tiny_translator_folder), "A dog.", "--input", str(source_file)])
     assert "not both" in capsys.readouterr().err
+    for dtype, message in (("float16", "--dtype float16 decodes on GPUs only"), ("fp16", "invalid choice: 'fp16'")):
+        for main in (translate.main, evaluate.main):
+            paths = [str(source_file)] * (2 if main is evaluate.main else 0)
+            with pytest.raises(SystemExit) as refused:
+                main([str(tiny_translator_folder), *paths, "--device", "cpu", "--dtype", dtype])
+            assert refused.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_both_commands_decode_in_bfloat16_when_asked(tiny_translator, tiny_translator_folder, tmp_path, capsys):
+    model, tokenizer = tiny_translator
+    sources = [source for source in SOURCES if source.strip()]
+    source_file = tmp_path / "src.en"
+    source_file.write_text("\n".join(sources) + "\n", encoding="utf-8")
+    cast = copy.deepcopy(model).to(torch.bfloat16)
+    expected = translate_batches(cast, tokenizer, sources, batch_size=1, num_beams=1)
+    assert expected != translate_batches(model, tokenizer, sources, batch_size=1, num_beams=1)  # bf16 tells
+
+    options = ["--device", "cpu", "--dtype", "bfloat16", "--batch_size", "1", "--num_beams", "1"]
+    output_file = tmp_path / "hyp.de"
+    evaluate.main(
+        [str(tiny_translator_folder), str(source_file), str(source_file), "--output_file", str(output_file)] + options
+    )
+    assert output_file.read_text(encoding="utf-8").split("\n") == [*expected, ""]
+    capsys.readouterr()  # evaluate's BLEU line
+    translate.main([str(tiny_translator_folder), "--input", str(source_file), *options])
+    assert capsys.readouterr().out.split("\n")[:-1] == [as_one_line(line) for line in expected]
 
 
 def test_evaluate_takes_batch_size_beams_length_penalty_and_device(

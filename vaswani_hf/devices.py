@@ -1,6 +1,8 @@
 """The device a command runs on (`--device`): `cpu`, `cuda`, `cuda:N` (or another accelerator torch knows, such as
 `mps` or `xpu`), or `auto` for this machine's accelerator where it has one, else the CPU."""
 
+from pathlib import Path
+
 import torch
 
 DEVICE_CHOICES = "auto, cpu, cuda, cuda:N (or mps, xpu, ...: the accelerators torch knows)"
@@ -31,3 +33,11 @@ def resolve_device(name: str) -> torch.device:
             f"{device.type}:0 to {device.type}:{count - 1}"
         )
     return device
+
+
+def cpu_has_native_bfloat16() -> bool:
+    """Whether this CPU has bfloat16 matrix units (AVX512-BF16 or AMX); without them PyTorch emulates bfloat16, and
+    bfloat16 runs slower than float32."""
+    cpuinfo = Path("/proc/cpuinfo")
+    flags = cpuinfo.read_text() if cpuinfo.exists() else ""
+    return "avx512_bf16" in flags or "amx_bf16" in flags

@@ -152,14 +152,15 @@ def evaluate_files(
     output_file: str | os.PathLike | None = None,
     batch_size: int = 64,
     device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
     across_processes: bool = False,
     **generate_kwargs,
 ) -> dict | None:
-    """Translate `source_file` with a saved model and its tokenizer on `device`, `batch_size` sentences at a time,
-    score against `reference_file`, optionally write the translations (one a line, atomically); returns the BLEU
-    result. `generate_kwargs` (`num_beams`, `length_penalty`, ...) override the model's generation config. Lines end
-    at "\n" only (`read_text_lines`); an empty file, or files whose line counts differ (one hypothesis is made per
-    source line), are refused naming them, before the model is loaded.
+    """Translate `source_file` with a saved model (its weights in `dtype`) and its tokenizer on `device`, `batch_size`
+    sentences at a time, score against `reference_file`, optionally write the translations (one a line,
+    atomically); returns the BLEU result. `generate_kwargs` (`num_beams`, `length_penalty`, ...) override the model's
+    generation config. Lines end at "\n" only (`read_text_lines`); an empty file, or files whose line counts differ
+    (one hypothesis is made per source line), are refused naming them, before the model is loaded.
 
     With `across_processes` (under `accelerate launch`), every process calls it and translates its share
     (`translate`); the main process alone scores and writes, and the others return None."""
@@ -177,7 +178,7 @@ def evaluate_files(
     if across_processes:  # on a CPU, accelerate joins the processes (gloo) only when told that the CPU is the device
         PartialState(cpu=torch.device(device).type == "cpu")
     tokenizer = load_tokenizer(model_name_or_path)  # before the model: a missing tokenizer fails fast
-    model = AutoModelForSeq2SeqLM.from_pretrained(model_name_or_path).to(device)
+    model = AutoModelForSeq2SeqLM.from_pretrained(model_name_or_path, dtype=dtype).to(device)
     hypotheses = translate(
         model, tokenizer, sources, batch_size=batch_size, across_processes=across_processes, **generate_kwargs
     )

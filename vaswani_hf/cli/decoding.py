@@ -2,10 +2,15 @@
 `generate()`; unset ones leave the model's generation config in charge (beam 4, length penalty 0.6: Sec. 6.1)."""
 
 import argparse
+import logging
 
 import torch
 
-from vaswani_hf.devices import DEVICE_CHOICES, resolve_device
+from vaswani_hf.devices import DEVICE_CHOICES, cpu_has_native_bfloat16, resolve_device
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+logger = logging.getLogger(__name__)
 
 
 def add_decoding_arguments(parser: argparse.ArgumentParser, batch_size: int) -> None:
@@ -13,10 +18,20 @@ def add_decoding_arguments(parser: argparse.ArgumentParser, batch_size: int) -> 
     parser.add_argument("--num_beams", type=int, help="beam size; default: the model's generation config (4)")
     parser.add_argument("--length_penalty", type=float, help="default: the model's generation config (0.6)")
     parser.add_argument("--device", default="auto", help=f"where the model runs: {DEVICE_CHOICES} (default: auto)")
+    parser.add_argument(
+        "--dtype",
+        choices=list(DTYPES),
+        default="float32",
+        help="the weights' precision while decoding (the model is trained and saved in float32): bfloat16 decodes "
+        "faster on GPUs and on CPUs with bfloat16 units (AMX / AVX512-BF16), float16 on GPUs only",
+    )
 
 
-def decoding_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[torch.device, dict]:
-    """(the device, the generate() arguments) that `args` ask for; bad values end in `parser.error`, naming them."""
+def decoding_options(
+    parser: argparse.ArgumentParser, args: argparse.Namespace
+) -> tuple[torch.device, torch.dtype, dict]:
+    """(the device, the weights' dtype, the generate() arguments) that `args` ask for; bad values end in
+    `parser.error`, naming them."""
     if args.batch_size < 1:
         parser.error(f"--batch_size must be at least 1, got {args.batch_size}")
     if args.num_beams is not None and args.num_beams < 1:
@@ -25,5 +40,12 @@ def decoding_options(parser: argparse.ArgumentParser, args: argparse.Namespace) 
         device = resolve_device(args.device)
     except ValueError as error:
         parser.error(f"--device: {error}")
+    dtype = DTYPES[args.dtype]
+    if device.type == "cpu" and dtype == torch.float16:
+        parser.error("--dtype float16 decodes on GPUs only; on a CPU use float32, or bfloat16 where it has bf16 units")
+    if device.type == "cpu" and dtype == torch.bfloat16 and not cpu_has_native_bfloat16():
+        logger.warning(
+            "this CPU has no bfloat16 units (AMX / AVX512-BF16): bfloat16 is emulated and slower than float32"
+        )
     names = ("num_beams", "length_penalty")
-    return device, {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+    return device, dtype, {name: getattr(args, name) for name in names if getattr(args, name) is not None}

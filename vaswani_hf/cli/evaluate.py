@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--metrics_file", help="write the BLEU result as JSON here")
     add_decoding_arguments(parser, batch_size=64)
     args = parser.parse_args(argv)
-    device, generate_kwargs = decoding_options(parser, args)
+    device, dtype, generate_kwargs = decoding_options(parser, args)
     try:
         result = evaluate_files(
             args.model,
@@ -36,6 +36,7 @@ def main(argv: list[str] | None = None) -> None:
             args.output_file,
             batch_size=args.batch_size,
             device=device,
+            dtype=dtype,
             across_processes=True,
             **generate_kwargs,
         )

@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_intermixed_args(argv)  # sentences before or after the options
     if args.sentences and args.input:
         parser.error("give the sentences as arguments or as --input, not both")
-    device, generate_kwargs = decoding_options(parser, args)
+    device, dtype, generate_kwargs = decoding_options(parser, args)
     try:
         if args.sentences:
             sources = args.sentences
@@ -42,7 +42,9 @@ def main(argv: list[str] | None = None) -> None:
         else:
             sources = read_text_lines(args.input)
         # load_tokenizer names a model folder without a tokenizer (the pipeline's loader would ask for sentencepiece)
-        translator = pipeline("translation", model=args.model, tokenizer=load_tokenizer(args.model), device=device)
+        translator = pipeline(
+            "translation", model=args.model, tokenizer=load_tokenizer(args.model), device=device, dtype=dtype
+        )
         translations = translate_in_length_order(translator, sources, args.batch_size, **generate_kwargs)
     except (ValueError, OSError) as error:  # bad input, or a model folder that cannot be read: a message, no trace
         parser.exit(1, f"{parser.prog}: error: {error}\n")
