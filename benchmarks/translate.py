@@ -5,7 +5,8 @@ trained model at the paper's decoding (beam 4, length penalty 0.6, Sec. 6.1), th
 for, in one process, alternating: ours through `pipeline("translation")` and through
 `vaswani_hf.evaluation.translate` (what `vaswani-evaluate` runs), `MarianMTModel` with the same weights
 (`convert_to_marian`) through transformers' own `generate` on the same batches, and the CTranslate2 export in float32
-and int8 (`translate_batch` with the same batch size; it sorts by length itself). With `before=True` also ours as it
+and int8 (`translate_batch` with the same batch size; it sorts by length itself), and, on a CPU with bfloat16
+units, ours through `evaluation.translate` with the weights cast to bfloat16. With `before=True` also ours as it
 was before sorting by tokens and dropping finished sentences (`ours_*_before`), for before/after figures from the
 same run.
 
@@ -13,6 +14,7 @@ Per engine: median wall time, sentences/s, sacreBLEU, speed relative to CTransla
 ratios) and how many translations equal ours through `evaluation.translate`.
 """
 
+import copy
 import statistics
 import tempfile
 import time
@@ -28,6 +30,7 @@ import vaswani_hf.evaluation as evaluation
 import vaswani_hf.generation_vaswani as generation
 from vaswani_hf.convert import convert_to_marian, export_ctranslate2
 from vaswani_hf.data import load_parallel_corpus
+from vaswani_hf.devices import cpu_has_native_bfloat16
 from vaswani_hf.generation_vaswani import SourceLengthLimitLogitsProcessor, target_length_limits
 from vaswani_hf.modeling_vaswani import VaswaniForConditionalGeneration
 from vaswani_hf.pipeline_vaswani import TranslationPipeline
@@ -36,7 +39,14 @@ from vaswani_hf.tokenization import load_tokenizer
 from .harness import machine
 
 Engine = Callable[[list[str]], list[str]]
-ENGINES = ("ours_pipeline", "ours_evaluate", "marian", "ctranslate2_float32", "ctranslate2_int8")
+ENGINES = (
+    "ours_pipeline",
+    "ours_evaluate",
+    "ours_evaluate_bfloat16",  # the weights cast to bfloat16 (--dtype bfloat16): only on a CPU with bf16 units
+    "marian",
+    "ctranslate2_float32",
+    "ctranslate2_int8",
+)
 
 
 def load_test_set(
@@ -72,6 +82,16 @@ def _our_engines(model, tokenizer, batch_size: int, decoding: dict) -> dict[str,
         return evaluation.translate(model, tokenizer, sources, batch_size=batch_size, progress_bar=False, **decoding)
 
     return {"ours_pipeline": through_pipeline, "ours_evaluate": through_evaluate}
+
+
+def _our_bfloat16_engine(model, tokenizer, batch_size: int, decoding: dict) -> Engine:
+    """`evaluation.translate` with the weights cast to bfloat16, as `vaswani-evaluate --dtype bfloat16` runs it."""
+    cast = copy.deepcopy(model).to(torch.bfloat16)
+
+    def through_evaluate(sources: list[str]) -> list[str]:
+        return evaluation.translate(cast, tokenizer, sources, batch_size=batch_size, progress_bar=False, **decoding)
+
+    return through_evaluate
 
 
 def _before(engine: Engine) -> Engine:
@@ -154,6 +174,8 @@ def translate_benchmark(
         available: dict[str, Engine] = _our_engines(model, tokenizer, batch_size, decoding)
         if before:
             available |= {f"{name}_before": _before(engine) for name, engine in list(available.items())}
+        if "ours_evaluate_bfloat16" in engines and cpu_has_native_bfloat16():
+            available["ours_evaluate_bfloat16"] = _our_bfloat16_engine(model, tokenizer, batch_size, decoding)
         available["marian"] = _marian_engine(model, tokenizer, batch_size, decoding)
         if any(name.startswith("ctranslate2") for name in engines):
             available |= _ctranslate2_engines(model, tokenizer, Path(folder), batch_size, decoding)
@@ -190,6 +212,8 @@ def translate_benchmark(
         },
         "translate": {},
     }
+    if "ours_evaluate_bfloat16" in engines and "ours_evaluate_bfloat16" not in names:
+        results["skipped"] = {"ours_evaluate_bfloat16": "this CPU has no bfloat16 units (avx512_bf16 / amx_bf16)"}
     for name in names:
         median = statistics.median(seconds[name])
         ratios = [reference / own for reference, own in zip(seconds[reference_name], seconds[name], strict=True)]
