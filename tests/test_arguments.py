@@ -10,7 +10,13 @@ from transformers import (
 )
 
 from vaswani_hf import VaswaniConfig
-from vaswani_hf.arguments import DataArguments, ModelArguments, VaswaniTrainingArguments, parse_overrides
+from vaswani_hf.arguments import (
+    DataArguments,
+    ModelArguments,
+    VaswaniTrainingArguments,
+    parse_dropout_schedule,
+    parse_overrides,
+)
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 
@@ -32,6 +38,18 @@ def test_a_checkpoint_limit_below_the_averaging_or_negative_is_refused():
     with pytest.raises(ValueError, match=r"save_total_limit must be 0 \(keep every checkpoint\) or more, got -1"):
         VaswaniTrainingArguments(save_total_limit=-1, **common)
     assert VaswaniTrainingArguments(average_last_checkpoints=0, **common).save_total_limit == 1
+
+
+def test_a_dropout_schedule_is_updates_in_order_each_with_a_p_drop():
+    assert parse_dropout_schedule(None) == []
+    assert parse_dropout_schedule("2800:0.3,5000:0.4") == [(2800, 0.3), (5000, 0.4)]
+    common = dict(output_dir="unused", use_cpu=True, report_to=[])
+    for schedule, item in (("2800", "'2800'"), ("2800:0.3,x:0.1", "'x:0.1'"), ("0:0.3", "'0:0.3'")):
+        with pytest.raises(ValueError, match=f"dropout_schedule '{schedule}': {item}"):
+            VaswaniTrainingArguments(dropout_schedule=schedule, **common)
+    for schedule in ("2800:1.0", "2800:-0.1", "3000:0.3,2000:0.2", "2000:0.3,2000:0.2"):
+        with pytest.raises(ValueError, match="after the one before it, and a P_drop in"):
+            VaswaniTrainingArguments(dropout_schedule=schedule, **common)
 
 
 @pytest.mark.parametrize(

@@ -1,16 +1,17 @@
-"""The Trainer callbacks: the training-time budget and its progress bar, early stopping."""
+"""The Trainer callbacks: the training-time budget and its progress bar, early stopping, the dropout schedule."""
 
 from types import SimpleNamespace
 
 from helpers import pad, reversal_dataset, scripted_trainer, tiny_model, trainer_for
 from transformers import (
+    TrainerCallback,
     TrainerControl,
     TrainerState,
 )
 from transformers.trainer_callback import ProgressCallback
 
 from vaswani_hf.arguments import VaswaniTrainingArguments
-from vaswani_hf.callbacks import EarlyStopping, TrainingMinutesProgress, TrainingTimeBudget
+from vaswani_hf.callbacks import DropoutSchedule, EarlyStopping, TrainingMinutesProgress, TrainingTimeBudget
 from vaswani_hf.trainer import VaswaniTrainer
 
 
@@ -102,3 +103,40 @@ def test_the_training_bar_counts_minutes_of_the_time_budget(tmp_path, capsys):
     # without a time budget the Trainer's own steps bar stays
     plain = trainer_for(tmp_path, tiny_model())
     assert ProgressCallback in [type(c) for c in plain.callback_handler.callbacks]
+
+
+class DropoutRecorder(TrainerCallback):
+    """The P_drop each update trains with, as every layer applying it has it."""
+
+    def __init__(self):
+        self.by_update: dict[int, set[float]] = {}
+
+    def on_step_begin(self, args, state, control, model=None, **kwargs):
+        layers = [*model.model.encoder.layers, *model.model.decoder.layers, model.model.encoder, model.model.decoder]
+        self.by_update[state.global_step + 1] = {layer.dropout.p for layer in layers} | {model.config.dropout}
+
+
+def test_the_dropout_schedule_changes_p_drop_at_its_updates_and_after_a_resume(tmp_path):
+    """dropout 0.1, then 0.3 from update 3 on (after 2 updates), 0.0 from update 5 on; a run stopped after update 3
+    and resumed with a fresh model (dropout 0.1 again) trains update 4 with 0.3."""
+    schedule = DropoutSchedule([(2, 0.3), (4, 0.0)], initial=0.1)
+    assert [schedule.dropout_at(update) for update in range(6)] == [0.1, 0.1, 0.3, 0.3, 0.0, 0.0]
+
+    whole = trainer_for(tmp_path / "whole", tiny_model(dropout=0.1).train(), max_steps=5)
+    whole.add_callback(DropoutSchedule([(2, 0.3), (4, 0.0)], initial=0.1))
+    recorder = DropoutRecorder()
+    whole.add_callback(recorder)
+    whole.train()
+    assert recorder.by_update == {1: {0.1}, 2: {0.1}, 3: {0.3}, 4: {0.3}, 5: {0.0}}
+
+    first = trainer_for(
+        tmp_path / "resumed", tiny_model(dropout=0.1).train(), max_steps=3, save_strategy="steps", save_steps=3
+    )
+    first.add_callback(DropoutSchedule([(2, 0.3)], initial=0.1))
+    first.train()
+    resumed = trainer_for(tmp_path / "resumed", tiny_model(dropout=0.1).train(), max_steps=4)
+    resumed.add_callback(DropoutSchedule([(2, 0.3)], initial=0.1))
+    recorder = DropoutRecorder()
+    resumed.add_callback(recorder)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "resumed" / "checkpoint-3"))
+    assert recorder.by_update == {4: {0.3}}

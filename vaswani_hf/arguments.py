@@ -119,6 +119,13 @@ class VaswaniTrainingArguments(Seq2SeqTrainingArguments):
     eval_at_minutes: str | None = field(
         default=None, metadata={"help": "comma-separated training minutes at which to evaluate and save, e.g. 10,30"}
     )
+    dropout_schedule: str | None = field(
+        default=None,
+        metadata={
+            "help": "P_drop from given updates on, 'UPDATE:P[,UPDATE:P...]', e.g. '2800:0.3' (the model's dropout "
+            "before the first): a lower dropout early trains faster, a higher one later overfits less"
+        },
+    )
     average_checkpoints: Literal["last", "best", "around_best"] = field(
         default="last",
         metadata={
@@ -210,6 +217,7 @@ class VaswaniTrainingArguments(Seq2SeqTrainingArguments):
                 f"{self.checkpoints_to_average} averages: raise save_total_limit (0 keeps all) or lower "
                 "checkpoints_to_average"
             )
+        parse_dropout_schedule(self.dropout_schedule)  # a bad schedule is an error before anything starts
         if self.max_consecutive_fp16_skips < 0:
             raise ValueError(
                 f"max_consecutive_fp16_skips must be 0 (no limit) or more, got {self.max_consecutive_fp16_skips}"
@@ -254,6 +262,24 @@ class VaswaniTrainingArguments(Seq2SeqTrainingArguments):
                 "evaluate: save at evaluations, with the same strategy and save_steps a multiple of eval_steps "
                 "(both in updates)"
             )
+
+
+def parse_dropout_schedule(text: str | None) -> list[tuple[int, float]]:
+    """'2800:0.3,5000:0.4' -> [(2800, 0.3), (5000, 0.4)]: updates in increasing order, each P_drop in [0, 1)."""
+    changes: list[tuple[int, float]] = []
+    for item in (text or "").split(",") if text else []:
+        update, _, p = item.partition(":")
+        try:
+            change = int(update), float(p)
+        except ValueError:
+            raise ValueError(f"dropout_schedule {text!r}: {item!r} is not UPDATE:P (e.g. 2800:0.3)") from None
+        if change[0] < 1 or not 0.0 <= change[1] < 1.0 or (changes and change[0] <= changes[-1][0]):
+            raise ValueError(
+                f"dropout_schedule {text!r}: {item!r} needs an update of 1 or more, after the one before it, and a "
+                "P_drop in [0, 1)"
+            )
+        changes.append(change)
+    return changes
 
 
 def parse_overrides(text: str | None) -> dict:

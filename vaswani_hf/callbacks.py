@@ -1,5 +1,5 @@
-"""The Trainer callbacks of a run: the training-time budget and its progress bar, early stopping, and the guard
-that keeps NaN or inf gradients out of the weights."""
+"""The Trainer callbacks of a run: the training-time budget and its progress bar, early stopping, the dropout
+schedule, and the guard that keeps NaN or inf gradients out of the weights."""
 
 import logging
 import time
@@ -115,6 +115,26 @@ class EarlyStopping(EarlyStoppingCallback):
     def stopped(self) -> bool:
         """Whether this callback stopped (or, from a checkpoint's count, would stop) the training."""
         return self.early_stopping_patience_counter >= self.early_stopping_patience
+
+
+class DropoutSchedule(TrainerCallback):
+    """P_drop by update (`dropout_schedule`): before each update, the model's dropout is the value of the latest change
+    at or before it, else the model's own (`initial`). Worked out from the update count alone, so a resumed run
+    trains with the value its update has."""
+
+    def __init__(self, changes: list[tuple[int, float]], initial: float):
+        self.changes = changes
+        self.initial = initial
+
+    def dropout_at(self, update: int) -> float:
+        """P_drop for the update after `update` updates."""
+        return next((p for step, p in reversed(self.changes) if update >= step), self.initial)
+
+    def on_step_begin(self, args, state, control, model=None, **kwargs):
+        p = self.dropout_at(state.global_step)
+        if model.config.dropout != p:
+            model.set_dropout(p)
+            logger.info("update %d: dropout %s", state.global_step, p)
 
 
 class NonFiniteGradientGuard(TrainerCallback):

@@ -400,6 +400,16 @@ class VaswaniPreTrainedModel(PreTrainedModel):
             )
         return (model, loading_info) if wants_loading_info else model
 
+    def set_dropout(self, p: float) -> None:
+        """Set P_drop, the dropout on each sub-layer's output and on the sums of embeddings and positions (Sec. 5.4),
+        in the config and in every layer that applies it (a dropout schedule changes it during training)."""
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {p}")
+        self.config.dropout = p
+        for module in self.modules():
+            if isinstance(module, (VaswaniEncoderLayer, VaswaniDecoderLayer, VaswaniEncoder, VaswaniDecoder)):
+                module.dropout.p = p
+
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         # The paper does not state its initialisation. We follow its lineage (tensor2tensor, fairseq): Xavier-uniform

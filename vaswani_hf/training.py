@@ -21,8 +21,14 @@ from transformers import (
 )
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from .arguments import DataArguments, ModelArguments, VaswaniTrainingArguments, parse_overrides
-from .callbacks import EarlyStopping, TrainingTimeBudget
+from .arguments import (
+    DataArguments,
+    ModelArguments,
+    VaswaniTrainingArguments,
+    parse_dropout_schedule,
+    parse_overrides,
+)
+from .callbacks import DropoutSchedule, EarlyStopping, TrainingTimeBudget
 from .checkpoints import (
     checkpoint_problem,
     checkpoint_scores,
@@ -328,6 +334,8 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: V
         compute_metrics=bleu_metric_for_trainer(tokenizer),
         callbacks=[budget],
     )
+    if changes := parse_dropout_schedule(training_args.dropout_schedule):
+        trainer.add_callback(DropoutSchedule(changes, initial=model.config.dropout))
     resume = training_args.resume_from_checkpoint
     if resume in ("last", "true", "True"):
         resume = resumable_checkpoint(output_dir, training_args)
