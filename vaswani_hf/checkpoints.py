@@ -246,9 +246,11 @@ def average_checkpoints(folders: list[str | os.PathLike]) -> dict[str, torch.Ten
     return {name: (tensor / len(folders)).float() for name, tensor in total.items()}
 
 
-# config.json entries that record how and by what a checkpoint was saved, not which model it is
+# config.json entries that record how and by what a checkpoint was saved, or how it was being trained (a dropout
+# schedule changes P_drop during a run), not which model it is
 CONFIG_BOOKKEEPING = frozenset(
     {"transformers_version", "_name_or_path", "dtype", "torch_dtype", "auto_map", "custom_pipelines"}
+    | {"dropout", "attention_dropout", "activation_dropout"}
 )
 
 
