@@ -267,7 +267,7 @@ class VaswaniTrainingArguments(Seq2SeqTrainingArguments):
 def parse_dropout_schedule(text: str | None) -> list[tuple[int, float]]:
     """'2800:0.3,5000:0.4' -> [(2800, 0.3), (5000, 0.4)]: updates in increasing order, each P_drop in [0, 1)."""
     changes: list[tuple[int, float]] = []
-    for item in (text or "").split(",") if text else []:
+    for item in text.split(",") if text else []:
         update, _, p = item.partition(":")
         try:
             change = int(update), float(p)
