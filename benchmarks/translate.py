@@ -14,7 +14,6 @@ Per engine: median wall time, sentences/s, sacreBLEU, speed relative to CTransla
 ratios) and how many translations equal ours through `evaluation.translate`.
 """
 
-import copy
 import statistics
 import tempfile
 import time
@@ -36,6 +35,7 @@ from vaswani_hf.modeling_vaswani import VaswaniForConditionalGeneration
 from vaswani_hf.pipeline_vaswani import TranslationPipeline
 from vaswani_hf.tokenization import load_tokenizer
 
+from .bf16 import decoding_variants
 from .harness import machine
 
 Engine = Callable[[list[str]], list[str]]
@@ -86,10 +86,10 @@ def _our_engines(model, tokenizer, batch_size: int, decoding: dict) -> dict[str,
 
 def _our_bfloat16_engine(model, tokenizer, batch_size: int, decoding: dict) -> Engine:
     """`evaluation.translate` with the weights cast to bfloat16, as `vaswani-evaluate --dtype bfloat16` runs it."""
-    cast = copy.deepcopy(model).to(torch.bfloat16)
+    bfloat16_weights = decoding_variants(model)["bfloat16_weights"]
 
     def through_evaluate(sources: list[str]) -> list[str]:
-        return evaluation.translate(cast, tokenizer, sources, batch_size=batch_size, progress_bar=False, **decoding)
+        return bfloat16_weights(tokenizer, sources, batch_size=batch_size, progress_bar=False, **decoding)
 
     return through_evaluate
 
