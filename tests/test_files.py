@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from helpers import user_folder
 
-from vaswani_hf.files import atomic_folder, recover_interrupted_swap
+from vaswani_hf.files import atomic_folder, files_replaced_in, recover_interrupted_swap, write_bytes
 
 
 def build(path, **policy) -> None:
@@ -151,3 +151,44 @@ def test_a_kill_at_any_step_of_a_replacement_leaves_the_old_or_the_new_folder_an
     assert files_of(target) == old_files
     build(target, built_by="vaswani-test")  # its builder rebuilds it without overwrite, as before the kill
     assert files_of(target) == {"built.txt": "new"}
+
+
+def test_files_built_in_the_staging_folder_replace_their_namesakes_and_leave_the_rest(tmp_path):
+    run = tmp_path / "run"
+    (run / "checkpoint-200").mkdir(parents=True)
+    (run / "checkpoint-200" / "model.safetensors").write_bytes(b"checkpoint")
+    (run / "model.safetensors").write_bytes(b"old")
+    (run / "tokenizer").mkdir()
+    (run / "tokenizer" / "vocab.json").write_text("old")
+    with files_replaced_in(run) as staging:
+        (staging / "model.safetensors").write_bytes(b"new")
+        (staging / "tokenizer").mkdir()
+        (staging / "tokenizer" / "merges.txt").write_text("new")
+        assert (run / "model.safetensors").read_bytes() == b"old"  # nothing in place before the end
+    assert (run / "model.safetensors").read_bytes() == b"new"
+    assert (run / "tokenizer" / "merges.txt").read_text() == "new"
+    assert (run / "tokenizer" / "vocab.json").read_text() == "old"
+    assert (run / "checkpoint-200" / "model.safetensors").read_bytes() == b"checkpoint"
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint-200", "model.safetensors", "tokenizer"]
+
+
+def test_a_failure_while_building_replaces_nothing_and_leaves_no_staging_folder(tmp_path):
+    (tmp_path / "model.safetensors").write_bytes(b"old")
+    with pytest.raises(RuntimeError, match="killed"), files_replaced_in(tmp_path) as staging:
+        (staging / "model.safetensors").write_bytes(b"half")
+        raise RuntimeError("killed while saving")
+    assert (tmp_path / "model.safetensors").read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["model.safetensors"]
+
+
+def test_a_failed_write_keeps_the_old_file_and_leaves_no_partial_one(tmp_path, monkeypatch):
+    target = tmp_path / "training_curves.png"
+    target.write_bytes(b"old")
+
+    def fail(*args):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(os, "fsync", fail)
+    with pytest.raises(OSError, match="No space"):
+        write_bytes(target, b"new image")
+    assert target.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["training_curves.png"]

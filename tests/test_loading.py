@@ -119,3 +119,12 @@ def test_a_generation_config_argument_replaces_the_file(saved):
     (saved / "generation_config.json").write_text("{not json")
     model = AutoModelForSeq2SeqLM.from_pretrained(saved, generation_config=GenerationConfig(num_beams=2))
     assert model.generation_config.num_beams == 2
+
+
+@pytest.mark.parametrize("loader", LOADERS)
+def test_pickled_weights_alone_are_refused_not_unpickled(saved, loader):
+    weights = load_file(saved / "model.safetensors")
+    (saved / "model.safetensors").unlink()
+    torch.save(weights, saved / "pytorch_model.bin")
+    with pytest.raises(OSError, match="model.safetensors"):
+        LOADERS[loader](saved)

@@ -1,5 +1,6 @@
 """Files written whole and atomically, and read with errors that name them: text of one sentence a line, JSON, and
-folders built beside their place and swapped in (`atomic_folder`), so that a reader never sees half of one."""
+folders built beside their place and swapped in (`atomic_folder`) or files renamed into one
+(`files_replaced_in`), so that a reader never sees half of one."""
 
 import json
 import logging
@@ -196,15 +197,42 @@ def write_json(path: str | os.PathLike, data: dict) -> None:
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
-    """Write UTF-8 text atomically: a reader sees the old file or the new one, never a half-written one."""
+    """Write UTF-8 text atomically (`write_bytes`)."""
+    write_bytes(path, text.encode("utf-8"))
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write a file atomically: a reader sees the old file or the new one, never a half-written one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
     try:
         with open(staging, "xb") as f:  # a plain new file: the usual permissions (tempfile's would be 0600)
-            f.write(text.encode("utf-8"))
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(staging, path)
     finally:
         staging.unlink(missing_ok=True)
+
+
+@contextmanager
+def files_replaced_in(folder: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty staging folder inside `folder`; on success each file written there replaces its namesake in
+    `folder` by a rename, so a reader sees every file whole (old or new), never half-written. For a folder that
+    also holds what must stay (a run's checkpoints), where `atomic_folder` would replace everything."""
+    folder = Path(folder)
+    staging = folder / f".staging-{uuid.uuid4().hex}"
+    staging.mkdir(parents=True)
+    try:
+        yield staging
+        for entry in sorted(staging.iterdir()):
+            if entry.is_dir():  # a tokenizer's or model's subfolder: its files, one by one
+                for file in sorted(p for p in entry.rglob("*") if p.is_file()):
+                    target = folder / file.relative_to(staging)
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(file, target)
+            else:
+                os.replace(entry, folder / entry.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

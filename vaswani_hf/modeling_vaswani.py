@@ -368,7 +368,10 @@ class VaswaniPreTrainedModel(PreTrainedModel):
           missing weights randomly initialised, unexpected ones dropped, both only in its load report;
         - for generation: a `generation_config.json` that cannot be read is a `ValueError` naming it; without one,
           the model decodes as the paper (`paper_generation_config`), with a warning. A `generation_config=` argument
-          replaces both."""
+          replaces both.
+        Only safetensors weights load (`use_safetensors=True` unless the caller says otherwise): a folder or repo
+        holding only a pickled `pytorch_model.bin` is refused, never unpickled."""
+        kwargs.setdefault("use_safetensors", True)
         wants_loading_info = kwargs.pop("output_loading_info", False)
         check_generation = (
             cls.can_generate() and kwargs.get("generation_config") is None and pretrained_model_name_or_path is not None

@@ -2,6 +2,7 @@
 or checks, the model, training by `VaswaniTrainer` (resumable), the final evaluation of the last weights and the
 checkpoint average (Sec. 6.1) by sacreBLEU, and the record of the run (metrics JSON, test translations, curves PNG)."""
 
+import io
 import logging
 import os
 import shlex
@@ -43,7 +44,7 @@ from .configuration_vaswani import VaswaniConfig
 from .corpus import load_corpus
 from .data import is_hub_dataset_id, preprocess
 from .evaluation import bleu, bleu_metric_for_trainer, chrf, tokenized_bleu, translate
-from .files import atomic_folder, read_json, write_json, write_text_lines
+from .files import atomic_folder, files_replaced_in, read_json, write_bytes, write_json, write_text_lines
 from .modeling_vaswani import VaswaniForConditionalGeneration
 from .tokenization import load_tokenizer, train_tokenizer
 from .trainer import VaswaniTrainer
@@ -79,8 +80,10 @@ def plot_training_curves(
     if final_bleu:
         axes[2].legend()
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    image = io.BytesIO()
+    figure.savefig(image, format="png", dpi=100)
     plt.close(figure)
+    write_bytes(path, image.getvalue())
 
 
 # Written beside a tokenizer that train() learns: what it was learned for, compared when it is reused.
@@ -367,7 +370,9 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: V
     metrics["settings"] = run_settings(model_args, data_args, training_args, model)
     metrics["settings"]["data"]["loaded"] = {"dataset": source, "dataset_config": config_name}
     metrics["data"] = data_counts
-    trainer.save_model(str(output_dir))  # the last weights; replaced below if averaging does better
+    if training_args.should_save:  # the last weights; replaced below if averaging does better
+        with files_replaced_in(output_dir) as staging:
+            trainer.save_model(str(staging))
 
     evaluation = _final_evaluation(trainer, data, data_args, training_args, output_dir)  # on every process
     if not trainer.is_world_process_zero():
@@ -541,9 +546,10 @@ def _final_evaluation(trainer, data, data_args, training_args, output_dir: Path)
             file_name = "test_predictions.txt" if name == best else f"test_predictions_{name.split()[0]}.txt"
             write_text_lines(output_dir / file_name, outputs[name]["test"])
             results[name]["test_predictions"] = file_name
-    if best != "last":
-        candidates[best].save_pretrained(output_dir)
-    trainer.processing_class.save_pretrained(output_dir)
+    with files_replaced_in(output_dir) as staging:
+        if best != "last":
+            candidates[best].save_pretrained(staging)
+        trainer.processing_class.save_pretrained(staging)
     return {"final_model": best, "evaluation": results}
 
 
