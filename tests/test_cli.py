@@ -11,6 +11,8 @@ from helpers import ROOT, recipe
 from transformers import HfArgumentParser
 
 from vaswani_hf.arguments import DataArguments, ModelArguments, VaswaniTrainingArguments, parse_overrides
+from vaswani_hf.cli.evaluate_parsing import main as evaluate_parsing_main
+from vaswani_hf.cli.train import main as train_main
 from vaswani_hf.cli.train import parse_arguments
 from vaswani_hf.cli.train_tokenizer import main as train_tokenizer_main
 from vaswani_hf.tokenization import load_tokenizer
@@ -162,7 +164,7 @@ def test_the_tokenizer_command_records_what_it_learned_for_and_keeps_other_files
     assert load_tokenizer(output_dir)("A dog.")["input_ids"][-1] == 2
     (tmp_path / "used").mkdir()
     (tmp_path / "used" / "notes.txt").write_text("mine")
-    with pytest.raises(FileExistsError, match=r"already holds \['notes.txt'\]"):
+    with pytest.raises(SystemExit, match=r"^error: .*already holds \['notes.txt'\]"):
         train_tokenizer_main([str(small_corpus), "en", "de", str(tmp_path / "used"), "--vocab_size", "400"])
     assert (tmp_path / "used" / "notes.txt").read_text() == "mine"
 
@@ -220,3 +222,24 @@ def test_the_wmt14_recipes_use_a_tokenizer_learned_first_and_report_the_papers_m
         "wmt14_en_de": {"runs/tokenizers/en_de_bpe37000"},
         "wmt14_en_fr": {"runs/tokenizers/en_fr_bpe32000"},
     }
+
+
+def test_commands_end_bad_input_with_a_one_line_error_naming_it(tmp_path):
+    missing = tmp_path / "no_such_corpus"
+    recipe_file = write(
+        tmp_path / "recipe.yaml", {**RECIPE, "dataset": str(missing), "output_dir": str(tmp_path / "run")}
+    )
+    with pytest.raises(SystemExit) as stopped:
+        train_main([recipe_file])
+    assert stopped.value.code == f"error: no folder or file {missing} (a Hub dataset id is NAME or OWNER/NAME)"
+    with pytest.raises(SystemExit) as stopped:
+        train_tokenizer_main([str(missing), "en", "de", str(tmp_path / "tokenizer")])
+    assert str(stopped.value.code).startswith(f"error: no folder or file {missing}")
+    assert not (tmp_path / "tokenizer").exists()
+
+
+@pytest.mark.parametrize("flag", ["--batch_size", "--num_beams", "--limit"])
+def test_the_parsing_command_refuses_counts_below_one_naming_them(flag, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        evaluate_parsing_main(["model", "treebank.zip", flag, "0"])
+    assert stopped.value.code == 2 and f"{flag} must be at least 1, got 0" in capsys.readouterr().err

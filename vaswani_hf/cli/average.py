@@ -11,6 +11,7 @@ import argparse
 import sys
 
 from vaswani_hf.checkpoints import average_checkpoint_folders, complete_checkpoints
+from vaswani_hf.cli import input_errors_as_messages
 
 
 def at_least_one(text: str) -> int:
@@ -51,10 +52,8 @@ def main(argv: list[str] | None = None) -> None:
         folders = complete[-last:]
     if len(folders) == 1:
         print(f"one checkpoint only: {args.output_dir} gets its weights unchanged", file=sys.stderr)
-    try:
+    with input_errors_as_messages():
         average_checkpoint_folders(folders, args.output_dir, overwrite=args.overwrite)
-    except (FileExistsError, FileNotFoundError, ValueError) as error:  # the message names the problem
-        raise SystemExit(f"error: {error}") from None
     print(f"averaged {len(folders)} checkpoints into {args.output_dir}: " + ", ".join(map(str, folders)))
 
 

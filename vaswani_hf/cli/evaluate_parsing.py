@@ -10,6 +10,7 @@ vaswani-evaluate-parsing runs/ptb_parsing ../shared/data/ptb-sample/treebank.zip
 import argparse
 import json
 
+from vaswani_hf.cli import input_errors_as_messages
 from vaswani_hf.parsing import PARSING_LENGTH_PENALTY, PARSING_NUM_BEAMS, evaluate_parsing_run
 
 
@@ -40,19 +41,23 @@ def main(argv: list[str] | None = None) -> None:
         "of the repository)",
     )
     args = parser.parse_args(argv)
-    metrics = evaluate_parsing_run(
-        args.model,
-        args.treebank,
-        args.split,
-        args.metrics_file,
-        limit=args.limit,
-        batch_size=args.batch_size,
-        num_beams=args.num_beams,
-        length_penalty=args.length_penalty,
-        constrained=not args.unconstrained,
-        output_file=args.output,
-        word_slots=not args.no_word_slots,
-    )
+    for name in ("batch_size", "num_beams", "limit"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1, got {getattr(args, name)}")
+    with input_errors_as_messages():
+        metrics = evaluate_parsing_run(
+            args.model,
+            args.treebank,
+            args.split,
+            args.metrics_file,
+            limit=args.limit,
+            batch_size=args.batch_size,
+            num_beams=args.num_beams,
+            length_penalty=args.length_penalty,
+            constrained=not args.unconstrained,
+            output_file=args.output,
+            word_slots=not args.no_word_slots,
+        )
     print(json.dumps({name: metrics[name] for name in ("parser", "right_branching")}, indent=2))
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from transformers import HfArgumentParser
 
+from vaswani_hf.cli import input_errors_as_messages
 from vaswani_hf.hub import publish
 
 
@@ -45,7 +46,7 @@ class PublishArguments:
 
 def main(argv: list[str] | None = None) -> None:
     (args,) = HfArgumentParser(PublishArguments).parse_args_into_dataclasses(argv)
-    try:
+    with input_errors_as_messages():
         result = publish(
             args.run_dir,
             args.repo_id,
@@ -57,8 +58,6 @@ def main(argv: list[str] | None = None) -> None:
             dry_run=args.dry_run,
             overwrite=args.overwrite,
         )
-    except (FileExistsError, FileNotFoundError, ValueError) as error:  # the message says what to do, no traceback
-        raise SystemExit(f"error: {error}") from None
     print(f"Repo folder built and checked: {result}" if args.dry_run else f"Published: {result}")
 
 

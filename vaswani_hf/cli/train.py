@@ -20,6 +20,7 @@ from accelerate import PartialState
 from transformers import HfArgumentParser
 
 from vaswani_hf.arguments import DataArguments, ModelArguments, VaswaniTrainingArguments, close_names
+from vaswani_hf.cli import input_errors_as_messages
 from vaswani_hf.training import train
 
 RECIPE_SUFFIXES = (".yaml", ".yml", ".json")
@@ -125,10 +126,8 @@ def main(argv: list[str] | None = None) -> None:
     # the package's own log lines (pairs read, filtered and kept; checkpoint clean-up) from the main process
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("vaswani_hf").setLevel(logging.INFO if training_args.should_log else logging.WARNING)
-    try:
+    with input_errors_as_messages():  # an earlier run in output_dir, missing data, a tokenizer that does not fit
         train(model_args, data_args, training_args)
-    except FileExistsError as error:  # an earlier run in output_dir: the message says what to do, no traceback
-        raise SystemExit(f"error: {error}") from None
     state = PartialState()  # every process leaves together, its process group taken down (see cli/evaluate.py)
     state.wait_for_everyone()
     state.destroy_process_group()

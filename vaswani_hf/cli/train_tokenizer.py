@@ -6,6 +6,7 @@ Example: vaswani-train-tokenizer ../shared/data/multi30k en de out/tokenizer --v
 
 import argparse
 
+from vaswani_hf.cli import input_errors_as_messages
 from vaswani_hf.corpus import DATASET_FORMATS, load_corpus
 from vaswani_hf.tokenization import train_tokenizer
 from vaswani_hf.training import save_learned_tokenizer
@@ -27,12 +28,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--vocab_size", type=int, default=8000)
     parser.add_argument("--min_frequency", type=int, default=2)
     args = parser.parse_args(argv)
-    corpus = load_corpus(args.corpus, args.source_lang, args.target_lang, args.dataset_format, args.config_name)
-    if args.split not in corpus:
-        raise SystemExit(f"no split {args.split!r} in {args.corpus}; splits: {sorted(corpus)}")
-    texts = (text for pair in corpus[args.split]["translation"] for text in pair.values())
-    tokenizer = train_tokenizer(texts, vocab_size=args.vocab_size, min_frequency=args.min_frequency)
-    save_learned_tokenizer(tokenizer, args.output_dir, [args.source_lang, args.target_lang], args.vocab_size)
+    with input_errors_as_messages():
+        corpus = load_corpus(args.corpus, args.source_lang, args.target_lang, args.dataset_format, args.config_name)
+        if args.split not in corpus:
+            raise ValueError(f"no split {args.split!r} in {args.corpus}; splits: {sorted(corpus)}")
+        texts = (text for pair in corpus[args.split]["translation"] for text in pair.values())
+        tokenizer = train_tokenizer(texts, vocab_size=args.vocab_size, min_frequency=args.min_frequency)
+        save_learned_tokenizer(tokenizer, args.output_dir, [args.source_lang, args.target_lang], args.vocab_size)
     print(f"saved a {len(tokenizer)}-token vocabulary to {args.output_dir}")
 
 
