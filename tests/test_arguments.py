@@ -15,6 +15,8 @@ from vaswani_hf.arguments import (
     ModelArguments,
     VaswaniTrainingArguments,
     parse_dropout_schedule,
+    parse_eval_at_minutes,
+    parse_file_splits,
     parse_overrides,
 )
 
@@ -50,6 +52,24 @@ def test_a_dropout_schedule_is_updates_in_order_each_with_a_p_drop():
     for schedule in ("2800:1.0", "2800:-0.1", "3000:0.3,2000:0.2", "2000:0.3,2000:0.2"):
         with pytest.raises(ValueError, match="after the one before it, and a P_drop in"):
             VaswaniTrainingArguments(dropout_schedule=schedule, **common)
+
+
+def test_file_splits_are_split_stem_pairs_and_malformed_ones_are_refused_naming_the_item():
+    assert parse_file_splits(None) is None
+    assert parse_file_splits("train=train, validation=val") == {"train": "train", "validation": "val"}
+    for text, item in (("train", "'train'"), ("train=train,=val", "'=val'"), ("train=a,train=b", "'train=b'")):
+        with pytest.raises(ValueError, match=f"file_splits '{text}': {item} is not SPLIT=STEM"):
+            DataArguments(dataset="unused", file_splits=text)
+
+
+def test_evaluation_marks_are_increasing_positive_minutes_and_others_are_refused_naming_the_item():
+    assert parse_eval_at_minutes("") == [] and parse_eval_at_minutes("10,30") == [10.0, 30.0]
+    common = dict(output_dir="unused", use_cpu=True, report_to=[])
+    with pytest.raises(ValueError, match="eval_at_minutes '10,x': 'x' is not a number of minutes"):
+        VaswaniTrainingArguments(eval_at_minutes="10,x", **common)
+    for text, item in (("0", "'0'"), ("30,10", "'10'"), ("10,inf", "'inf'"), ("nan", "'nan'")):
+        with pytest.raises(ValueError, match=f"eval_at_minutes '{text}': {item} must be positive and after"):
+            VaswaniTrainingArguments(eval_at_minutes=text, **common)
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,7 @@ the checks that refuse a bad value naming it."""
 
 import difflib
 import json
+import math
 import typing
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -96,6 +97,7 @@ class DataArguments:
 
     def __post_init__(self):
         check_choices(self)
+        parse_file_splits(self.file_splits)  # a malformed list is an error before anything is read
 
 
 @dataclass
@@ -217,7 +219,8 @@ class VaswaniTrainingArguments(Seq2SeqTrainingArguments):
                 f"{self.checkpoints_to_average} averages: raise save_total_limit (0 keeps all) or lower "
                 "checkpoints_to_average"
             )
-        parse_dropout_schedule(self.dropout_schedule)  # a bad schedule is an error before anything starts
+        parse_dropout_schedule(self.dropout_schedule)  # bad schedules and marks are errors before anything starts
+        parse_eval_at_minutes(self.eval_at_minutes)
         if self.max_consecutive_fp16_skips < 0:
             raise ValueError(
                 f"max_consecutive_fp16_skips must be 0 (no limit) or more, got {self.max_consecutive_fp16_skips}"
@@ -280,6 +283,36 @@ def parse_dropout_schedule(text: str | None) -> list[tuple[int, float]]:
             )
         changes.append(change)
     return changes
+
+
+def parse_file_splits(text: str | None) -> dict[str, str] | None:
+    """'train=train,validation=val' -> {'train': 'train', 'validation': 'val'} (split name = file stem)."""
+    if not text:
+        return None
+    splits = {}
+    for item in text.split(","):
+        split, sep, stem = (part.strip() for part in item.partition("="))
+        if not (sep and split and stem) or split in splits:
+            raise ValueError(
+                f"file_splits {text!r}: {item!r} is not SPLIT=STEM, or names a split twice (e.g. train=train,"
+                "validation=val)"
+            )
+        splits[split] = stem
+    return splits
+
+
+def parse_eval_at_minutes(text: str | None) -> list[float]:
+    """'10,30' -> [10.0, 30.0]: training minutes, positive and increasing."""
+    marks: list[float] = []
+    for item in text.split(",") if text else []:
+        try:
+            mark = float(item)
+        except ValueError:
+            raise ValueError(f"eval_at_minutes {text!r}: {item!r} is not a number of minutes (e.g. 10,30)") from None
+        if not 0 < mark < math.inf or (marks and mark <= marks[-1]):
+            raise ValueError(f"eval_at_minutes {text!r}: {item!r} must be positive and after the mark before it")
+        marks.append(mark)
+    return marks
 
 
 def parse_overrides(text: str | None) -> dict:

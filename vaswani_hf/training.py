@@ -27,6 +27,8 @@ from .arguments import (
     ModelArguments,
     VaswaniTrainingArguments,
     parse_dropout_schedule,
+    parse_eval_at_minutes,
+    parse_file_splits,
     parse_overrides,
 )
 from .callbacks import DropoutSchedule, EarlyStopping, TrainingTimeBudget
@@ -241,7 +243,7 @@ def build_model(model_args: ModelArguments, tokenizer) -> PreTrainedModel:
 
 def dataset_source(data_args: DataArguments) -> tuple[str, str | None, dict[str, str] | None]:
     """(dataset, config, file splits) to load: `dataset`, or `hub_dataset` (said loudly) if the folder is missing."""
-    splits = dict(p.split("=", 1) for p in data_args.file_splits.split(",")) if data_args.file_splits else None
+    splits = parse_file_splits(data_args.file_splits)
     if data_args.hub_dataset is None or Path(data_args.dataset).exists():
         return data_args.dataset, data_args.dataset_config, splits
     logger.warning(
@@ -324,7 +326,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: V
     if data_args.max_eval_samples is not None:
         validation = validation.select(range(min(data_args.max_eval_samples, len(validation))))
 
-    marks = [float(m) for m in training_args.eval_at_minutes.split(",")] if training_args.eval_at_minutes else []
+    marks = parse_eval_at_minutes(training_args.eval_at_minutes)
     by_metric = training_args.average_checkpoints != "last"
     budget = TrainingTimeBudget(training_args.max_train_minutes, marks, evaluate_at_stop=by_metric)
     trainer = VaswaniTrainer(
