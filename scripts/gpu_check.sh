@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 24's check on a CUDA machine without network, from a repository copy carrying .gpu_carry/ (made here by
+# The GPU check on a CUDA machine without network, from a repository copy carrying .gpu_carry/ (made here by
 # scripts/prepare_gpu_carry.sh): the carried wheels go into /tmp/gpu_check_site, before the image's own packages on
 # PYTHONPATH (nothing of the image is changed), then benchmarks/gpu_check.py runs with the arguments given
 # (--dry: toy sizes on the CPU, with the packages at hand; tests/test_gpu_check.py runs it so).

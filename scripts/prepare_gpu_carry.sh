@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# What the GPU machine of issue 24 lacks, gathered into .gpu_carry/ (ignored by git) to travel with the repository
+# What the lent GPU machine lacks, gathered into .gpu_carry/ (ignored by git) to travel with the repository
 # copy (the device tool's carry: [".gpu_carry"]): wheels for Python 3.12 / manylinux x86-64 of the packages its image
 # lacks or has too old, and the Multi30k En-De files. Run here, where pip reaches PyPI:
 #   bash scripts/prepare_gpu_carry.sh            (then, there: bash scripts/gpu_check.sh)
-# The image (its package list of 2026-11) has transformers 5.17, below our 5.24, and no datasets, dill or multiprocess;
+# The image has transformers 5.17, below our 5.24, and no datasets, dill or multiprocess;
 # the versions are those this repository is tested with. PACKAGES="..." replaces the list, CORPUS the data folder.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -273,3 +273,12 @@ def test_word_slots_allow_the_same_tokens_and_score_a_word_by_the_mass_of_every_
         torch.testing.assert_close(ranked[piece], torch.logsumexp(scores[0][pieces_there], 0))
         others = torch.isfinite(unranked) & (torch.arange(len(tokenizer)) != piece)
         assert torch.equal(ranked[others], unranked[others]) and ranked[piece] > unranked[piece]
+
+
+def test_a_treebank_without_training_trees_is_refused_naming_the_split_and_its_files(tmp_path, capsys):
+    treebank = tmp_path / "treebank"
+    treebank.mkdir()
+    (treebank / "wsj_0180.mrg").write_text(MRG["wsj_0180.mrg"])
+    with pytest.raises(SystemExit) as stopped:
+        evaluate_parsing.main([str(tmp_path / "unused_model"), str(treebank)])
+    assert stopped.value.code == f"error: {treebank} holds no trees of the train split (wsj_0001.mrg to wsj_0159.mrg)"

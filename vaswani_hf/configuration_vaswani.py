@@ -13,7 +13,7 @@ from transformers.activations import ACT2FN
 POSITION_ENCODINGS = ("sinusoidal", "learned", "none")
 
 # Table 3 of the paper. "small" is ours: a model that trains on Multi30k on a 2-core CPU in about an hour
-# (the size of the reference MarianMTModel in the project's issue 4), with the paper's shapes scaled down.
+# (the size of a MarianMTModel that does the same), with the paper's shapes scaled down.
 PRESETS: dict[str, dict[str, Any]] = {
     "small": dict(
         vocab_size=8000,

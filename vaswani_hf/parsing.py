@@ -35,7 +35,7 @@ from .files import write_json, write_text_lines
 from .generation_vaswani import target_length_limits
 from .parsing_constraint import TreeConstraintLogitsProcessor, TreeVocabulary
 from .tokenization import load_tokenizer
-from .treebank import UNKNOWN_TAG, Tree, linearized_words, read_treebank, tree_from_linearized
+from .treebank import SPLIT_FILES, UNKNOWN_TAG, Tree, linearized_words, read_treebank, tree_from_linearized
 
 EVALB_DELETED_TAGS = frozenset({",", ":", "``", "''", "."})
 EVALB_EQUAL_LABELS = {"PRT": "ADVP"}
@@ -253,6 +253,12 @@ def evaluate_parsing_run(
     in docs/parsing/report.md)."""
     word_slots = word_slots and constrained
     trees = read_treebank(treebank)
+    for needed in dict.fromkeys(("train", split)):  # the labels come from the training trees
+        if not trees[needed]:
+            files = SPLIT_FILES[needed]
+            raise ValueError(
+                f"{treebank} holds no trees of the {needed} split (wsj_{files[0]:04d}.mrg to wsj_{files[-1]:04d}.mrg)"
+            )
     gold = trees[split][:limit]
     label = most_common_label(trees["train"])
     baseline = bracket_scores([right_branching_tree(t.words(), label) for t in gold], gold)

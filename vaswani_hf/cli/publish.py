@@ -17,6 +17,8 @@ from vaswani_hf.hub import publish
 
 @dataclass
 class PublishArguments:
+    """What `vaswani-publish` uploads (a finished training run's folder), where, and how."""
+
     run_dir: str = field(metadata={"help": "output folder of scripts/train.py"})
     repo_id: str = field(metadata={"help": "org/name on the Hub"})
     repo_folder: str | None = field(
