@@ -85,31 +85,37 @@ def _check_marian_compatible(config: VaswaniConfig) -> None:
         raise ValueError("this config has no MarianMTModel equivalent: " + "; ".join(problems))
 
 
+# The config fields that mean the same in VaswaniConfig and MarianConfig.
+SHARED_CONFIG_FIELDS = (
+    "vocab_size",
+    "d_model",
+    "encoder_layers",
+    "decoder_layers",
+    "encoder_attention_heads",
+    "decoder_attention_heads",
+    "encoder_ffn_dim",
+    "decoder_ffn_dim",
+    "dropout",
+    "attention_dropout",
+    "activation_dropout",
+    "activation_function",
+    "max_position_embeddings",
+    "scale_embedding",
+    "pad_token_id",
+    "bos_token_id",
+    "eos_token_id",
+    "decoder_start_token_id",
+)
+
+
 def convert_to_marian(model: VaswaniForConditionalGeneration) -> MarianMTModel:
     """A `MarianMTModel` computing the same function as `model` (same logits, same greedy outputs)."""
     config = model.config
     _check_marian_compatible(config)
     marian_config = MarianConfig(
-        vocab_size=config.vocab_size,
+        **{name: getattr(config, name) for name in SHARED_CONFIG_FIELDS},
         decoder_vocab_size=config.vocab_size,
-        d_model=config.d_model,
-        encoder_layers=config.encoder_layers,
-        decoder_layers=config.decoder_layers,
-        encoder_attention_heads=config.encoder_attention_heads,
-        decoder_attention_heads=config.decoder_attention_heads,
-        encoder_ffn_dim=config.encoder_ffn_dim,
-        decoder_ffn_dim=config.decoder_ffn_dim,
-        dropout=config.dropout,
-        attention_dropout=config.attention_dropout,
-        activation_dropout=config.activation_dropout,
-        activation_function=config.activation_function,
-        max_position_embeddings=config.max_position_embeddings,
-        scale_embedding=config.scale_embedding,
-        pad_token_id=config.pad_token_id,
-        bos_token_id=config.bos_token_id,
-        eos_token_id=config.eos_token_id,
         forced_eos_token_id=None,
-        decoder_start_token_id=config.decoder_start_token_id,
         share_encoder_decoder_embeddings=True,
         tie_word_embeddings=True,
     )
@@ -145,26 +151,7 @@ def convert_from_marian(marian: MarianMTModel) -> VaswaniForConditionalGeneratio
         problems.append(f"odd d_model={mc.d_model}")
     if problems:
         raise ValueError("this MarianMTModel has no Vaswani equivalent: " + "; ".join(problems))
-    config = VaswaniConfig(
-        vocab_size=mc.vocab_size,
-        d_model=mc.d_model,
-        encoder_layers=mc.encoder_layers,
-        decoder_layers=mc.decoder_layers,
-        encoder_attention_heads=mc.encoder_attention_heads,
-        decoder_attention_heads=mc.decoder_attention_heads,
-        encoder_ffn_dim=mc.encoder_ffn_dim,
-        decoder_ffn_dim=mc.decoder_ffn_dim,
-        dropout=mc.dropout,
-        attention_dropout=mc.attention_dropout,
-        activation_dropout=mc.activation_dropout,
-        activation_function=mc.activation_function,
-        max_position_embeddings=mc.max_position_embeddings,
-        scale_embedding=mc.scale_embedding,
-        pad_token_id=mc.pad_token_id,
-        bos_token_id=mc.bos_token_id,
-        eos_token_id=mc.eos_token_id,
-        decoder_start_token_id=mc.decoder_start_token_id,
-    )
+    config = VaswaniConfig(**{name: getattr(mc, name) for name in SHARED_CONFIG_FIELDS})
     model = VaswaniForConditionalGeneration(config).to(device=marian.device, dtype=marian.dtype)
     theirs = marian.state_dict()
     inverse = torch.argsort(_sinusoid_permutation(config.d_model)).to(marian.device)
