@@ -63,14 +63,14 @@ def load_parallel_corpus(
             " read by its own loader: a Penn Treebank zip by corpus.load_corpus(..., dataset_format='treebank')"
             " (in a recipe: dataset_format: treebank)"
         )
-    if not is_hub_dataset_id(str(source)):
+    if not is_hub_repo_id(str(source)):
         raise FileNotFoundError(f"no folder or file {source} (a Hub dataset id is NAME or OWNER/NAME)")
     return _hub_dataset(str(source), config_name, source_lang, target_lang, cache_dir)
 
 
-def is_hub_dataset_id(source: str) -> bool:
-    """Whether `source` names a Hub dataset (NAME or OWNER/NAME) rather than a local path: it does not exist here
-    and does not look like a path (starting with `.`, `/` or `~`, or with more than one `/`)."""
+def is_hub_repo_id(source: str) -> bool:
+    """Whether `source` names a Hub repo (a dataset or a tokenizer: NAME or OWNER/NAME) rather than a local path: it
+    does not exist here and does not look like a path (starting with `.`, `/` or `~`, or with more than one `/`)."""
     return not Path(source).exists() and not source.startswith((".", "/", "~")) and source.count("/") <= 1
 
 

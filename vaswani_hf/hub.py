@@ -18,7 +18,7 @@ from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 from huggingface_hub.errors import RepositoryNotFoundError
 from transformers import GenerationConfig
 
-from .data import is_hub_dataset_id
+from .data import is_hub_repo_id
 from .files import atomic_folder, read_json
 from .modeling_vaswani import VaswaniForConditionalGeneration
 from .pipeline_vaswani import TranslationPipeline
@@ -98,7 +98,7 @@ def render_model_card(
     # what train() really loaded: the Hub dataset where the recipe's local folder was missing (`hub_dataset`)
     loaded = data.get("loaded", {"dataset": data["dataset"], "dataset_config": data.get("dataset_config")})
     dataset, dataset_config = loaded["dataset"], loaded["dataset_config"]
-    is_hub_dataset = is_hub_dataset_id(dataset)
+    is_hub_dataset = is_hub_repo_id(dataset)
     dataset_type = dataset if is_hub_dataset else Path(dataset).name
     dataset_name = HUB_DATASET_NAMES.get(dataset_type, dataset_type)
     if dataset_type.lower() == "multi30k":

@@ -44,7 +44,7 @@ from .checkpoints import (
 )
 from .configuration_vaswani import VaswaniConfig
 from .corpus import load_corpus
-from .data import is_hub_dataset_id, preprocess
+from .data import is_hub_repo_id, preprocess
 from .evaluation import bleu, bleu_metric_for_trainer, chrf, tokenized_bleu, translate
 from .files import atomic_folder, files_replaced_in, read_json, write_bytes, write_json, write_text_lines
 from .modeling_vaswani import VaswaniForConditionalGeneration
@@ -134,7 +134,7 @@ def build_tokenizer(data_args: DataArguments, corpus, output_dir: Path, training
     vaswani-train-tokenizer command to run first."""
     if data_args.tokenizer_name_or_path:
         folder = data_args.tokenizer_name_or_path
-        if not Path(folder).exists() and not is_hub_dataset_id(folder):  # a local path: never looked up on the Hub
+        if not Path(folder).exists() and not is_hub_repo_id(folder):  # a local path: never looked up on the Hub
             raise FileNotFoundError(
                 f"tokenizer_name_or_path {folder} does not exist: learn it first with "
                 f"{train_tokenizer_command(data_args, folder)}"
