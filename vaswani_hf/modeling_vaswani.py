@@ -93,12 +93,15 @@ def build_position_encoding(config: VaswaniConfig) -> nn.Module | None:
     return None
 
 
-def _shape_mismatches(path, config: VaswaniConfig | None, model_class: type) -> str:
-    """'name: checkpoint (a, b) vs config (c, d)' for each weight whose stored shape differs from the config's."""
-    config = config if isinstance(config, VaswaniConfig) else VaswaniConfig.from_pretrained(path)
+def _shape_mismatches(path, from_pretrained_kwargs: dict, model_class: type) -> str:
+    """'name: checkpoint (a, b) vs config (c, d)' for each weight whose stored shape differs from the config's (the
+    files `from_pretrained` read: same revision, subfolder, cache)."""
+    download = _download_arguments(from_pretrained_kwargs)
+    config = from_pretrained_kwargs.get("config")
+    config = config if isinstance(config, VaswaniConfig) else VaswaniConfig.from_pretrained(path, **download)
     with torch.device("meta"):
         expected = model_class(config).state_dict()
-    with safe_open(cached_file(path, "model.safetensors"), framework="pt") as stored:
+    with safe_open(cached_file(path, "model.safetensors", **download), framework="pt") as stored:
         found = {name: tuple(stored.get_slice(name).get_shape()) for name in stored.keys()}
     return "; ".join(
         f"{name}: checkpoint {found[name]} vs config {tuple(tensor.shape)}"
@@ -107,14 +110,18 @@ def _shape_mismatches(path, config: VaswaniConfig | None, model_class: type) -> 
     )
 
 
-# from_pretrained's keyword arguments that say where files come from, passed on when it looks for the generation config
+# from_pretrained's keyword arguments that say where files come from, passed on when it looks at files itself
 _DOWNLOAD_ARGUMENTS = ("cache_dir", "force_download", "proxies", "local_files_only", "token", "revision", "subfolder")
+
+
+def _download_arguments(from_pretrained_kwargs: dict) -> dict:
+    return {name: from_pretrained_kwargs[name] for name in _DOWNLOAD_ARGUMENTS if name in from_pretrained_kwargs}
 
 
 def _has_generation_config(path, from_pretrained_kwargs: dict) -> bool:
     """Whether `path` has a generation_config.json, refusing one that cannot be read or that GenerationConfig
     rejects, by name: transformers would fall back to its own defaults (greedy, 20 tokens) without a word."""
-    download = {name: from_pretrained_kwargs[name] for name in _DOWNLOAD_ARGUMENTS if name in from_pretrained_kwargs}
+    download = _download_arguments(from_pretrained_kwargs)
     resolved = cached_file(path, GENERATION_CONFIG_NAME, _raise_exceptions_for_missing_entries=False, **download)
     if resolved is None:
         return False
@@ -391,7 +398,7 @@ class VaswaniPreTrainedModel(PreTrainedModel):
                 raise
             raise ValueError(
                 f"{pretrained_model_name_or_path}: the weights in model.safetensors do not fit config.json: "
-                + _shape_mismatches(pretrained_model_name_or_path, kwargs.get("config"), cls)
+                + _shape_mismatches(pretrained_model_name_or_path, kwargs, cls)
             ) from error
         if strict:
             _check_all_weights_loaded(pretrained_model_name_or_path, loading_info)
