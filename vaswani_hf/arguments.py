@@ -21,7 +21,7 @@ def close_names(name: str, known: Iterable[str]) -> str:
     return f" (did you mean {' or '.join(repr(m) for m in matches)}?)" if matches else ""
 
 
-def check_choices(arguments) -> None:
+def check_choices(arguments: object) -> None:
     """Refuse a value outside a `Literal` field's choices, naming the field, the value and the choices: the check
     HfArgumentParser makes for command-line flags, here also for values from a recipe file or from Python."""
     for name, hint in typing.get_type_hints(type(arguments)).items():

@@ -14,7 +14,7 @@ import torch
 from accelerate import PartialState
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
-from transformers import AutoModelForSeq2SeqLM, PreTrainedModel
+from transformers import AutoModelForSeq2SeqLM, PreTrainedModel, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .arguments import VaswaniTrainingArguments
@@ -97,7 +97,7 @@ def complete_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
     return [folder for folder in checkpoint_folders(output_dir) if checkpoint_problem(folder) is None]
 
 
-def logged_metric(args) -> str | None:
+def logged_metric(args: TrainingArguments) -> str | None:
     """The name under which the Trainer logs `args.metric_for_best_model` (bleu: eval_bleu), or None if unset."""
     metric = args.metric_for_best_model
     return None if metric is None else metric if metric.startswith("eval_") else f"eval_{metric}"

@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -181,7 +182,7 @@ def atomic_folder(
         shutil.rmtree(new, ignore_errors=True)
 
 
-def read_json(path: str | os.PathLike):
+def read_json(path: str | os.PathLike) -> Any:
     """The JSON value in `path`; a file that is not valid JSON (a truncated write, say) is a `ValueError` naming it
     (json's own error names only the line and column)."""
     text = Path(path).read_text(encoding="utf-8")

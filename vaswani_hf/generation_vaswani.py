@@ -48,7 +48,8 @@ from transformers.generation.logits_process import (
     SuppressTokensLogitsProcessor,
 )
 from transformers.generation.stopping_criteria import EosTokenCriteria, MaxLengthCriteria
-from transformers.utils import logging
+from transformers.generation.streamers import BaseStreamer
+from transformers.utils import ModelOutput, logging
 
 from .configuration_vaswani import VaswaniConfig
 
@@ -244,7 +245,9 @@ def _warn_untested_version(version: str) -> None:
     )
 
 
-def fast_decoding_applies(generation_config: GenerationConfig, model_kwargs: dict, synced_gpus: bool, streamer) -> bool:
+def fast_decoding_applies(
+    generation_config: GenerationConfig, model_kwargs: dict, synced_gpus: bool, streamer: BaseStreamer | None
+) -> bool:
     """Whether these loops run this `generate` call: deterministic search over a fresh dynamic cache, returning only
     the token ids, on one device, with a transformers release the equality tests have passed on."""
     if not _call_is_supported(generation_config, model_kwargs, synced_gpus, streamer):
@@ -569,7 +572,13 @@ class VaswaniGenerationMixin(GenerationMixin):
     (`fast_decoding_applies`), the faster greedy and beam-search loops of this file."""
 
     @torch.no_grad()
-    def generate(self, inputs: torch.Tensor | None = None, generation_config=None, logits_processor=None, **kwargs):
+    def generate(
+        self,
+        inputs: torch.Tensor | None = None,
+        generation_config: GenerationConfig | None = None,
+        logits_processor: LogitsProcessorList | None = None,
+        **kwargs,
+    ) -> torch.LongTensor | ModelOutput:
         """`GenerationMixin.generate`, plus the paper's length limit (Sec. 6.1) when no length is asked for: each
         output is at most its source length + `generation_config.max_new_tokens_offset` tokens."""
         config = generation_config if generation_config is not None else self.generation_config

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from accelerate import PartialState
 from accelerate.utils import broadcast_object_list, str_to_bool
+from datasets import DatasetDict
 from transformers import (
     AutoModelForSeq2SeqLM,
     DataCollatorForSeq2Seq,
@@ -127,7 +128,9 @@ def train_tokenizer_command(data_args: DataArguments, folder: str | os.PathLike)
     return shlex.join([*command, "--vocab_size", str(data_args.vocab_size)])
 
 
-def build_tokenizer(data_args: DataArguments, corpus, output_dir: Path, training_args) -> PreTrainedTokenizerBase:
+def build_tokenizer(
+    data_args: DataArguments, corpus: DatasetDict, output_dir: Path, training_args: VaswaniTrainingArguments
+) -> PreTrainedTokenizerBase:
     """The recipe's tokenizer: `tokenizer_name_or_path`, the run's own `tokenizer/` (on resume), or a BPE learned
     here from the training split. A missing local `tokenizer_name_or_path`, and learning from more than
     `MAX_PAIRS_TO_LEARN_BPE_IN_MULTI_PROCESS_RUN` pairs in a multi-process run, are refused with the
@@ -227,7 +230,7 @@ def check_output_dir(training_args: VaswaniTrainingArguments) -> None:
         )
 
 
-def build_model(model_args: ModelArguments, tokenizer) -> PreTrainedModel:
+def build_model(model_args: ModelArguments, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
     if model_args.model_name_or_path:
         return AutoModelForSeq2SeqLM.from_pretrained(model_args.model_name_or_path)
     overrides = {
@@ -254,7 +257,7 @@ def dataset_source(data_args: DataArguments) -> tuple[str, str | None, dict[str,
     return data_args.hub_dataset, None, None
 
 
-def check_splits(corpus, data_args: DataArguments, source: str) -> None:
+def check_splits(corpus: DatasetDict, data_args: DataArguments, source: str) -> None:
     """Refuse a training or validation split the dataset does not have, naming the splits it has and the argument
     that chooses it (before anything is learned from the data)."""
     for argument in ("train_split", "validation_split"):
@@ -424,7 +427,12 @@ RECIPE_SETTINGS = (
 )
 
 
-def run_settings(model_args: ModelArguments, data_args: DataArguments, training_args, model: PreTrainedModel) -> dict:
+def run_settings(
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    training_args: VaswaniTrainingArguments,
+    model: PreTrainedModel,
+) -> dict:
     """What a reader needs to know and repeat about a run: arguments, recipe and model size."""
     recipe = {name: getattr(training_args, name) for name in RECIPE_SETTINGS}
     return {
@@ -434,7 +442,7 @@ def run_settings(model_args: ModelArguments, data_args: DataArguments, training_
     }
 
 
-def pair_counts(corpus, data) -> dict[str, dict[str, int]]:
+def pair_counts(corpus: DatasetDict, data: DatasetDict) -> dict[str, dict[str, int]]:
     """Per split: sentence pairs read, filtered out by `preprocess`'s length filters (empty sides, too many tokens, a
     length ratio too high), and kept."""
     return {
@@ -480,7 +488,7 @@ AVERAGE_NAMES = {
 }
 
 
-def averaged_checkpoints(output_dir: Path, training_args) -> list[dict]:
+def averaged_checkpoints(output_dir: Path, training_args: VaswaniTrainingArguments) -> list[dict]:
     """The complete checkpoints that the final evaluation averages (`select_checkpoints` by
     `training_args.average_checkpoints` and `checkpoints_to_average`), oldest first: {"step", "folder", and the
     validation metric each recorded (e.g. "eval_bleu": 37.8, or None; absent without metric_for_best_model)}."""
