@@ -15,8 +15,7 @@ from vaswani_hf.cli.evaluate_parsing import main as evaluate_parsing_main
 from vaswani_hf.cli.train import main as train_main
 from vaswani_hf.cli.train import parse_arguments
 from vaswani_hf.cli.train_tokenizer import main as train_tokenizer_main
-from vaswani_hf.tokenization import load_tokenizer
-from vaswani_hf.training import train_tokenizer_command
+from vaswani_hf.tokenization import load_tokenizer, train_tokenizer_command
 
 RECIPE = {"dataset": "corpus_folder", "output_dir": "from_recipe", "use_cpu": True, "max_train_minutes": 60, "seed": 4}
 

@@ -14,8 +14,8 @@ from transformers import AutoModelForSeq2SeqLM
 
 from vaswani_hf.arguments import DataArguments, ModelArguments, VaswaniTrainingArguments
 from vaswani_hf.data import load_parallel_corpus
-from vaswani_hf.tokenization import load_tokenizer, train_tokenizer
-from vaswani_hf.training import TOKENIZER_RECORD, save_learned_tokenizer, train
+from vaswani_hf.tokenization import TOKENIZER_RECORD, load_tokenizer, save_learned_tokenizer, train_tokenizer
+from vaswani_hf.training import train
 
 
 def free_port() -> int:

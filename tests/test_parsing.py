@@ -21,8 +21,7 @@ from vaswani_hf.parsing import (
     labeled_brackets,
     right_branching_tree,
 )
-from vaswani_hf.tokenization import load_tokenizer, train_tokenizer
-from vaswani_hf.training import train_tokenizer_command
+from vaswani_hf.tokenization import load_tokenizer, train_tokenizer, train_tokenizer_command
 from vaswani_hf.treebank import (
     Tree,
     delinearize,

@@ -26,9 +26,9 @@ from vaswani_hf.checkpoints import (
 from vaswani_hf.cli.train_tokenizer import main as train_tokenizer_main
 from vaswani_hf.data import load_parallel_corpus
 from vaswani_hf.evaluation import TOKENIZED_BLEU_LABEL, bleu, chrf, tokenized_bleu
-from vaswani_hf.tokenization import load_tokenizer, train_tokenizer
+from vaswani_hf.tokenization import check_tokenizer_fits, load_tokenizer, train_tokenizer
 from vaswani_hf.trainer import VaswaniTrainer
-from vaswani_hf.training import _print_summary, build_tokenizer, check_tokenizer_fits, earlier_run_outputs, train
+from vaswani_hf.training import _print_summary, build_tokenizer, earlier_run_outputs, train
 
 
 def test_a_resumed_run_trains_on_to_the_recipes_larger_time_budget(small_corpus, tmp_path, monkeypatch):

@@ -11,13 +11,15 @@ post-processor adds the real `</s>`. Otherwise "The tag </s> ends it." would end
 """
 
 import os
+import shlex
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
-from .files import read_json
+from .arguments import DataArguments
+from .files import atomic_folder, read_json, write_json
 
 # Ids 0-3, in this order, match VaswaniConfig's pad/bos(decoder start)/eos defaults.
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")
@@ -97,3 +99,62 @@ def load_tokenizer(name_or_path: str | os.PathLike) -> PreTrainedTokenizerBase:
             if (folder / name).is_file():
                 read_json(folder / name)
     return AutoTokenizer.from_pretrained(name_or_path, split_special_tokens=True)
+
+
+# Written beside a learned tokenizer (train(), vaswani-train-tokenizer): what it was learned for, compared on reuse.
+TOKENIZER_RECORD = "learned_for.json"
+
+
+def save_learned_tokenizer(
+    tokenizer: PreTrainedTokenizerBase, folder: str | os.PathLike, languages: list[str], vocab_size: int
+) -> None:
+    """Save a tokenizer just learned, atomically, with the record of its languages and requested vocabulary size
+    (`TOKENIZER_RECORD`) that a run reusing the folder compares with its recipe. The folder must be new or empty:
+    the atomic save replaces it whole."""
+    if Path(folder).is_dir() and any(Path(folder).iterdir()):
+        present = sorted(p.name for p in Path(folder).iterdir())
+        raise FileExistsError(f"{folder} already holds {present}: save the tokenizer to a new or empty folder")
+    with atomic_folder(folder) as staging:
+        tokenizer.save_pretrained(staging)
+        write_json(staging / TOKENIZER_RECORD, {"languages": languages, "vocab_size": vocab_size})
+
+
+def train_tokenizer_command(data_args: DataArguments, folder: str | os.PathLike) -> str:
+    """The vaswani-train-tokenizer command line that learns the recipe's BPE into `folder`."""
+    command = ["vaswani-train-tokenizer", data_args.dataset, data_args.source_lang, data_args.target_lang, str(folder)]
+    if data_args.dataset_format != "translation":
+        command += ["--dataset_format", data_args.dataset_format]
+    if data_args.dataset_config:
+        command += ["--config_name", data_args.dataset_config]
+    if data_args.train_split != "train":
+        command += ["--split", data_args.train_split]
+    return shlex.join([*command, "--vocab_size", str(data_args.vocab_size)])
+
+
+def check_tokenizer_fits(
+    tokenizer: PreTrainedTokenizerBase, folder: str | os.PathLike, data_args: DataArguments
+) -> None:
+    """Refuse a reused tokenizer learned for another vocabulary size or other languages than the recipe's, naming
+    both values: a model built on it would not be the recipe's, and resuming would mix two runs."""
+    record_path = Path(folder) / TOKENIZER_RECORD
+    fix = "set vocab_size and the languages to the tokenizer's, or choose another tokenizer or output_dir"
+    if record_path.is_file():
+        record = read_json(record_path)
+        if record["vocab_size"] != data_args.vocab_size:
+            raise ValueError(
+                f"the tokenizer in {folder} was learned with vocab_size {record['vocab_size']}, but the recipe asks "
+                f"for vocab_size {data_args.vocab_size}: {fix}"
+            )
+        languages = [data_args.source_lang, data_args.target_lang]
+        if sorted(record["languages"]) != sorted(languages):  # one shared BPE serves both directions
+            raise ValueError(
+                f"the tokenizer in {folder} was learned for the languages {record['languages']}, but the recipe "
+                f"translates {languages}: {fix}"
+            )
+    # Without a record only the size can be checked. BPE learns at most vocab_size tokens and fewer when a small
+    # corpus runs out of pairs to merge, so only a larger vocabulary proves that the tokenizer is not the recipe's.
+    elif len(tokenizer) > data_args.vocab_size:
+        raise ValueError(
+            f"the tokenizer in {folder} has {len(tokenizer)} tokens, more than the recipe's vocab_size "
+            f"{data_args.vocab_size}: {fix}"
+        )

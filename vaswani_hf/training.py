@@ -5,7 +5,6 @@ checkpoint average (Sec. 6.1) by sacreBLEU, and the record of the run (metrics J
 import io
 import logging
 import os
-import shlex
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -47,9 +46,15 @@ from .configuration_vaswani import VaswaniConfig
 from .corpus import load_corpus
 from .data import is_hub_repo_id, preprocess
 from .evaluation import bleu, bleu_metric_for_trainer, chrf, tokenized_bleu, translate
-from .files import atomic_folder, files_replaced_in, read_json, write_bytes, write_json, write_text_lines
+from .files import files_replaced_in, read_json, write_bytes, write_json, write_text_lines
 from .modeling_vaswani import VaswaniForConditionalGeneration
-from .tokenization import load_tokenizer, train_tokenizer
+from .tokenization import (
+    check_tokenizer_fits,
+    load_tokenizer,
+    save_learned_tokenizer,
+    train_tokenizer,
+    train_tokenizer_command,
+)
 from .trainer import VaswaniTrainer
 
 logger = logging.getLogger(__name__)
@@ -89,24 +94,6 @@ def plot_training_curves(
     write_bytes(path, image.getvalue())
 
 
-# Written beside a tokenizer that train() learns: what it was learned for, compared when it is reused.
-TOKENIZER_RECORD = "learned_for.json"
-
-
-def save_learned_tokenizer(
-    tokenizer: PreTrainedTokenizerBase, folder: str | os.PathLike, languages: list[str], vocab_size: int
-) -> None:
-    """Save a tokenizer just learned, atomically, with the record of its languages and requested vocabulary size
-    (`TOKENIZER_RECORD`) that a run reusing the folder compares with its recipe. The folder must be new or empty:
-    the atomic save replaces it whole."""
-    if Path(folder).is_dir() and any(Path(folder).iterdir()):
-        present = sorted(p.name for p in Path(folder).iterdir())
-        raise FileExistsError(f"{folder} already holds {present}: save the tokenizer to a new or empty folder")
-    with atomic_folder(folder) as staging:
-        tokenizer.save_pretrained(staging)
-        write_json(staging / TOKENIZER_RECORD, {"languages": languages, "vocab_size": vocab_size})
-
-
 # Above this many training pairs, a multi-process run refuses to learn its BPE: the other processes would wait for it
 # at a barrier that fails after ddp_timeout (1,800 s by default), and the learning time grows with the corpus and
 # depends on the machine, so no timeout is known to suffice. The tokenizer is then a step of its own
@@ -114,18 +101,6 @@ def save_learned_tokenizer(
 # (docs/benchmarks/tokenizer_scale.md): 35 s for 0.5M pairs, 162 s for 1.5M, 488 s for WMT14 En-De's 4.5M (3.5 GB),
 # and En-Fr's 36M would take an hour or more; below 1M pairs it waits under 3 minutes here.
 MAX_PAIRS_TO_LEARN_BPE_IN_MULTI_PROCESS_RUN = 1_000_000
-
-
-def train_tokenizer_command(data_args: DataArguments, folder: str | os.PathLike) -> str:
-    """The vaswani-train-tokenizer command line that learns the recipe's BPE into `folder`."""
-    command = ["vaswani-train-tokenizer", data_args.dataset, data_args.source_lang, data_args.target_lang, str(folder)]
-    if data_args.dataset_format != "translation":
-        command += ["--dataset_format", data_args.dataset_format]
-    if data_args.dataset_config:
-        command += ["--config_name", data_args.dataset_config]
-    if data_args.train_split != "train":
-        command += ["--split", data_args.train_split]
-    return shlex.join([*command, "--vocab_size", str(data_args.vocab_size)])
 
 
 def build_tokenizer(
@@ -169,35 +144,6 @@ def build_tokenizer(
     tokenizer = load_tokenizer(folder)
     check_tokenizer_fits(tokenizer, folder, data_args)
     return tokenizer
-
-
-def check_tokenizer_fits(
-    tokenizer: PreTrainedTokenizerBase, folder: str | os.PathLike, data_args: DataArguments
-) -> None:
-    """Refuse a reused tokenizer learned for another vocabulary size or other languages than the recipe's, naming
-    both values: a model built on it would not be the recipe's, and resuming would mix two runs."""
-    record_path = Path(folder) / TOKENIZER_RECORD
-    fix = "set vocab_size and the languages to the tokenizer's, or choose another tokenizer or output_dir"
-    if record_path.is_file():
-        record = read_json(record_path)
-        if record["vocab_size"] != data_args.vocab_size:
-            raise ValueError(
-                f"the tokenizer in {folder} was learned with vocab_size {record['vocab_size']}, but the recipe asks "
-                f"for vocab_size {data_args.vocab_size}: {fix}"
-            )
-        languages = [data_args.source_lang, data_args.target_lang]
-        if sorted(record["languages"]) != sorted(languages):  # one shared BPE serves both directions
-            raise ValueError(
-                f"the tokenizer in {folder} was learned for the languages {record['languages']}, but the recipe "
-                f"translates {languages}: {fix}"
-            )
-    # Without a record only the size can be checked. BPE learns at most vocab_size tokens and fewer when a small
-    # corpus runs out of pairs to merge, so only a larger vocabulary proves that the tokenizer is not the recipe's.
-    elif len(tokenizer) > data_args.vocab_size:
-        raise ValueError(
-            f"the tokenizer in {folder} has {len(tokenizer)} tokens, more than the recipe's vocab_size "
-            f"{data_args.vocab_size}: {fix}"
-        )
 
 
 # What an earlier run leaves in its output folder: a new run beside it would mix with it (its checkpoints would be

@@ -8,8 +8,7 @@ import argparse
 
 from vaswani_hf.cli import input_errors_as_messages
 from vaswani_hf.corpus import DATASET_FORMATS, load_corpus
-from vaswani_hf.tokenization import train_tokenizer
-from vaswani_hf.training import save_learned_tokenizer
+from vaswani_hf.tokenization import save_learned_tokenizer, train_tokenizer
 
 
 def main(argv: list[str] | None = None) -> None:
