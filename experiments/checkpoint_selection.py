@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer
 
-from vaswani_hf.checkpoints import checkpoint_step, complete_checkpoints, load_averaged_model, select_checkpoints
+from vaswani_hf.averaging import load_averaged_model
+from vaswani_hf.checkpoints import checkpoint_step, complete_checkpoints, select_checkpoints
 from vaswani_hf.evaluation import bleu, chrf, translate
 from vaswani_hf.files import write_json
 

@@ -12,16 +12,15 @@ from transformers import (
     TrainerCallback,
 )
 
+from vaswani_hf.averaging import average_checkpoints, load_averaged_model
 from vaswani_hf.checkpoints import (
     COMPLETE_MARKER,
-    average_checkpoints,
     checkpoint_folders,
     checkpoint_record,
     checkpoint_step,
     checkpoints_to_keep,
     complete_checkpoints,
     last_complete_checkpoint,
-    load_averaged_model,
     select_checkpoints,
 )
 

@@ -34,14 +34,9 @@ from safetensors.torch import load_file
 from transformers import AutoModelForSeq2SeqLM, GenerationConfig, HfArgumentParser, modeling_utils, pipeline
 
 from vaswani_hf.arguments import DataArguments, ModelArguments, VaswaniTrainingArguments
+from vaswani_hf.averaging import average_checkpoints
 from vaswani_hf.callbacks import NonFiniteGradientGuard
-from vaswani_hf.checkpoints import (
-    COMPLETE_MARKER,
-    average_checkpoints,
-    checkpoint_step,
-    complete_checkpoints,
-    last_complete_checkpoint,
-)
+from vaswani_hf.checkpoints import COMPLETE_MARKER, checkpoint_step, complete_checkpoints, last_complete_checkpoint
 from vaswani_hf.cli import evaluate
 from vaswani_hf.cli import translate as translate_command
 from vaswani_hf.evaluation import bleu, translate

@@ -16,13 +16,8 @@ from safetensors.torch import load_file
 
 from vaswani_hf import training
 from vaswani_hf.arguments import DataArguments, VaswaniTrainingArguments
-from vaswani_hf.checkpoints import (
-    average_checkpoints,
-    checkpoint_folders,
-    checkpoint_step,
-    complete_checkpoints,
-    select_checkpoints,
-)
+from vaswani_hf.averaging import average_checkpoints
+from vaswani_hf.checkpoints import checkpoint_folders, checkpoint_step, complete_checkpoints, select_checkpoints
 from vaswani_hf.cli.train_tokenizer import main as train_tokenizer_main
 from vaswani_hf.data import load_parallel_corpus
 from vaswani_hf.evaluation import TOKENIZED_BLEU_LABEL, bleu, chrf, tokenized_bleu

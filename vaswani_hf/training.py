@@ -31,13 +31,13 @@ from .arguments import (
     parse_file_splits,
     parse_overrides,
 )
+from .averaging import load_averaged_model
 from .callbacks import DropoutSchedule, EarlyStopping, TrainingTimeBudget
 from .checkpoints import (
     checkpoint_problem,
     checkpoint_scores,
     checkpoint_step,
     complete_checkpoints,
-    load_averaged_model,
     logged_metric,
     resumable_checkpoint,
     select_checkpoints,

@@ -10,7 +10,8 @@ checkpoints, nor inside or holding one), and an existing non-empty one is refuse
 import argparse
 import sys
 
-from vaswani_hf.checkpoints import average_checkpoint_folders, complete_checkpoints
+from vaswani_hf.averaging import average_checkpoint_folders
+from vaswani_hf.checkpoints import complete_checkpoints
 from vaswani_hf.cli import input_errors_as_messages
 
 
