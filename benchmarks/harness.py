@@ -605,7 +605,7 @@ def training_start_benchmark(
         "max_steps": steps,
         "save_strategy": "no",
         "eval_strategy": "no",
-        "average_last_checkpoints": 0,
+        "checkpoints_to_average": 0,
         "logging_steps": 1,
         "report_to": "tensorboard",
         "use_cpu": True,
