@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -163,8 +164,10 @@ def test_the_tokenizer_command_records_what_it_learned_for_and_keeps_other_files
     assert load_tokenizer(output_dir)("A dog.")["input_ids"][-1] == 2
     (tmp_path / "used").mkdir()
     (tmp_path / "used" / "notes.txt").write_text("mine")
-    with pytest.raises(SystemExit, match=r"^error: .*already holds \['notes.txt'\]"):
+    with pytest.raises(SystemExit) as stopped:
         train_tokenizer_main([str(small_corpus), "en", "de", str(tmp_path / "used"), "--vocab_size", "400"])
+    assert stopped.value.code == 1
+    assert re.search(r": error: .*already holds \['notes.txt'\]", capsys.readouterr().err)
     assert (tmp_path / "used" / "notes.txt").read_text() == "mine"
 
 
@@ -223,17 +226,20 @@ def test_the_wmt14_recipes_use_a_tokenizer_learned_first_and_report_the_papers_m
     }
 
 
-def test_commands_end_bad_input_with_a_one_line_error_naming_it(tmp_path):
+def test_commands_end_bad_input_with_a_one_line_error_naming_it(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["vaswani-train"])
     missing = tmp_path / "no_such_corpus"
     recipe_file = write(
         tmp_path / "recipe.yaml", {**RECIPE, "dataset": str(missing), "output_dir": str(tmp_path / "run")}
     )
     with pytest.raises(SystemExit) as stopped:
         train_main([recipe_file])
-    assert stopped.value.code == f"error: no folder or file {missing} (a Hub dataset id is NAME or OWNER/NAME)"
+    assert stopped.value.code == 1
+    message = f"vaswani-train: error: no folder or file {missing} (a Hub dataset id is NAME or OWNER/NAME)\n"
+    assert capsys.readouterr().err.endswith(message)
     with pytest.raises(SystemExit) as stopped:
         train_tokenizer_main([str(missing), "en", "de", str(tmp_path / "tokenizer")])
-    assert str(stopped.value.code).startswith(f"error: no folder or file {missing}")
+    assert stopped.value.code == 1 and f": error: no folder or file {missing}" in capsys.readouterr().err
     assert not (tmp_path / "tokenizer").exists()
 
 

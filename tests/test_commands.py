@@ -114,6 +114,16 @@ def test_translate_names_bad_input_and_devices(tiny_translator_folder, tmp_path,
     with pytest.raises(SystemExit):
         translate.main([str(tiny_translator_folder), "A dog.", "--input", str(source_file)])
     assert "not both" in capsys.readouterr().err
+    (tmp_path / "clean.en").write_text("A dog runs.\n", encoding="utf-8")
+    clean = str(tmp_path / "clean.en")
+    unwritable = tmp_path / "clean.en" / "out.txt"  # an output it cannot write (in a file): named, no traceback
+    for main, argv in (
+        (translate.main, ["A dog.", "--output", str(unwritable)]),
+        (evaluate.main, [clean, clean, "--metrics_file", str(unwritable)]),
+    ):
+        with pytest.raises(SystemExit) as refused:
+            main([str(tiny_translator_folder), *argv, "--device", "cpu"])
+        assert refused.value.code == 1 and str(unwritable.parent) in capsys.readouterr().err
     for dtype, message in (("float16", "--dtype float16 decodes on GPUs only"), ("fp16", "invalid choice: 'fp16'")):
         for main in (translate.main, evaluate.main):
             paths = [str(source_file)] * (2 if main is evaluate.main else 0)

@@ -199,7 +199,7 @@ def test_publish_to_a_loopback_hub_then_download_the_same_files(trained_run, tmp
         assert not path.is_file() or TOKEN.encode() not in path.read_bytes(), path
 
 
-def test_publishing_never_deletes_a_folder_it_did_not_build(trained_run, tmp_path, monkeypatch):
+def test_publishing_never_deletes_a_folder_it_did_not_build(trained_run, tmp_path, monkeypatch, capsys):
     """The run folder, a folder holding it and the current directory are never repo folders, even with --overwrite
     and --dry_run; another non-empty folder only with --overwrite; publish's own earlier build is rebuilt."""
     from vaswani_hf.cli.publish import main
@@ -212,7 +212,8 @@ def test_publishing_never_deletes_a_folder_it_did_not_build(trained_run, tmp_pat
     def refused(*flags: str) -> str:
         with pytest.raises(SystemExit) as exit:
             main([*publish, *flags])
-        return str(exit.value.code)
+        assert exit.value.code == 1
+        return capsys.readouterr().err
 
     for target, named in ((run, "is the training run"), (tmp_path, "holds the training run")):
         for overwrite in ([], ["--overwrite"]):

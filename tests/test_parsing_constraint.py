@@ -281,4 +281,6 @@ def test_a_treebank_without_training_trees_is_refused_naming_the_split_and_its_f
     (treebank / "wsj_0180.mrg").write_text(MRG["wsj_0180.mrg"])
     with pytest.raises(SystemExit) as stopped:
         evaluate_parsing.main([str(tmp_path / "unused_model"), str(treebank)])
-    assert stopped.value.code == f"error: {treebank} holds no trees of the train split (wsj_0001.mrg to wsj_0159.mrg)"
+    assert stopped.value.code == 1
+    message = f"error: {treebank} holds no trees of the train split (wsj_0001.mrg to wsj_0159.mrg)"
+    assert message in capsys.readouterr().err

@@ -13,6 +13,7 @@ import json
 
 from accelerate import PartialState
 
+from vaswani_hf.cli import input_errors_as_messages
 from vaswani_hf.cli.decoding import add_decoding_arguments, decoding_options
 from vaswani_hf.evaluation import evaluate_files
 from vaswani_hf.files import write_json
@@ -28,7 +29,8 @@ def main(argv: list[str] | None = None) -> None:
     add_decoding_arguments(parser, batch_size=64)
     args = parser.parse_args(argv)
     device, dtype, generate_kwargs = decoding_options(parser, args)
-    try:
+    state = PartialState()
+    with input_errors_as_messages():  # bad input, a model folder that cannot be read, an output it cannot write
         result = evaluate_files(
             args.model,
             args.source_file,
@@ -40,13 +42,10 @@ def main(argv: list[str] | None = None) -> None:
             across_processes=True,
             **generate_kwargs,
         )
-    except (ValueError, OSError) as error:  # bad input, or a model folder that cannot be read: a message, no trace
-        parser.exit(1, f"{parser.prog}: error: {error}\n")
-    state = PartialState()
-    if state.is_main_process:
-        if args.metrics_file:
-            write_json(args.metrics_file, result)
-        print(json.dumps({"bleu": round(result["score"], 2), "signature": result["signature"]}))
+        if state.is_main_process:
+            if args.metrics_file:
+                write_json(args.metrics_file, result)
+            print(json.dumps({"bleu": round(result["score"], 2), "signature": result["signature"]}))
     # A process that exits with its gloo group alive can abort in the group's destructor ("terminate called
     # without an active exception"): all leave together, the group taken down first.
     state.wait_for_everyone()

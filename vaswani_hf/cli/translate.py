@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from transformers import Pipeline, pipeline
 
 import vaswani_hf  # noqa: F401  (registers the model and the translation pipeline)
+from vaswani_hf.cli import input_errors_as_messages
 from vaswani_hf.cli.decoding import add_decoding_arguments, decoding_options
 from vaswani_hf.files import as_text_lines, read_text_lines, split_text_lines, write_text_lines
 from vaswani_hf.tokenization import load_tokenizer
@@ -34,7 +35,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.sentences and args.input:
         parser.error("give the sentences as arguments or as --input, not both")
     device, dtype, generate_kwargs = decoding_options(parser, args)
-    try:
+    with input_errors_as_messages():  # bad input, a model folder that cannot be read, an output it cannot write
         if args.sentences:
             sources = args.sentences
         elif args.input in (None, "-"):
@@ -46,13 +47,11 @@ def main(argv: list[str] | None = None) -> None:
             "translation", model=args.model, tokenizer=load_tokenizer(args.model), device=device, dtype=dtype
         )
         translations = translate_in_length_order(translator, sources, args.batch_size, **generate_kwargs)
-    except (ValueError, OSError) as error:  # bad input, or a model folder that cannot be read: a message, no trace
-        parser.exit(1, f"{parser.prog}: error: {error}\n")
-    if args.output:
-        write_text_lines(args.output, translations)
-    else:
-        sys.stdout.buffer.write(as_text_lines(translations).encode("utf-8"))
-        sys.stdout.flush()
+        if args.output:
+            write_text_lines(args.output, translations)
+        else:
+            sys.stdout.buffer.write(as_text_lines(translations).encode("utf-8"))
+            sys.stdout.flush()
 
 
 def translate_in_length_order(
