@@ -29,7 +29,6 @@ def main(argv: list[str] | None = None) -> None:
     add_decoding_arguments(parser, batch_size=64)
     args = parser.parse_args(argv)
     device, dtype, generate_kwargs = decoding_options(parser, args)
-    state = PartialState()
     with input_errors_as_messages():  # bad input, a model folder that cannot be read, an output it cannot write
         result = evaluate_files(
             args.model,
@@ -42,6 +41,7 @@ def main(argv: list[str] | None = None) -> None:
             across_processes=True,
             **generate_kwargs,
         )
+        state = PartialState()  # after evaluate_files, which sets up the processes (on a CPU only when told to)
         if state.is_main_process:
             if args.metrics_file:
                 write_json(args.metrics_file, result)
