@@ -21,6 +21,8 @@ from transformers.generation.logits_process import MinLengthLogitsProcessor, Min
 import vaswani_hf.generation_vaswani as generation
 from vaswani_hf.generation_vaswani import (
     TESTED_TRANSFORMERS_VERSIONS,
+    BeamAncestry,
+    BeamSelfAttentionLayer,
     PreallocatedSelfAttentionLayer,
     SuppressEndOfSentenceLogitsProcessor,
     _next_token_scores,
@@ -150,6 +152,69 @@ def test_an_unknown_logits_processor_keeps_every_sentence_in_the_batch(reversal_
     assert torch.equal(ours, theirs)
     _, rows = decoder_rows_per_step(reversal_model, **batch, **options)
     assert set(rows[1:]) == {len(batch["input_ids"]) * num_beams}
+
+
+@pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])
+@pytest.mark.parametrize("prompt_length", [1, 3])
+def test_beam_search_without_history_copies_gives_transformers_tokens(
+    reversal_model, attn_implementation, prompt_length
+):
+    # Beam reorders only move small integers (BeamAncestry); the attention masks what each beam may see. Mixed
+    # lengths drop finished sentences on the way; a longer decoder prompt fills several positions at the first step.
+    model = copy.deepcopy(reversal_model)
+    model.set_attn_implementation(attn_implementation)
+    batch = mixed_length_batch(0, batch_size=12)
+    prompt = torch.full((12, prompt_length), model.config.decoder_start_token_id)
+    prompt[:, 1:] = torch.randint(4, 97, (12, prompt_length - 1), generator=torch.Generator().manual_seed(0))
+    options = {"num_beams": 4, "max_new_tokens": 12, "length_penalty": 0.6, "num_return_sequences": 2}
+    with mock.patch.object(
+        PreallocatedSelfAttentionLayer, "reorder_cache", side_effect=AssertionError("histories copied")
+    ):
+        ours, theirs = generate_with_each_loop(model, batch | {"decoder_input_ids": prompt}, **options)
+    assert torch.equal(ours, theirs)
+
+
+def test_under_an_attention_without_4d_masks_beam_search_reorders_the_histories_and_gives_transformers_tokens(
+    reversal_model,
+):
+    batch = mixed_length_batch(1, batch_size=12)
+    reorder = PreallocatedSelfAttentionLayer.reorder_cache
+    with (
+        mock.patch.object(generation, "_BEAM_MASK_ATTENTION", {}),
+        mock.patch.object(PreallocatedSelfAttentionLayer, "reorder_cache", autospec=True, side_effect=reorder) as spy,
+    ):
+        ours, theirs = generate_with_each_loop(reversal_model, batch, num_beams=4, max_new_tokens=12)
+    assert torch.equal(ours, theirs) and spy.called
+
+
+def test_beam_attention_through_the_ancestry_mask_equals_attention_over_reordered_histories():
+    sentences, beams, heads, head_dim, steps = 2, 3, 2, 4, 5
+    generator = torch.Generator().manual_seed(0)
+    layer = BeamSelfAttentionLayer(capacity=steps + 1, num_beams=beams)
+    ancestry = BeamAncestry(sentences, beams, steps + 1, torch.device("cpu"))
+    prompt = torch.randn(sentences, heads, 1, head_dim, generator=generator)
+    layer.update(prompt, 2 * prompt)
+    histories = prompt.repeat_interleave(beams, 0)  # every beam starts from its sentence's prompt
+    for step in range(1, steps):
+        parents = torch.randint(0, beams, (sentences, beams), generator=generator)
+        ancestry.follow(parents)
+        rows = (torch.arange(sentences)[:, None] * beams + parents).reshape(-1)
+        histories = histories[rows]  # what transformers' cache does: copy each beam's history from its parent
+        new = torch.randn(sentences * beams, heads, 1, head_dim, generator=generator)
+        histories = torch.cat([histories, new], dim=2)
+        mask = ancestry.attention_mask(step)
+        keys, values = layer.update(new, 2 * new)
+        query = torch.randn(sentences, heads, beams, head_dim, generator=generator)  # the beams folded, as attention
+        ours = torch.nn.functional.scaled_dot_product_attention(query, keys, values, attn_mask=mask)
+        expected = torch.nn.functional.scaled_dot_product_attention(
+            query.transpose(1, 2).reshape(sentences * beams, heads, 1, head_dim), histories, 2 * histories
+        )
+        assert torch.allclose(ours.transpose(1, 2).reshape_as(expected), expected, atol=1e-6)
+    assert layer.get_seq_length() == steps
+    layer.batch_select_indices(torch.tensor([1]))  # the first sentence finished
+    ancestry.follow(torch.tensor([[0, 0, 1]]), torch.tensor([1]))
+    assert layer.keys.shape == (1, heads, steps * beams, head_dim)
+    assert torch.equal(layer.values, 2 * layer.keys)
 
 
 def test_beam_search_projects_each_source_once_for_all_its_beams(reversal_model):

@@ -6,9 +6,11 @@ These loops skip it and change no result (tests compare them token for token wit
   sentence, not once per beam, and never reordered (beam search reorders only the decoder's self-attention cache);
 - before the first step every beam of a sentence is the same hypothesis, so the first step runs once per sentence;
 - suppressing end-of-sentence below a minimum length writes one column, instead of copying all scores twice;
-- the decoder's self-attention keys and values are written into buffers sized for the whole generation, and beam
-  search reorders them between two such buffers: on a CPU, allocating fresh multi-megabyte tensors every step
-  (concatenation, then the reorder) costs more than the copies themselves;
+- the decoder's self-attention keys and values are written into buffers sized for the whole generation: on a CPU,
+  allocating fresh multi-megabyte tensors every step (concatenation, then the reorder) costs more than the copies;
+- beam search never copies the beams' histories when it reorders them: each position is written once, in one row
+  per sentence, and a mask says which entries each beam's hypothesis is made of (`BeamSelfAttentionLayer`,
+  `BeamAncestry`; with the sdpa and eager attention, else a reorder between two buffers);
 - the decoder runs on the new token only and the output projection on its position, into reused score buffers,
   with no per-step bookkeeping of model arguments; on a CPU, for 5-63 rows, the projection is computed as weight x
   hidden^T (vocabulary x rows), which MKL runs faster than hidden x weight^T there (`TRANSPOSED_PROJECTION_ROWS`).
@@ -186,6 +188,99 @@ class PreallocatedSelfAttentionLayer(DynamicLayer):
         self._views(targets, length)
 
 
+class BeamSelfAttentionLayer(DynamicLayer):
+    """A decoder self-attention cache layer for beam search that beam reorders never copy: one row per sentence,
+    holding position t of its beam b at index t * num_beams + b, written once. `BeamAncestry` records which beam's
+    entry holds each position of each hypothesis and turns that into the attention mask; the attention folds a
+    sentence's beams into its queries (`VaswaniAttention`). Reordering the beams' histories instead copies all of
+    them every step (20% of the time of beam 4 on the Multi30k test set: docs/benchmarks/beam_and_training_targets.md).
+    """
+
+    def __init__(self, capacity: int, num_beams: int):
+        super().__init__()
+        self.capacity = capacity
+        self.num_beams = num_beams
+        self.length = 0  # positions held
+        self.spares: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        sentences, heads, _, head_dim = key_states.shape
+        shape = (sentences, heads, self.capacity * self.num_beams, head_dim)
+        self.buffers = tuple(torch.empty(shape, dtype=key_states.dtype, device=key_states.device) for _ in range(2))
+        self.device = key_states.device
+        self.is_initialized = True
+
+    def _views(self) -> None:
+        self.keys, self.values = (buffer[:, :, : self.length * self.num_beams] for buffer in self.buffers)
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        """The first update holds the prompt, one row per sentence: beam 0's entries (the other beams' are zeroed,
+        so that masked entries stay finite). Each later one holds the next position of every beam, rows sentence
+        by sentence."""
+        beams = self.num_beams
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+            new = key_states.shape[-2]
+            for buffer, states in zip(self.buffers, (key_states, value_states), strict=True):
+                entries = buffer[:, :, : new * beams].unflatten(2, (new, beams))
+                entries.zero_()
+                entries[:, :, :, 0] = states
+            self.length = new
+            self._views()
+            return tuple(buffer[:, :, : new * beams : beams] for buffer in self.buffers)
+        start = self.length * beams
+        for buffer, states in zip(self.buffers, (key_states, value_states), strict=True):
+            sentences, heads, head_dim = buffer.shape[0], states.shape[1], states.shape[3]
+            buffer[:, :, start : start + beams] = states.view(sentences, beams, heads, head_dim).transpose(1, 2)
+        self.length += 1
+        self._views()
+        return self.keys, self.values
+
+    def get_seq_length(self) -> int:
+        return self.length
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        """Keep the sentences `indices` (those still being translated), copying into a second pair of buffers."""
+        rows = indices.shape[0]
+        if self.spares is None:
+            self.spares = tuple(torch.empty_like(buffer) for buffer in self.buffers)
+        held = self.length * self.num_beams
+        targets = tuple(spare[:rows] for spare in self.spares)
+        for source, target in zip(self.buffers, targets, strict=True):
+            torch.index_select(source[:, :, :held], 0, indices, out=target[:, :, :held])
+        self.spares, self.buffers = self.buffers, targets
+        self._views()
+
+
+class BeamAncestry:
+    """For `BeamSelfAttentionLayer`: which beam's entry holds each position of each running hypothesis.
+
+    After beam search picks each beam's parent, a beam's history is its parent's (`follow`, a gather of small
+    integers instead of a copy of every layer's keys and values); the position a beam is about to write is its own.
+    """
+
+    def __init__(self, sentences: int, num_beams: int, capacity: int, device: torch.device):
+        self.entries = torch.zeros((sentences, num_beams, capacity), dtype=torch.long, device=device)
+        self.beams = torch.arange(num_beams, device=device)
+
+    def follow(self, parents: torch.Tensor, sentences: torch.Tensor | None = None) -> None:
+        """Beam b of each sentence continues beam `parents[s, b]`; `sentences`, when given, are those kept."""
+        if sentences is not None:
+            self.entries = self.entries[sentences]
+        self.entries = self.entries.gather(1, parents.unsqueeze(2).expand_as(self.entries))
+
+    def attention_mask(self, length: int, additive_dtype: torch.dtype | None = None) -> torch.Tensor:
+        """(sentences, 1, beams, (length + 1) * beams): what beam b's next position may attend to, as booleans (for
+        sdpa) or, with `additive_dtype`, as 0 or that dtype's minimum (eager attention)."""
+        self.entries[:, :, length] = self.beams
+        mask = (self.entries[:, :, : length + 1, None] == self.beams).flatten(2).unsqueeze(1)
+        if additive_dtype is None:
+            return mask
+        return torch.zeros(mask.shape, dtype=additive_dtype, device=mask.device).masked_fill_(
+            ~mask, torch.finfo(additive_dtype).min
+        )
+
+
 def _in_place_processors(processors: LogitsProcessorList) -> LogitsProcessorList:
     """The same processors, with the minimum-length ones replaced by their in-place equivalent."""
     replaced = LogitsProcessorList()
@@ -289,11 +384,14 @@ def _next_token_scores(
     source_mask: torch.Tensor | None,
     cache: EncoderDecoderCache,
     out: tuple[torch.Tensor, torch.Tensor] | None = None,
+    self_attention_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Float32 logits of the next token per row: the decoder on the tokens not yet in the cache, the output projection
-    (Sec. 3.4) on the last position only, written into the buffers `out` when given (see `_score_buffers`)."""
+    (Sec. 3.4) on the last position only, written into the buffers `out` when given (see `_score_buffers`).
+    `self_attention_mask`: a 4-D mask, used as given (`BeamAncestry.attention_mask`)."""
     hidden_states = model.get_decoder()(
         input_ids=decoder_input_ids,
+        attention_mask=self_attention_mask,
         encoder_hidden_states=encoder_hidden_states,
         encoder_attention_mask=source_mask,
         cache=cache,
@@ -345,6 +443,23 @@ def _preallocated_cache(model: nn.Module, model_kwargs: dict, max_length: int, m
     """`generate`'s cache with the decoder self-attention layers replaced by preallocated ones."""
     layers = [PreallocatedSelfAttentionLayer(max_length, max_rows) for _ in range(model.config.decoder_layers)]
     return EncoderDecoderCache(Cache(layers=layers), model_kwargs["cache"].cross_attention_cache)
+
+
+# Attention implementations that take a 4-D mask as given (`BeamSelfAttentionLayer`); under others (flash attention
+# on a GPU, say) beam search reorders a `PreallocatedSelfAttentionLayer` instead.
+_BEAM_MASK_ATTENTION = {"sdpa": None, "eager": "additive"}
+
+
+def _beam_cache(
+    model: nn.Module, model_kwargs: dict, max_length: int, sentences: int, num_beams: int
+) -> tuple[EncoderDecoderCache, BeamAncestry | None]:
+    """Beam search's cache: `BeamSelfAttentionLayer`s and their `BeamAncestry` where the attention takes its mask,
+    else `_preallocated_cache` (and no ancestry)."""
+    if model.config._attn_implementation not in _BEAM_MASK_ATTENTION:
+        return _preallocated_cache(model, model_kwargs, max_length, sentences * num_beams), None
+    layers = [BeamSelfAttentionLayer(max_length, num_beams) for _ in range(model.config.decoder_layers)]
+    cache = EncoderDecoderCache(Cache(layers=layers), model_kwargs["cache"].cross_attention_cache)
+    return cache, BeamAncestry(sentences, num_beams, max_length, model_kwargs["encoder_outputs"][0].device)
 
 
 def _sources(model_kwargs: dict, rows: torch.Tensor | slice) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -456,7 +571,8 @@ def beam_search(
 
     processors = _in_place_processors(logits_processor)
     drop_finished = _finished_rows_can_leave(processors, stopping_criteria)
-    cache = _preallocated_cache(model, model_kwargs, max_length, batch_size * num_beams)
+    cache, ancestry = _beam_cache(model, model_kwargs, max_length, batch_size, num_beams)
+    additive_mask = _BEAM_MASK_ATTENTION.get(model.config._attn_implementation) == "additive"
     first_beams = torch.arange(batch_size, device=device) * num_beams
     encoder_hidden_states, source_mask = _sources(model_kwargs, first_beams)
     # The first step once per sentence: its beams are copies of one prompt, with the same scores.
@@ -467,8 +583,17 @@ def beam_search(
     while True:
         flat_running_sequences = running_sequences[:, :, :cur_len].reshape(batch_size * num_beams, cur_len)
         if cur_len > prompt_len:
+            mask = None
+            if ancestry is not None:
+                mask = ancestry.attention_mask(cur_len - 1, encoder_hidden_states.dtype if additive_mask else None)
             scores = _next_token_scores(
-                model, flat_running_sequences[:, -1:], encoder_hidden_states, source_mask, cache, out=scores_buffers
+                model,
+                flat_running_sequences[:, -1:],
+                encoder_hidden_states,
+                source_mask,
+                cache,
+                out=scores_buffers,
+                self_attention_mask=mask,
             )
             log_probs = torch.log_softmax(scores, dim=-1, out=scores)
         log_probs = processors(flat_running_sequences, log_probs)
@@ -530,6 +655,7 @@ def beam_search(
             is_early_stop_heuristic_unsatisfied, is_sent_finished, next_token_hits_stopping_criteria, early_stopping
         ):
             break
+        keep = None
         if drop_finished:
             done = is_early_stop_heuristic_unsatisfied.logical_not().squeeze(1)
             if early_stopping is True:
@@ -556,7 +682,12 @@ def beam_search(
                 processors = _processors_of_rows(processors, kept_rows)
                 scores_buffers = _score_buffers_of_rows(all_score_buffers, batch_size * num_beams)
         # The surviving beams' self-attention states; after the first step the cache holds one row per sentence.
-        cache.self_attention_cache.reorder_cache(beam_idx // num_beams if first_step else beam_idx)
+        if ancestry is None:
+            cache.self_attention_cache.reorder_cache(beam_idx // num_beams if first_step else beam_idx)
+        else:
+            if keep is not None:
+                cache.self_attention_cache.batch_select_indices(keep)
+            ancestry.follow(beam_idx.view(batch_size, num_beams) % num_beams, keep)
 
     output_sequences[sentences] = sequences[:, :num_return_sequences]
     output_beam_indices[sentences] = beam_indices[:, :num_return_sequences]

@@ -259,7 +259,7 @@ class VaswaniAttention(nn.Module):
                 key, value = cache.self_attention_cache.update(key, value, self.layer_idx)
 
         sources = key.shape[0]
-        if sources != batch:  # beam search stores each source once for all its beams (generation_vaswani.py)
+        if sources != batch:  # beam search stores each sentence once for all its beams (generation_vaswani.py)
             query = query.reshape(sources, batch // sources, self.num_heads, length, self.head_dim).transpose(1, 2)
             query = query.reshape(sources, self.num_heads, -1, self.head_dim)
 
