@@ -6,9 +6,11 @@ for, in one process, alternating: ours through `pipeline("translation")` and thr
 `vaswani_hf.evaluation.translate` (what `vaswani-evaluate` runs), `MarianMTModel` with the same weights
 (`convert_to_marian`) through transformers' own `generate` on the same batches, and the CTranslate2 export in float32
 and int8 (`translate_batch` with the same batch size; it sorts by length itself), and, on a CPU with bfloat16
-units, ours through `evaluation.translate` with the weights cast to bfloat16. With `before=True` also ours as it
-was before sorting by tokens and dropping finished sentences (`ours_*_before`), for before/after figures from the
-same run.
+units, ours through `evaluation.translate` with the weights cast to bfloat16. `ours_evaluate_history_copies` is
+ours with the beam search that copies the beams' self-attention histories at each reorder (what attention
+implementations without 4-D masks run, and ours before `BeamAncestry`). With `before=True` also ours as it was
+before sorting by tokens, dropping finished sentences and `BeamAncestry` (`ours_*_before`), for before/after figures
+from the same run.
 
 Per engine: median wall time, sentences/s, sacreBLEU, speed relative to CTranslate2 float32 (the median of per-round
 ratios) and how many translations equal ours through `evaluation.translate`.
@@ -42,6 +44,7 @@ Engine = Callable[[list[str]], list[str]]
 ENGINES = (
     "ours_pipeline",
     "ours_evaluate",
+    "ours_evaluate_history_copies",  # beam reorders copy the self-attention histories (attention without 4-D masks)
     "ours_evaluate_bfloat16",  # the weights cast to bfloat16 (--dtype bfloat16): only on a CPU with bf16 units
     "marian",
     "ctranslate2_float32",
@@ -60,9 +63,11 @@ def load_test_set(
 @contextmanager
 def as_before():
     """Ours as it decoded before issue 22: `evaluation.translate` batching sentences in order of characters, the
-    pipeline in the order given, and finished sentences kept in the running batch to the end."""
+    pipeline in the order given, finished sentences kept in the running batch to the end, and beam reorders copying
+    the self-attention histories."""
     with ExitStack() as stack:
         stack.enter_context(mock.patch.object(generation, "DROP_FINISHED_SENTENCES", False))
+        stack.enter_context(mock.patch.object(generation, "_BEAM_MASK_ATTENTION", {}))
         stack.enter_context(
             mock.patch.object(TranslationPipeline, "length_order", lambda self, texts: list(range(len(texts))))
         )
@@ -81,7 +86,15 @@ def _our_engines(model, tokenizer, batch_size: int, decoding: dict) -> dict[str,
     def through_evaluate(sources: list[str]) -> list[str]:
         return evaluation.translate(model, tokenizer, sources, batch_size=batch_size, progress_bar=False, **decoding)
 
-    return {"ours_pipeline": through_pipeline, "ours_evaluate": through_evaluate}
+    def with_history_copies(sources: list[str]) -> list[str]:
+        with mock.patch.object(generation, "_BEAM_MASK_ATTENTION", {}):
+            return through_evaluate(sources)
+
+    return {
+        "ours_pipeline": through_pipeline,
+        "ours_evaluate": through_evaluate,
+        "ours_evaluate_history_copies": with_history_copies,
+    }
 
 
 def _our_bfloat16_engine(model, tokenizer, batch_size: int, decoding: dict) -> Engine:
@@ -173,7 +186,7 @@ def translate_benchmark(
     with tempfile.TemporaryDirectory() as folder:
         available: dict[str, Engine] = _our_engines(model, tokenizer, batch_size, decoding)
         if before:
-            available |= {f"{name}_before": _before(engine) for name, engine in list(available.items())}
+            available |= {f"{name}_before": _before(available[name]) for name in ("ours_pipeline", "ours_evaluate")}
         if "ours_evaluate_bfloat16" in engines and cpu_has_native_bfloat16():
             available["ours_evaluate_bfloat16"] = _our_bfloat16_engine(model, tokenizer, batch_size, decoding)
         available["marian"] = _marian_engine(model, tokenizer, batch_size, decoding)

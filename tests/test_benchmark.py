@@ -146,7 +146,13 @@ def test_the_translate_benchmark_runs_every_engine_on_the_same_sentences(tiny_tr
         assert len(row["all_seconds"]) == 2 and row["seconds"] > 0 and row["sentences_per_second"] > 0
         assert 0 <= row["bleu"] <= 100 and row["speed_relative_to_ctranslate2_float32"] > 0
     # ours through both paths, before and after the batching changes, and Marian with the same weights agree
-    for name in ("ours_pipeline", "ours_pipeline_before", "ours_evaluate_before", "marian"):
+    for name in (
+        "ours_pipeline",
+        "ours_evaluate_history_copies",
+        "ours_pipeline_before",
+        "ours_evaluate_before",
+        "marian",
+    ):
         assert rows[name]["same_translations_as_ours_evaluate"] == 7, name
     assert rows["ctranslate2_float32"]["speed_relative_to_ctranslate2_float32"] == 1.0
     machine = results["machine"]
