@@ -202,7 +202,7 @@ def test_beam_attention_through_the_ancestry_mask_equals_attention_over_reordere
         histories = histories[rows]  # what transformers' cache does: copy each beam's history from its parent
         new = torch.randn(sentences * beams, heads, 1, head_dim, generator=generator)
         histories = torch.cat([histories, new], dim=2)
-        mask = ancestry.attention_mask(step)
+        mask = ancestry.next_position_mask(step)
         keys, values = layer.update(new, 2 * new)
         query = torch.randn(sentences, heads, beams, head_dim, generator=generator)  # the beams folded, as attention
         ours = torch.nn.functional.scaled_dot_product_attention(query, keys, values, attn_mask=mask)

@@ -269,9 +269,10 @@ class BeamAncestry:
             self.entries = self.entries[sentences]
         self.entries = self.entries.gather(1, parents.unsqueeze(2).expand_as(self.entries))
 
-    def attention_mask(self, length: int, additive_dtype: torch.dtype | None = None) -> torch.Tensor:
-        """(sentences, 1, beams, (length + 1) * beams): what beam b's next position may attend to, as booleans (for
-        sdpa) or, with `additive_dtype`, as 0 or that dtype's minimum (eager attention)."""
+    def next_position_mask(self, length: int, additive_dtype: torch.dtype | None = None) -> torch.Tensor:
+        """(sentences, 1, beams, (length + 1) * beams): what beam b's next position, `length` (which it writes into
+        its own entry, and records so), may attend to, as booleans (for sdpa) or, with `additive_dtype`, as 0 or
+        that dtype's minimum (eager attention)."""
         self.entries[:, :, length] = self.beams
         mask = (self.entries[:, :, : length + 1, None] == self.beams).flatten(2).unsqueeze(1)
         if additive_dtype is None:
@@ -388,7 +389,7 @@ def _next_token_scores(
 ) -> torch.Tensor:
     """Float32 logits of the next token per row: the decoder on the tokens not yet in the cache, the output projection
     (Sec. 3.4) on the last position only, written into the buffers `out` when given (see `_score_buffers`).
-    `self_attention_mask`: a 4-D mask, used as given (`BeamAncestry.attention_mask`)."""
+    `self_attention_mask`: a 4-D mask, used as given (`BeamAncestry.next_position_mask`)."""
     hidden_states = model.get_decoder()(
         input_ids=decoder_input_ids,
         attention_mask=self_attention_mask,
@@ -585,7 +586,7 @@ def beam_search(
         if cur_len > prompt_len:
             mask = None
             if ancestry is not None:
-                mask = ancestry.attention_mask(cur_len - 1, encoder_hidden_states.dtype if additive_mask else None)
+                mask = ancestry.next_position_mask(cur_len - 1, encoder_hidden_states.dtype if additive_mask else None)
             scores = _next_token_scores(
                 model,
                 flat_running_sequences[:, -1:],
