@@ -193,7 +193,8 @@ class BeamSelfAttentionLayer(DynamicLayer):
     holding position t of its beam b at index t * num_beams + b, written once. `BeamAncestry` records which beam's
     entry holds each position of each hypothesis and turns that into the attention mask; the attention folds a
     sentence's beams into its queries (`VaswaniAttention`). Reordering the beams' histories instead copies all of
-    them every step (20% of the time of beam 4 on the Multi30k test set: docs/benchmarks/beam_and_training_targets.md).
+    them every step, a cost that grows with the output length (20% of the operator time of beam 4 on Multi30k test
+    sentences, one thread; docs/benchmarks/beam_and_training_targets.md has what it gained end to end).
     """
 
     def __init__(self, capacity: int, num_beams: int):
