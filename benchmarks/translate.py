@@ -60,6 +60,11 @@ def load_test_set(
     return [pair[source_lang] for pair in pairs], [pair[target_lang] for pair in pairs]
 
 
+def history_copies():
+    """Beam reorders that copy the self-attention histories, as under attention implementations without 4-D masks."""
+    return mock.patch.object(generation, "_BEAM_MASK_ATTENTION", {})
+
+
 @contextmanager
 def as_before():
     """Ours as it decoded before issue 22: `evaluation.translate` batching sentences in order of characters, the
@@ -67,7 +72,7 @@ def as_before():
     the self-attention histories."""
     with ExitStack() as stack:
         stack.enter_context(mock.patch.object(generation, "DROP_FINISHED_SENTENCES", False))
-        stack.enter_context(mock.patch.object(generation, "_BEAM_MASK_ATTENTION", {}))
+        stack.enter_context(history_copies())
         stack.enter_context(
             mock.patch.object(TranslationPipeline, "length_order", lambda self, texts: list(range(len(texts))))
         )
@@ -87,7 +92,7 @@ def _our_engines(model, tokenizer, batch_size: int, decoding: dict) -> dict[str,
         return evaluation.translate(model, tokenizer, sources, batch_size=batch_size, progress_bar=False, **decoding)
 
     def with_history_copies(sources: list[str]) -> list[str]:
-        with mock.patch.object(generation, "_BEAM_MASK_ATTENTION", {}):
+        with history_copies():
             return through_evaluate(sources)
 
     return {

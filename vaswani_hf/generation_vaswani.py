@@ -260,9 +260,17 @@ class BeamAncestry:
     integers instead of a copy of every layer's keys and values); the position a beam is about to write is its own.
     """
 
-    def __init__(self, sentences: int, num_beams: int, capacity: int, device: torch.device):
+    def __init__(
+        self,
+        sentences: int,
+        num_beams: int,
+        capacity: int,
+        device: torch.device,
+        additive_dtype: torch.dtype | None = None,
+    ):
         self.entries = torch.zeros((sentences, num_beams, capacity), dtype=torch.long, device=device)
         self.beams = torch.arange(num_beams, device=device)
+        self.additive_dtype = additive_dtype  # masks as 0 / this dtype's minimum (eager attention), else booleans
 
     def follow(self, parents: torch.Tensor, sentences: torch.Tensor | None = None) -> None:
         """Beam b of each sentence continues beam `parents[s, b]`; `sentences`, when given, are those kept."""
@@ -270,16 +278,15 @@ class BeamAncestry:
             self.entries = self.entries[sentences]
         self.entries = self.entries.gather(1, parents.unsqueeze(2).expand_as(self.entries))
 
-    def next_position_mask(self, length: int, additive_dtype: torch.dtype | None = None) -> torch.Tensor:
+    def next_position_mask(self, length: int) -> torch.Tensor:
         """(sentences, 1, beams, (length + 1) * beams): what beam b's next position, `length` (which it writes into
-        its own entry, and records so), may attend to, as booleans (for sdpa) or, with `additive_dtype`, as 0 or
-        that dtype's minimum (eager attention)."""
+        its own entry, and records so), may attend to."""
         self.entries[:, :, length] = self.beams
         mask = (self.entries[:, :, : length + 1, None] == self.beams).flatten(2).unsqueeze(1)
-        if additive_dtype is None:
+        if self.additive_dtype is None:
             return mask
-        return torch.zeros(mask.shape, dtype=additive_dtype, device=mask.device).masked_fill_(
-            ~mask, torch.finfo(additive_dtype).min
+        return torch.zeros(mask.shape, dtype=self.additive_dtype, device=mask.device).masked_fill_(
+            ~mask, torch.finfo(self.additive_dtype).min
         )
 
 
@@ -447,9 +454,9 @@ def _preallocated_cache(model: nn.Module, model_kwargs: dict, max_length: int, m
     return EncoderDecoderCache(Cache(layers=layers), model_kwargs["cache"].cross_attention_cache)
 
 
-# Attention implementations that take a 4-D mask as given (`BeamSelfAttentionLayer`); under others (flash attention
-# on a GPU, say) beam search reorders a `PreallocatedSelfAttentionLayer` instead.
-_BEAM_MASK_ATTENTION = {"sdpa": None, "eager": "additive"}
+# Attention implementations that take a 4-D mask as given (`BeamSelfAttentionLayer`), and whether theirs is additive;
+# under others (flash attention on a GPU, say) beam search reorders a `PreallocatedSelfAttentionLayer` instead.
+_BEAM_MASK_ATTENTION = {"sdpa": False, "eager": True}
 
 
 def _beam_cache(
@@ -457,11 +464,16 @@ def _beam_cache(
 ) -> tuple[EncoderDecoderCache, BeamAncestry | None]:
     """Beam search's cache: `BeamSelfAttentionLayer`s and their `BeamAncestry` where the attention takes its mask,
     else `_preallocated_cache` (and no ancestry)."""
-    if model.config._attn_implementation not in _BEAM_MASK_ATTENTION:
+    additive = _BEAM_MASK_ATTENTION.get(model.config._attn_implementation)
+    if additive is None:
         return _preallocated_cache(model, model_kwargs, max_length, sentences * num_beams), None
     layers = [BeamSelfAttentionLayer(max_length, num_beams) for _ in range(model.config.decoder_layers)]
     cache = EncoderDecoderCache(Cache(layers=layers), model_kwargs["cache"].cross_attention_cache)
-    return cache, BeamAncestry(sentences, num_beams, max_length, model_kwargs["encoder_outputs"][0].device)
+    encoder_output = model_kwargs["encoder_outputs"][0]
+    ancestry = BeamAncestry(
+        sentences, num_beams, max_length, encoder_output.device, encoder_output.dtype if additive else None
+    )
+    return cache, ancestry
 
 
 def _sources(model_kwargs: dict, rows: torch.Tensor | slice) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -574,7 +586,6 @@ def beam_search(
     processors = _in_place_processors(logits_processor)
     drop_finished = _finished_rows_can_leave(processors, stopping_criteria)
     cache, ancestry = _beam_cache(model, model_kwargs, max_length, batch_size, num_beams)
-    additive_mask = _BEAM_MASK_ATTENTION.get(model.config._attn_implementation) == "additive"
     first_beams = torch.arange(batch_size, device=device) * num_beams
     encoder_hidden_states, source_mask = _sources(model_kwargs, first_beams)
     # The first step once per sentence: its beams are copies of one prompt, with the same scores.
@@ -585,9 +596,7 @@ def beam_search(
     while True:
         flat_running_sequences = running_sequences[:, :, :cur_len].reshape(batch_size * num_beams, cur_len)
         if cur_len > prompt_len:
-            mask = None
-            if ancestry is not None:
-                mask = ancestry.next_position_mask(cur_len - 1, encoder_hidden_states.dtype if additive_mask else None)
+            mask = None if ancestry is None else ancestry.next_position_mask(cur_len - 1)
             scores = _next_token_scores(
                 model,
                 flat_running_sequences[:, -1:],
