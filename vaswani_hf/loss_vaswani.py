@@ -35,42 +35,60 @@ class LinearCrossEntropy(torch.autograd.Function):
         # computes cross_entropy on logits.float(); the gradients of the products come back in float32.
         compute_dtype = compute_dtype or hidden.dtype
         low_precision = torch.finfo(compute_dtype).bits < 32
+        accumulate_dtype = torch.float32 if low_precision else hidden.dtype
         rows_all = hidden.to(compute_dtype)
         weight_compute = weight.to(compute_dtype)
         grad_hidden = torch.empty_like(hidden)
-        grad_weight = (
-            torch.zeros_like(weight, dtype=torch.float32 if low_precision else weight.dtype)
-            if keep_weight_grad
-            else None
-        )
-        loss = hidden.new_zeros((), dtype=torch.float32 if low_precision else hidden.dtype)
+        grad_weight = torch.zeros_like(weight, dtype=accumulate_dtype) if keep_weight_grad else None
+        loss = hidden.new_zeros((), dtype=accumulate_dtype)
+        # Every chunk reuses the same buffers, and each pass over a chunk's logits is in place: a fresh array of this
+        # size (~128 MB) costs as much as a pass over it again, for the pages the system hands it.
+        chunk_rows = min(chunk_rows, hidden.shape[0])
+        logits_buffer = hidden.new_empty((chunk_rows, vocab_size), dtype=accumulate_dtype)
+        products_buffer = hidden.new_empty((chunk_rows, vocab_size), dtype=compute_dtype) if low_precision else None
+        if low_precision and keep_weight_grad:
+            weight_products = torch.empty_like(weight, dtype=compute_dtype)
+            weight_products_widened = torch.empty_like(grad_weight)
         with torch.autocast(hidden.device.type, enabled=False):
             for start in range(0, hidden.shape[0], chunk_rows):
                 rows = rows_all[start : start + chunk_rows]
+                count = rows.shape[0]
                 targets = labels[start : start + chunk_rows]
                 kept = targets.ne(-100)
                 targets = targets.clamp(min=0).unsqueeze(1)
-                logits = rows @ weight_compute.t()
+                logits = logits_buffer[:count]
                 if low_precision:
-                    logits = logits.float()
-                log_normaliser = torch.logsumexp(logits, dim=-1)
+                    logits.copy_(torch.mm(rows, weight_compute.t(), out=products_buffer[:count]))
+                else:
+                    torch.mm(rows, weight_compute.t(), out=logits)
+                # The loss from logits shifted by their row maximum (the shift cancels): with Z = sum(exp(shifted)),
                 # -log p(target) mixed with the mean of -log p over the vocabulary, as LabelSmoother and cross_entropy.
+                logits.sub_(logits.amax(dim=-1, keepdim=True))
+                target_logits = logits.gather(1, targets).squeeze(1)
+                logits_sum = logits.sum(-1)
+                exponentials = logits.exp_()
+                normaliser = exponentials.sum(-1, keepdim=True)
                 token_loss = (
-                    log_normaliser
-                    - (1 - label_smoothing) * logits.gather(1, targets).squeeze(1)
-                    - label_smoothing / vocab_size * logits.sum(-1)
+                    normaliser.log().squeeze(1)
+                    - (1 - label_smoothing) * target_logits
+                    - label_smoothing / vocab_size * logits_sum
                 )
                 loss += token_loss.masked_fill(~kept, 0.0).sum()
-                # d loss / d logits = softmax - ((1 - eps) one-hot + eps / V), per kept token, over the denominator.
-                grad_logits = logits.sub_(log_normaliser.unsqueeze(1)).exp_()
-                grad_logits.scatter_add_(1, targets, grad_logits.new_full(targets.shape, label_smoothing - 1))
-                grad_logits.sub_(label_smoothing / vocab_size).mul_((kept / denominator).unsqueeze(1))
+                # d loss / d logits = (exp / Z - (1 - eps) one-hot - eps / V) * kept / denominator, the one-hot
+                # folded in first (times Z). In place and in one dtype: passes that convert as they go are slower.
+                scale = (kept / denominator).unsqueeze(1)
+                exponentials.scatter_add_(1, targets, (label_smoothing - 1) * normaliser)
+                grad_logits = exponentials.mul_(scale / normaliser).sub_(label_smoothing / vocab_size * scale)
                 if low_precision:
-                    grad_logits = grad_logits.to(compute_dtype)
-                grad_hidden[start : start + chunk_rows] = grad_logits @ weight_compute
+                    grad_logits = products_buffer[:count].copy_(grad_logits)
+                if grad_hidden.dtype == compute_dtype:
+                    torch.mm(grad_logits, weight_compute, out=grad_hidden[start : start + count])
+                else:
+                    grad_hidden[start : start + count] = grad_logits @ weight_compute
                 if keep_weight_grad:
                     if low_precision:
-                        grad_weight += grad_logits.t() @ rows
+                        torch.mm(grad_logits.t(), rows, out=weight_products)
+                        grad_weight += weight_products_widened.copy_(weight_products)
                     else:
                         grad_weight.addmm_(grad_logits.t(), rows)
         if keep_weight_grad:
