@@ -1,4 +1,4 @@
-"""The model's behaviour: masks, padding, attention implementations, outputs, caching, ablations, gradient
+"""The model's behaviour: masks, padding, attention implementations, outputs, caching, ablations, dropout, gradient
 checkpointing and saving. Its loss is tested in tests/test_loss.py, its decoding in tests/test_generation.py."""
 
 import pytest
@@ -7,7 +7,7 @@ from helpers import copy_task_batch, decoder_inputs, padded_batch, reversed_sour
 from transformers import AutoModelForSeq2SeqLM
 
 from vaswani_hf import VaswaniForConditionalGeneration
-from vaswani_hf.modeling_vaswani import VaswaniSinusoidalPositionalEncoding
+from vaswani_hf.modeling_vaswani import VaswaniDropout, VaswaniSinusoidalPositionalEncoding
 
 ATTENTION_IMPLEMENTATIONS = ["eager", "sdpa"]
 
@@ -145,13 +145,46 @@ def test_embeddings_are_tied_and_scaled():
     assert model.model.encoder.embed_scale == pytest.approx(32**0.5)
 
 
-def test_gradient_checkpointing_gives_the_same_gradients():
+@pytest.mark.parametrize("p", [0.1, 0.3])
+def test_dropout_zeroes_a_fraction_p_and_scales_the_rest_by_1_over_1_minus_p(p):
+    dropout = VaswaniDropout(p).train()
+    inputs = torch.ones(1000, 1000, requires_grad=True)
+    outputs = dropout(inputs)
+    dropped = outputs == 0
+    assert abs(dropped.float().mean().item() - p) < 0.005  # 10^6 draws: the standard error is under 0.0005
+    torch.testing.assert_close(outputs[~dropped], torch.full_like(outputs[~dropped], 1 / (1 - p)))
+    # neighbours (which share a random word) are dropped independently: P(both) = p^2
+    assert abs((dropped[:, 0::2] & dropped[:, 1::2]).float().mean().item() - p * p) < 0.005
+    outputs.sum().backward()
+    assert torch.equal(inputs.grad, outputs.detach())  # d(x * keep / (1 - p)) / dx = keep / (1 - p)
+
+
+def test_dropout_masks_follow_the_seed_and_differ_between_calls():
+    dropout = VaswaniDropout(0.5).train()
+    inputs = torch.ones(4, 7, 3, dtype=torch.bfloat16)  # any shape, any floating dtype, odd sizes
+    torch.manual_seed(0)
+    first, second = dropout(inputs), dropout(inputs)
+    torch.manual_seed(0)
+    assert torch.equal(dropout(inputs), first) and not torch.equal(first, second)
+    assert first.dtype == torch.bfloat16 and first.shape == inputs.shape
+
+
+def test_dropout_is_the_identity_in_evaluation_and_at_p_0():
+    inputs = torch.randn(5, 6)
+    assert torch.equal(VaswaniDropout(0.3).eval()(inputs), inputs)
+    assert torch.equal(VaswaniDropout(0.0).train()(inputs), inputs)
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_gradient_checkpointing_gives_the_same_gradients(dropout):
+    """With dropout too: the recomputed forward pass draws the same masks."""
     batch = copy_task_batch(torch.Generator().manual_seed(4), batch_size=4)
     gradients = []
     for checkpointing in (False, True):
-        model = tiny_model(seed=5).train()
+        model = tiny_model(seed=5, dropout=dropout, activation_dropout=dropout).train()
         if checkpointing:
             model.gradient_checkpointing_enable()
+        torch.manual_seed(6)
         model(**batch).loss.backward()
         gradients.append({n: p.grad.clone() for n, p in model.named_parameters()})
     for name, gradient in gradients[0].items():

@@ -183,6 +183,37 @@ def check_token_inputs(
         )
 
 
+class VaswaniDropoutFunction(torch.autograd.Function):
+    """Inverted dropout with its keep mask drawn from 16 random bits per element: four elements per 64-bit word of
+    `torch.randint`, P_drop rounded to a multiple of 2^-16. Torch's CPU dropout draws one Bernoulli sample per
+    element, several times slower than the products around it (docs/benchmarks/dropout_masks.md)."""
+
+    @staticmethod
+    def forward(ctx, hidden_states: torch.Tensor, p: float) -> torch.Tensor:
+        count = hidden_states.numel()
+        words = torch.randint(-(2**63), 2**63 - 1, ((count + 3) // 4,), dtype=torch.int64, device=hidden_states.device)
+        keep = words.view(torch.int16)[:count].view(hidden_states.shape) >= round(p * 2**16) - 2**15
+        ctx.save_for_backward(keep)
+        ctx.scale = 1.0 / (1.0 - p)
+        return torch.ops.aten.native_dropout_backward(hidden_states, keep, ctx.scale)  # x * keep / (1 - p)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_output: torch.Tensor) -> tuple[torch.Tensor, None]:
+        (keep,) = ctx.saved_tensors
+        return torch.ops.aten.native_dropout_backward(grad_output, keep, ctx.scale), None
+
+
+class VaswaniDropout(nn.Dropout):
+    """Dropout (Sec. 5.4): in training on the CPU, where torch's masks were measured slow, `VaswaniDropoutFunction`;
+    elsewhere nn.Dropout."""
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        if self.training and 0.0 < self.p < 1.0 and not self.inplace and hidden_states.device.type == "cpu":
+            return VaswaniDropoutFunction.apply(hidden_states, self.p)
+        return super().forward(hidden_states)
+
+
 def eager_attention_forward(
     module: nn.Module,
     query: torch.Tensor,
@@ -286,7 +317,7 @@ class VaswaniFeedForward(nn.Module):
         super().__init__()
         self.fc1 = nn.Linear(d_model, ffn_dim)
         self.activation = ACT2FN[activation_function]
-        self.activation_dropout = nn.Dropout(activation_dropout)
+        self.activation_dropout = VaswaniDropout(activation_dropout)
         self.fc2 = nn.Linear(ffn_dim, d_model)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
@@ -306,7 +337,7 @@ class VaswaniEncoderLayer(GradientCheckpointingLayer):
             config.d_model, config.encoder_ffn_dim, config.activation_function, config.activation_dropout
         )
         self.ffn_layer_norm = nn.LayerNorm(config.d_model)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = VaswaniDropout(config.dropout)
 
     def forward(
         self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None, **kwargs: Unpack[TransformersKwargs]
@@ -333,7 +364,7 @@ class VaswaniDecoderLayer(GradientCheckpointingLayer):
             config.d_model, config.decoder_ffn_dim, config.activation_function, config.activation_dropout
         )
         self.ffn_layer_norm = nn.LayerNorm(config.d_model)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = VaswaniDropout(config.dropout)
 
     def forward(
         self,
@@ -454,7 +485,7 @@ class VaswaniEncoder(VaswaniPreTrainedModel):
         self.embed_tokens = nn.Embedding(config.vocab_size, config.d_model, config.pad_token_id)
         self.embed_scale = math.sqrt(config.d_model) if config.scale_embedding else 1.0
         self.embed_positions = build_position_encoding(config)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = VaswaniDropout(config.dropout)
         self.layers = nn.ModuleList([VaswaniEncoderLayer(config, i) for i in range(config.encoder_layers)])
         self.gradient_checkpointing = False
         self.post_init()
@@ -497,7 +528,7 @@ class VaswaniDecoder(VaswaniPreTrainedModel):
         self.embed_tokens = nn.Embedding(config.vocab_size, config.d_model, config.pad_token_id)
         self.embed_scale = math.sqrt(config.d_model) if config.scale_embedding else 1.0
         self.embed_positions = build_position_encoding(config)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = VaswaniDropout(config.dropout)
         self.layers = nn.ModuleList([VaswaniDecoderLayer(config, i) for i in range(config.decoder_layers)])
         self.gradient_checkpointing = False
         self.post_init()
