@@ -10,6 +10,8 @@ python scripts/benchmark.py translate --trained_model runs/quickstart_en_de   # 
 python scripts/benchmark.py projection --trained_model runs/quickstart_en_de  # the decoding loops' projection
                                        # layout by rows, and the test set translated with each layout rule
 python scripts/benchmark.py profile    # where the base training step and beam 4 spend their time
+python scripts/benchmark.py training_ab  # the training step with and without each change to it (dropout masks,
+                                         # the fused loss at --before), side by side
 nice python scripts/benchmark.py scale --sizes 450000,1500000,4500000  # the data pipeline and first updates at
                                                                        # WMT14 size (a corpus made from Multi30k)
 """
@@ -24,6 +26,7 @@ from .bf16 import bf16_benchmark
 from .harness import data_benchmark, quality_benchmark, scale_benchmark, speed_benchmark, write_tables
 from .operator_profile import profile_benchmark
 from .projection import ROWS, projection_benchmark
+from .training_ab import training_ab_benchmark
 from .translate import ENGINES, translate_benchmark
 
 DEFAULT_CORPUS = Path(__file__).resolve().parents[2] / "shared" / "data" / "multi30k"
@@ -32,7 +35,8 @@ DEFAULT_CORPUS = Path(__file__).resolve().parents[2] / "shared" / "data" / "mult
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
-        "benchmark", choices=["data", "speed", "quality", "scale", "bf16", "translate", "projection", "profile"]
+        "benchmark",
+        choices=["data", "speed", "quality", "scale", "bf16", "translate", "projection", "profile", "training_ab"],
     )
     parser.add_argument("--corpus", default=str(DEFAULT_CORPUS), help="folder of Moses-style Multi30k files")
     parser.add_argument("--max_tokens", type=int, help="tokens per batch (default: data 4096, scale 6250)")
@@ -62,6 +66,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     projection = parser.add_argument_group("projection")
     projection.add_argument("--rows", default=",".join(map(str, ROWS)), help="row counts, comma-separated")
+    training_ab = parser.add_argument_group("training_ab")
+    training_ab.add_argument("--before", default="9af73e4", help="the git commit whose fused loss to compare with")
     args = parser.parse_args(argv)
     if args.benchmark == "data":
         results = {"data": data_benchmark(args.corpus, max_tokens=args.max_tokens or 4096)}
@@ -107,6 +113,8 @@ def main(argv: list[str] | None = None) -> None:
         )
     elif args.benchmark == "profile":
         results = profile_benchmark(args.preset, args.vocab_size, repeats=args.repeats)
+    elif args.benchmark == "training_ab":
+        results = training_ab_benchmark(args.preset, args.vocab_size, repeats=args.repeats, before=args.before)
     elif args.benchmark == "scale":
         results = scale_benchmark(
             args.corpus,

@@ -8,7 +8,7 @@ import pytest
 import torch
 from helpers import tiny_config
 
-from benchmarks import bf16, harness, operator_profile, projection
+from benchmarks import bf16, harness, operator_profile, projection, training_ab
 from benchmarks.cli import main
 from benchmarks.harness import (
     PeakMemory,
@@ -20,6 +20,7 @@ from benchmarks.harness import (
 )
 from benchmarks.translate import ENGINES, translate_benchmark
 from vaswani_hf.devices import cpu_has_native_bfloat16
+from vaswani_hf.loss_vaswani import LinearCrossEntropy
 from vaswani_hf.modeling_vaswani import VaswaniForConditionalGeneration
 
 
@@ -210,3 +211,33 @@ def test_the_profiles_give_operator_shares_and_the_training_steps_utilisation():
     assert training["step_seconds"] > 0 and training["matmul_peak_gflops"] > 0
     assert 0 <= training["model_flops_utilisation"] <= 1  # rounded to 3 places: a tiny step's can round to 0
     assert beam["seconds"] > 0
+
+
+def test_the_training_ab_times_each_change_against_its_before_in_one_process():
+    results = training_ab.training_ab_benchmark(
+        "small", vocab_size=300, batch_size=4, length=6, repeats=1, before="HEAD"
+    )
+    labels = ["float32"] + (["bfloat16"] if cpu_has_native_bfloat16() else [])
+    has_history = training_ab.loss_at_commit("HEAD") is not None  # a git checkout (CI's clone is one)
+    for label in labels:
+        sections = [f"dropout_alone_{label}", f"dropout_in_step_small_{label}"]
+        sections += [f"loss_alone_{label}", f"loss_in_step_small_{label}"] if has_history else []
+        for section in sections:
+            rows = results[section]
+            assert rows["speedup"] > 0 and all(
+                row["median_seconds"] > 0 for row in rows.values() if isinstance(row, dict)
+            )
+    assert results["machine"]["threads"] == torch.get_num_threads()
+
+
+def test_the_loss_before_a_change_is_read_from_the_repositorys_history():
+    before = training_ab.loss_at_commit("HEAD")
+    if before is None:
+        pytest.skip("not a git checkout")
+    generator = torch.Generator().manual_seed(0)
+    hidden, weight = torch.randn(5, 8, generator=generator), torch.randn(30, 8, generator=generator)
+    labels = torch.tensor([1, -100, 29, 0, 7])
+    torch.testing.assert_close(
+        before.apply(hidden, weight, labels, 0.1, 4, 2), LinearCrossEntropy.apply(hidden, weight, labels, 0.1, 4, 2)
+    )
+    assert training_ab.loss_at_commit("no-such-commit") is None
