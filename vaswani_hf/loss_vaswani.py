@@ -41,9 +41,9 @@ class LinearCrossEntropy(torch.autograd.Function):
         grad_hidden = torch.empty_like(hidden)
         grad_weight = torch.zeros_like(weight, dtype=accumulate_dtype) if keep_weight_grad else None
         loss = hidden.new_zeros((), dtype=accumulate_dtype)
-        # Every chunk reuses the same buffers, and each pass over a chunk's logits is in place: a fresh array of this
-        # size (~128 MB) costs as much as a pass over it again, for the pages the system hands it.
-        chunk_rows = min(chunk_rows, hidden.shape[0])
+        # Every chunk reuses the same buffers, and each pass over a chunk's logits is in place: writing a fresh array
+        # of this size (~128 MB, pages new from the system) took several times as long as a pass in place.
+        chunk_rows = max(1, min(chunk_rows, hidden.shape[0]))
         logits_buffer = hidden.new_empty((chunk_rows, vocab_size), dtype=accumulate_dtype)
         products_buffer = hidden.new_empty((chunk_rows, vocab_size), dtype=compute_dtype) if low_precision else None
         if low_precision and keep_weight_grad:
