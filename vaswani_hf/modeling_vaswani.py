@@ -186,7 +186,7 @@ def check_token_inputs(
 class VaswaniDropoutFunction(torch.autograd.Function):
     """Inverted dropout with its keep mask drawn from 16 random bits per element: four elements per 64-bit word of
     `torch.randint`, P_drop rounded to a multiple of 2^-16. Torch's CPU dropout draws one Bernoulli sample per
-    element: twice as slow, about a tenth of a base training step on a 2-core CPU (docs/benchmarks/training_ab/)."""
+    element: 2-2.5x as slow, and 7-12% of a base training step on a 2-core CPU (docs/benchmarks/training_ab/)."""
 
     @staticmethod
     def forward(ctx, hidden_states: torch.Tensor, p: float) -> torch.Tensor:
