@@ -1,4 +1,4 @@
-"""The training step with and without each change to it, side by side in one process (issue 22, point 3):
+"""The training step with and without each change to it, side by side in one process:
 
 - dropout masks: `VaswaniDropout` (16 random bits per element) against torch's nn.Dropout (one Bernoulli draw per
   element), in the base training step and alone on one (batch, length, d_model) activation;
@@ -48,13 +48,10 @@ def loss_at_commit(commit: str) -> type[torch.autograd.Function] | None:
     return module.LinearCrossEntropy
 
 
-def _ratio(results: dict, before: str, now: str) -> float:
-    return round(results[before]["median_seconds"] / results[now]["median_seconds"], 3)
-
-
 def _rows(results: dict, before: str, now: str) -> dict:
+    """Each variant's median seconds, and the speedup of `now` over `before`."""
     rows = {name: {"median_seconds": round(value["median_seconds"], 4)} for name, value in results.items()}
-    return {**rows, "speedup": _ratio(results, before, now)}
+    return {**rows, "speedup": round(results[before]["median_seconds"] / results[now]["median_seconds"], 3)}
 
 
 def _steps(config: VaswaniConfig, batch: dict, dtype: torch.dtype | None, patches: dict) -> dict[str, Callable]:
