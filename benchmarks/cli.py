@@ -64,6 +64,11 @@ def main(argv: list[str] | None = None) -> None:
     translate.add_argument(
         "--no_before", action="store_true", help="leave out ours as it decoded before issue 22 (ours_*_before)"
     )
+    translate.add_argument(
+        "--one_process",
+        action="store_true",
+        help="translate: every engine in one process (by default each CTranslate2 engine runs in its own)",
+    )
     projection = parser.add_argument_group("projection")
     projection.add_argument("--rows", default=",".join(map(str, ROWS)), help="row counts, comma-separated")
     training_ab = parser.add_argument_group("training_ab")
@@ -98,6 +103,7 @@ def main(argv: list[str] | None = None) -> None:
             sentences=args.sentences,
             before=not args.no_before,
             engines=engines,
+            one_process=args.one_process,
         )
     elif args.benchmark == "projection":
         rows = args.rows.split(",")

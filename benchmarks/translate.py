@@ -2,23 +2,29 @@
 
 Multi30k test_2016_flickr (1,000 sentences of mixed lengths, whose translations finish at different steps) with a
 trained model at the paper's decoding (beam 4, length penalty 0.6, Sec. 6.1), through each engine a user would reach
-for, in one process, alternating: ours through `pipeline("translation")` and through
-`vaswani_hf.evaluation.translate` (what `vaswani-evaluate` runs), `MarianMTModel` with the same weights
-(`convert_to_marian`) through transformers' own `generate` on the same batches, and the CTranslate2 export in float32
-and int8 (`translate_batch` with the same batch size; it sorts by length itself), and, on a CPU with bfloat16
-units, ours through `evaluation.translate` with the weights cast to bfloat16. `ours_evaluate_history_copies` is
-ours with the beam search that copies the beams' self-attention histories at each reorder (what attention
-implementations without 4-D masks run, and ours before `BeamAncestry`). With `before=True` also ours as it was
-before sorting by tokens, dropping finished sentences and `BeamAncestry` (`ours_*_before`), for before/after figures
-from the same run.
+for, alternating: ours through `pipeline("translation")` and through `vaswani_hf.evaluation.translate` (what
+`vaswani-evaluate` runs), `MarianMTModel` with the same weights (`convert_to_marian`) through transformers' own
+`generate` on the same batches, and the CTranslate2 export in float32 and int8 (`translate_batch` with the same batch
+size; it sorts by length itself), and, on a CPU with bfloat16 units, ours through `evaluation.translate` with the
+weights cast to bfloat16. `ours_evaluate_history_copies` is ours with the beam search that copies the beams'
+self-attention histories at each reorder (what attention implementations without 4-D masks run, and ours before
+`BeamAncestry`). With `before=True` also ours as it was before sorting by tokens, dropping finished sentences and
+`BeamAncestry` (`ours_*_before`), for before/after figures from the same run.
 
 Per engine: median wall time, sentences/s, sacreBLEU, speed relative to CTranslate2 float32 (the median of per-round
 ratios) and how many translations equal ours through `evaluation.translate`.
+
+The PyTorch engines run in one worker process and each CTranslate2 engine in its own: once a CTranslate2
+`Translator` has run in a process, PyTorch's products there run slower while it lives (ours on the 1,000 sentences
+9.3-9.6 s against 6.9-7.1 s before it ran; a 256 x 256 x 1,024 linear 15% slower, its speed back once the translator
+is deleted), while CTranslate2 runs as fast beside PyTorch as alone (docs/benchmarks/translate_processes.md).
 """
 
+import multiprocessing
 import statistics
 import tempfile
 import time
+import traceback
 from collections.abc import Callable
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -82,24 +88,23 @@ def as_before():
         yield
 
 
-def _our_engines(model, tokenizer, batch_size: int, decoding: dict) -> dict[str, Engine]:
-    translator = pipeline("translation", model=model, tokenizer=tokenizer, device=model.device)
+def _our_engine(name: str, model, tokenizer, batch_size: int, decoding: dict) -> Engine:
+    """`ours_pipeline`, `ours_evaluate` or `ours_evaluate_history_copies`."""
+    if name == "ours_pipeline":
+        translator = pipeline("translation", model=model, tokenizer=tokenizer, device=model.device)
 
-    def through_pipeline(sources: list[str]) -> list[str]:
-        return [output["translation_text"] for output in translator(sources, batch_size=batch_size, **decoding)]
+        def through_pipeline(sources: list[str]) -> list[str]:
+            return [output["translation_text"] for output in translator(sources, batch_size=batch_size, **decoding)]
+
+        return through_pipeline
 
     def through_evaluate(sources: list[str]) -> list[str]:
-        return evaluation.translate(model, tokenizer, sources, batch_size=batch_size, progress_bar=False, **decoding)
+        with history_copies() if name == "ours_evaluate_history_copies" else ExitStack():
+            return evaluation.translate(
+                model, tokenizer, sources, batch_size=batch_size, progress_bar=False, **decoding
+            )
 
-    def with_history_copies(sources: list[str]) -> list[str]:
-        with history_copies():
-            return through_evaluate(sources)
-
-    return {
-        "ours_pipeline": through_pipeline,
-        "ours_evaluate": through_evaluate,
-        "ours_evaluate_history_copies": with_history_copies,
-    }
+    return through_evaluate
 
 
 def _our_bfloat16_engine(model, tokenizer, batch_size: int, decoding: dict) -> Engine:
@@ -147,26 +152,90 @@ def _marian_engine(model, tokenizer, batch_size: int, decoding: dict) -> Engine:
     return run
 
 
-def _ctranslate2_engines(model, tokenizer, folder: Path, batch_size: int, decoding: dict) -> dict[str, Engine]:
+def _ctranslate2_engine(model, tokenizer, folder: Path, quantization: str, batch_size: int, decoding: dict) -> Engine:
     import ctranslate2
 
-    engines = {}
-    for quantization in ("float32", "int8"):
-        path = export_ctranslate2(model, tokenizer, folder / quantization, quantization=quantization)
-        translator = ctranslate2.Translator(str(path), device="cpu", intra_threads=torch.get_num_threads())
+    path = export_ctranslate2(model, tokenizer, folder / quantization, quantization=quantization)
+    translator = ctranslate2.Translator(str(path), device="cpu", intra_threads=torch.get_num_threads())
 
-        def run(sources: list[str], translator=translator) -> list[str]:
-            tokens = [tokenizer.convert_ids_to_tokens(ids) for ids in tokenizer(sources)["input_ids"]]
-            results = translator.translate_batch(
-                tokens,
-                max_batch_size=batch_size,
-                beam_size=decoding["num_beams"],
-                length_penalty=decoding["length_penalty"],
-            )
-            return [tokenizer.convert_tokens_to_string(result.hypotheses[0]) for result in results]
+    def run(sources: list[str]) -> list[str]:
+        tokens = [tokenizer.convert_ids_to_tokens(ids) for ids in tokenizer(sources)["input_ids"]]
+        results = translator.translate_batch(
+            tokens,
+            max_batch_size=batch_size,
+            beam_size=decoding["num_beams"],
+            length_penalty=decoding["length_penalty"],
+        )
+        return [tokenizer.convert_tokens_to_string(result.hypotheses[0]) for result in results]
 
-        engines[f"ctranslate2_{quantization}"] = run
-    return engines
+    return run
+
+
+def _engine(name: str, model, tokenizer, folder: Path, batch_size: int, decoding: dict) -> Engine:
+    """The engine called `name` (one of `ENGINES`, or `ours_pipeline_before` / `ours_evaluate_before`)."""
+    if name.endswith("_before"):
+        return _before(_engine(name.removesuffix("_before"), model, tokenizer, folder, batch_size, decoding))
+    if name == "ours_evaluate_bfloat16":
+        return _our_bfloat16_engine(model, tokenizer, batch_size, decoding)
+    if name == "marian":
+        return _marian_engine(model, tokenizer, batch_size, decoding)
+    if name.startswith("ctranslate2_"):
+        return _ctranslate2_engine(model, tokenizer, folder, name.removeprefix("ctranslate2_"), batch_size, decoding)
+    return _our_engine(name, model, tokenizer, batch_size, decoding)
+
+
+def _process_of(name: str, one_process: bool) -> str:
+    """The worker process an engine runs in: each CTranslate2 engine in its own, the PyTorch ones together (or all in
+    one, `one_process`)."""
+    return name if name.startswith("ctranslate2") and not one_process else "pytorch"
+
+
+def _serve_engines(
+    connection, names: list[str], model_dir: str, batch_size: int, decoding: dict, threads: int, warm_up
+):
+    """A worker process's loop: build the engines `names`, translate `warm_up` once with each (first-call
+    allocations, kernel choices), say "ready", then time each (engine, sources) received until None comes."""
+    try:
+        torch.set_num_threads(threads)
+        model = VaswaniForConditionalGeneration.from_pretrained(model_dir).eval()
+        tokenizer = load_tokenizer(model_dir)
+        with tempfile.TemporaryDirectory() as folder, torch.inference_mode():
+            engines = {name: _engine(name, model, tokenizer, Path(folder), batch_size, decoding) for name in names}
+            for engine in engines.values():
+                engine(warm_up)
+            connection.send(("ready", None))
+            while (request := connection.recv()) is not None:
+                name, sources = request
+                started = time.perf_counter()
+                translations = engines[name](sources)
+                connection.send((time.perf_counter() - started, translations))
+    except Exception:
+        connection.send(("error", traceback.format_exc()))
+    finally:
+        connection.close()
+
+
+def _reply(process: str, connection):
+    """The worker's answer, or its error raised here with the process's name."""
+    try:
+        status, value = connection.recv()
+    except EOFError:
+        raise RuntimeError(f"the {process} process ended without answering") from None
+    if status == "error":
+        raise RuntimeError(f"the {process} process failed:\n{value}")
+    return status, value
+
+
+def _engine_names(engines: tuple[str, ...], before: bool) -> list[str]:
+    names = []
+    for name in ENGINES:
+        if name in engines:
+            if name == "ours_evaluate_bfloat16" and not cpu_has_native_bfloat16():
+                continue
+            names.append(name)
+        if name == "ours_evaluate_history_copies" and before:  # where they stood in the tables before
+            names += [f"{ours}_before" for ours in ("ours_pipeline", "ours_evaluate") if ours in engines]
+    return names
 
 
 def translate_benchmark(
@@ -179,38 +248,50 @@ def translate_benchmark(
     engines: tuple[str, ...] = ENGINES,
     source_lang: str = "en",
     target_lang: str = "de",
+    one_process: bool = False,
 ) -> dict:
-    """Translate the test set with every engine, `repeats` rounds alternating (the order reversed every other
-    round) after one warm-up round on `batch_size` sentences; `sentences` limits the test set (for quick runs)."""
+    """Translate the test set with every engine, `repeats` rounds alternating (the order reversed every other round)
+    after one warm-up translation of `batch_size` sentences; `sentences` limits the test set (for quick runs). The
+    PyTorch engines run in one worker process, each CTranslate2 engine in its own (all in one with `one_process`, to
+    measure what a translator does to its neighbours); one engine runs at a time."""
     sources, references = load_test_set(corpus_dir, source_lang, target_lang)
     if sentences is not None:
         sources, references = sources[:sentences], references[:sentences]
-    model = VaswaniForConditionalGeneration.from_pretrained(model_dir).eval()
-    tokenizer = load_tokenizer(model_dir)
     decoding = {"num_beams": 4, "length_penalty": 0.6}
-    with tempfile.TemporaryDirectory() as folder:
-        available: dict[str, Engine] = _our_engines(model, tokenizer, batch_size, decoding)
-        if before:
-            available |= {f"{name}_before": _before(available[name]) for name in ("ours_pipeline", "ours_evaluate")}
-        if "ours_evaluate_bfloat16" in engines and cpu_has_native_bfloat16():
-            available["ours_evaluate_bfloat16"] = _our_bfloat16_engine(model, tokenizer, batch_size, decoding)
-        available["marian"] = _marian_engine(model, tokenizer, batch_size, decoding)
-        if any(name.startswith("ctranslate2") for name in engines):
-            available |= _ctranslate2_engines(model, tokenizer, Path(folder), batch_size, decoding)
-        names = [name for name in available if name in engines or (before and name.removesuffix("_before") in engines)]
-        runs = {name: available[name] for name in names}
-        with torch.inference_mode():
-            for engine in runs.values():  # warm-up: first-call allocations, kernel choices
-                engine(sources[:batch_size])
-            seconds: dict[str, list[float]] = {name: [] for name in names}
-            outputs: dict[str, list[str]] = {}
-            for round_index in range(repeats):
-                for name in names if round_index % 2 == 0 else names[::-1]:
-                    started = time.perf_counter()
-                    translations = runs[name](sources)
-                    seconds[name].append(time.perf_counter() - started)
-                    if outputs.setdefault(name, translations) != translations:
-                        raise RuntimeError(f"{name} translated differently in round {round_index}")
+    names = _engine_names(engines, before)
+    processes: dict[str, list[str]] = {}
+    for name in names:
+        processes.setdefault(_process_of(name, one_process), []).append(name)
+    context = multiprocessing.get_context("spawn")  # a fresh interpreter: nothing loaded by another process's engines
+    workers = {}
+    try:
+        for process_name, served in processes.items():
+            connection, child_connection = context.Pipe()
+            arguments = (child_connection, served, str(model_dir), batch_size, decoding, torch.get_num_threads())
+            process = context.Process(target=_serve_engines, args=(*arguments, sources[:batch_size]), daemon=True)
+            process.start()
+            child_connection.close()
+            workers[process_name] = (process, connection)
+        for process_name, (_, connection) in workers.items():
+            _reply(process_name, connection)
+        seconds: dict[str, list[float]] = {name: [] for name in names}
+        outputs: dict[str, list[str]] = {}
+        for round_index in range(repeats):
+            for name in names if round_index % 2 == 0 else names[::-1]:
+                connection = workers[_process_of(name, one_process)][1]
+                connection.send((name, sources))
+                elapsed, translations = _reply(_process_of(name, one_process), connection)
+                seconds[name].append(elapsed)
+                if outputs.setdefault(name, translations) != translations:
+                    raise RuntimeError(f"{name} translated differently in round {round_index}")
+        for _, connection in workers.values():
+            connection.send(None)
+    finally:
+        for process, connection in workers.values():
+            process.join(timeout=60)
+            if process.is_alive():
+                process.terminate()
+            connection.close()
     reference_name = "ctranslate2_float32" if "ctranslate2_float32" in names else names[0]
     compared = outputs.get("ours_evaluate", outputs[names[0]])
     results: dict = {
@@ -226,6 +307,10 @@ def translate_benchmark(
             "num_beams": decoding["num_beams"],
             "length_penalty": decoding["length_penalty"],
             "repeats": repeats,
+            "processes": "all engines in one"
+            if one_process
+            else "the PyTorch engines in one, each CTranslate2 engine in its own; one engine runs at a time",
+            "process_ids": {name: workers[_process_of(name, one_process)][0].pid for name in names},
             "speed_relative_to": reference_name,
         },
         "translate": {},

@@ -2,6 +2,7 @@
 sane figures."""
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -156,9 +157,19 @@ def test_the_translate_benchmark_runs_every_engine_on_the_same_sentences(tiny_tr
     ):
         assert rows[name]["same_translations_as_ours_evaluate"] == 7, name
     assert rows["ctranslate2_float32"]["speed_relative_to_ctranslate2_float32"] == 1.0
+    # none in this process; each CTranslate2 engine apart from the others (a translator slows PyTorch beside it)
+    process_ids = results["settings"]["process_ids"]
+    assert set(process_ids) == set(rows) and os.getpid() not in process_ids.values()
+    ctranslate2_ids = [process_ids.pop("ctranslate2_float32"), process_ids.pop("ctranslate2_int8")]
+    assert len({*ctranslate2_ids, *process_ids.values()}) == 3
     machine = results["machine"]
     assert machine["threads"] == torch.get_num_threads() and isinstance(machine["native_bfloat16"], bool)
     assert machine["cpu"] is not None and machine["transformers"] and results["settings"]["sentences"] == 7
+
+
+def test_an_engine_that_fails_in_its_process_is_named_with_its_error(multi30k_dir, tmp_path):
+    with pytest.raises(RuntimeError, match="the pytorch process failed(.|\\n)*no-model"):
+        translate_benchmark(tmp_path / "no-model", multi30k_dir, sentences=2, engines=("ours_evaluate",), before=False)
 
 
 def test_the_translate_subcommand_writes_its_tables(tiny_translator, multi30k_dir, tmp_path):
@@ -166,10 +177,13 @@ def test_the_translate_subcommand_writes_its_tables(tiny_translator, multi30k_di
     model.save_pretrained(tmp_path / "model")
     tokenizer.save_pretrained(tmp_path / "model")
     arguments = ["translate", "--trained_model", str(tmp_path / "model"), "--corpus", str(multi30k_dir)]
-    arguments += ["--sentences", "4", "--batch_size", "2", "--repeats", "1", "--engines", "ours_evaluate,marian"]
-    main([*arguments, "--no_before", "--output_dir", str(tmp_path / "out")])
+    arguments += ["--sentences", "4", "--batch_size", "2", "--repeats", "1"]
+    arguments += ["--engines", "ours_evaluate,ctranslate2_float32", "--no_before", "--one_process"]
+    main([*arguments, "--output_dir", str(tmp_path / "out")])
     written = json.loads((tmp_path / "out" / "translate.json").read_text())
-    assert set(written["translate"]) == {"ours_evaluate", "marian"}
+    assert set(written["translate"]) == {"ours_evaluate", "ctranslate2_float32"}
+    process_ids = written["settings"]["process_ids"]  # --one_process: CTranslate2 beside ours, as users may run it
+    assert process_ids["ours_evaluate"] == process_ids["ctranslate2_float32"] != os.getpid()
     assert "| ours_evaluate |" in (tmp_path / "out" / "translate.md").read_text()
     with pytest.raises(SystemExit):
         main(["translate", "--trained_model", str(tmp_path / "model"), "--engines", "ours,fast"])
