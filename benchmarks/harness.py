@@ -349,7 +349,7 @@ def translation_benchmark(
     engines["ours"] = generate_with("ours", model.eval())
     engines["marian"] = generate_with("marian", convert_to_marian(model).eval())
     engines["ours_int8_dynamic"] = generate_with("ours_int8_dynamic", quantize_dynamic_int8(model))
-    if tokenizer is not None:
+    if tokenizer is not None:  # in this process, which slows ours and Marian after it ran (translate.py keeps it apart)
         engines.update(_ctranslate2_engines(model, tokenizer, inputs["input_ids"], num_beams, new_tokens))
 
     produced: dict[str, int] = {}
