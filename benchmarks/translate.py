@@ -26,7 +26,7 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 from unittest import mock
 
@@ -284,10 +284,10 @@ def translate_benchmark(
                 seconds[name].append(elapsed)
                 if outputs.setdefault(name, translations) != translations:
                     raise RuntimeError(f"{name} translated differently in round {round_index}")
-        for _, connection in workers.values():
-            connection.send(None)
-    finally:
+    finally:  # also when one failed: the others wait for a request, and None ends them
         for process, connection in workers.values():
+            with suppress(OSError):  # a worker that failed has closed its end
+                connection.send(None)
             process.join(timeout=60)
             if process.is_alive():
                 process.terminate()
