@@ -17,7 +17,8 @@ ratios) and how many translations equal ours through `evaluation.translate`.
 The PyTorch engines run in one worker process and each CTranslate2 engine in its own: once a CTranslate2
 `Translator` has run in a process, PyTorch's products there run slower while it lives (ours on the 1,000 sentences
 9.3-9.6 s against 6.9-7.1 s before it ran; a 256 x 256 x 1,024 linear 15% slower, its speed back once the translator
-is deleted), while CTranslate2 runs as fast beside PyTorch as alone (docs/benchmarks/translate_processes.md).
+is deleted), while CTranslate2 runs as fast beside PyTorch as alone: its OpenMP calls bind to torch's libgomp, whose
+threads then outnumber the CPUs, and libgomp stops spinning at barriers (docs/benchmarks/translate_processes/).
 """
 
 import multiprocessing
