@@ -185,15 +185,9 @@ def _engine(name: str, model, tokenizer, folder: Path, batch_size: int, decoding
     return _our_engine(name, model, tokenizer, batch_size, decoding)
 
 
-def _process_of(name: str, one_process: bool) -> str:
-    """The worker process an engine runs in: each CTranslate2 engine in its own, the PyTorch ones together (or all in
-    one, `one_process`)."""
-    return name if name.startswith("ctranslate2") and not one_process else "pytorch"
-
-
 def _serve_engines(
-    connection, names: list[str], model_dir: str, batch_size: int, decoding: dict, threads: int, warm_up
-):
+    connection, names: list[str], model_dir: str, batch_size: int, decoding: dict, threads: int, warm_up: list[str]
+) -> None:
     """A worker process's loop: build the engines `names`, translate `warm_up` once with each (first-call
     allocations, kernel choices), say "ready", then time each (engine, sources) received until None comes."""
     try:
@@ -260,9 +254,11 @@ def translate_benchmark(
         sources, references = sources[:sentences], references[:sentences]
     decoding = {"num_beams": 4, "length_penalty": 0.6}
     names = _engine_names(engines, before)
+    # the worker process of each engine: each CTranslate2 engine its own, the PyTorch ones together
+    process_of = {name: name if name.startswith("ctranslate2") and not one_process else "pytorch" for name in names}
     processes: dict[str, list[str]] = {}
-    for name in names:
-        processes.setdefault(_process_of(name, one_process), []).append(name)
+    for name, process_name in process_of.items():
+        processes.setdefault(process_name, []).append(name)
     context = multiprocessing.get_context("spawn")  # a fresh interpreter: nothing loaded by another process's engines
     workers = {}
     try:
@@ -279,9 +275,9 @@ def translate_benchmark(
         outputs: dict[str, list[str]] = {}
         for round_index in range(repeats):
             for name in names if round_index % 2 == 0 else names[::-1]:
-                connection = workers[_process_of(name, one_process)][1]
+                connection = workers[process_of[name]][1]
                 connection.send((name, sources))
-                elapsed, translations = _reply(_process_of(name, one_process), connection)
+                elapsed, translations = _reply(process_of[name], connection)
                 seconds[name].append(elapsed)
                 if outputs.setdefault(name, translations) != translations:
                     raise RuntimeError(f"{name} translated differently in round {round_index}")
@@ -311,7 +307,7 @@ def translate_benchmark(
             "processes": "all engines in one"
             if one_process
             else "the PyTorch engines in one, each CTranslate2 engine in its own; one engine runs at a time",
-            "process_ids": {name: workers[_process_of(name, one_process)][0].pid for name in names},
+            "process_ids": {name: workers[process_name][0].pid for name, process_name in process_of.items()},
             "speed_relative_to": reference_name,
         },
         "translate": {},
