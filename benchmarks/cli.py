@@ -11,7 +11,7 @@ python scripts/benchmark.py projection --trained_model runs/quickstart_en_de  # 
                                        # layout by rows, and the test set translated with each layout rule
 python scripts/benchmark.py profile    # where the base training step and beam 4 spend their time
 python scripts/benchmark.py training_ab  # the training step with and without each change to it (dropout masks,
-                                         # the fused loss at --before), side by side
+                                         # the fused loss at --before, bf16 attention), side by side
 nice python scripts/benchmark.py scale --sizes 450000,1500000,4500000  # the data pipeline and first updates at
                                                                        # WMT14 size (a corpus made from Multi30k)
 """

@@ -4,7 +4,10 @@
   element), in the base training step and alone on one (batch, length, d_model) activation;
 - the fused loss: today's `LinearCrossEntropy` against the one at git commit `before`, read from the repository's
   history with `git show` (left out where there is no history), alone on the base batch's hidden states and in the
-  base training step.
+  base training step;
+- attention in bfloat16 training on a CPU: the eager products (`fused_attention_is_slow`, what an sdpa model runs
+  there now) against torch's fused sdpa kernel, alone on one layer's (batch, heads, length, head_dim) queries, keys
+  and values (in float32 too, where the rule keeps sdpa) and in the base training step under bfloat16 autocast.
 
 Float32, and bfloat16 autocast on a CPU with bf16 units. Ratios are before / now: above 1 the change is faster.
 """
@@ -19,11 +22,13 @@ from unittest import mock
 
 import torch
 from torch import nn
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 import vaswani_hf.loss_vaswani as loss_module
+import vaswani_hf.modeling_vaswani as modeling_module
 from vaswani_hf import VaswaniConfig, VaswaniForConditionalGeneration
 from vaswani_hf.devices import cpu_has_native_bfloat16
-from vaswani_hf.modeling_vaswani import VaswaniDropout
+from vaswani_hf.modeling_vaswani import VaswaniDropout, sdpa_masks_in_eager_attention
 
 from .harness import _random_batch, machine, side_by_side, training_step
 
@@ -96,6 +101,26 @@ def _loss_alone(loss_before, batch: dict, d_model: int, vocab_size: int, dtype, 
     return _rows(results, "before", "now")
 
 
+def _attention_alone(config: VaswaniConfig, batch_size: int, length: int, dtype: torch.dtype, repeats: int) -> dict:
+    """Forward and backward of one causal self-attention over (batch, heads, length, head_dim): torch's sdpa against
+    the eager products given the same boolean mask."""
+    heads = config.encoder_attention_heads
+    shape = (batch_size, heads, length, config.d_model // heads)
+    query, key, value = (torch.randn(shape, dtype=dtype, requires_grad=True) for _ in range(3))
+    mask = torch.ones(length, length, dtype=torch.bool).tril()
+    module = nn.Module().train()
+    module.is_causal = True
+
+    def run(attention) -> None:
+        query.grad = key.grad = value.grad = None
+        attention(module, query, key, value, mask, scaling=shape[-1] ** -0.5)[0].sum().backward()
+
+    results = side_by_side(
+        {"sdpa": lambda: run(sdpa_attention_forward), "eager": lambda: run(sdpa_masks_in_eager_attention)}, repeats
+    )
+    return _rows(results, "sdpa", "eager")
+
+
 def training_ab_benchmark(
     preset: str = "base",
     vocab_size: int = 37000,
@@ -126,7 +151,17 @@ def training_ab_benchmark(
         "before": lambda: mock.patch.object(loss_module, "LinearCrossEntropy", loss_before),
         "now": nullcontext,
     }
+    attention_patches = {
+        "sdpa": lambda: mock.patch.object(modeling_module, "fused_attention_is_slow", lambda query: False),
+        "eager": nullcontext,
+    }
     for label, dtype in dtypes.items():
+        results[f"attention_alone_{label}"] = _attention_alone(
+            config, batch_size, length, dtype or torch.float32, repeats
+        )
+        if dtype is not None:
+            steps = side_by_side(_steps(config, batch, dtype, attention_patches), repeats)
+            results[f"attention_in_step_{preset}_{label}"] = _rows(steps, "sdpa", "eager")
         shape = (batch_size, length, config.d_model)
         results[f"dropout_alone_{label}"] = _dropout_alone(config, shape, dtype or torch.float32, repeats)
         steps = side_by_side(_steps(config, batch, dtype, dropout_patches), repeats)

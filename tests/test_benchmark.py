@@ -234,7 +234,8 @@ def test_the_training_ab_times_each_change_against_its_before_in_one_process():
     labels = ["float32"] + (["bfloat16"] if cpu_has_native_bfloat16() else [])
     has_history = training_ab.loss_at_commit("HEAD") is not None  # a git checkout (CI's clone is one)
     for label in labels:
-        sections = [f"dropout_alone_{label}", f"dropout_in_step_small_{label}"]
+        sections = [f"dropout_alone_{label}", f"dropout_in_step_small_{label}", f"attention_alone_{label}"]
+        sections += [f"attention_in_step_small_{label}"] if label == "bfloat16" else []
         sections += [f"loss_alone_{label}", f"loss_in_step_small_{label}"] if has_history else []
         for section in sections:
             rows = results[section]

@@ -1,13 +1,23 @@
 """The model's behaviour: masks, padding, attention implementations, outputs, caching, ablations, dropout, gradient
 checkpointing and saving. Its loss is tested in tests/test_loss.py, its decoding in tests/test_generation.py."""
 
+from unittest import mock
+
 import pytest
 import torch
 from helpers import copy_task_batch, decoder_inputs, padded_batch, reversed_source, tiny_config, tiny_model, until_eos
+from torch import nn
 from transformers import AutoModelForSeq2SeqLM
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from vaswani_hf import VaswaniForConditionalGeneration
-from vaswani_hf.modeling_vaswani import VaswaniDropout, VaswaniSinusoidalPositionalEncoding
+from vaswani_hf.modeling_vaswani import (
+    VaswaniDropout,
+    VaswaniSinusoidalPositionalEncoding,
+    fused_attention_is_slow,
+    sdpa_masks_in_eager_attention,
+)
 
 ATTENTION_IMPLEMENTATIONS = ["eager", "sdpa"]
 
@@ -66,6 +76,50 @@ def test_eager_and_sdpa_give_the_same_outputs():
     eager = tiny_model(attn_implementation="eager")(**batch, decoder_input_ids=decoder_ids).logits
     sdpa = tiny_model(attn_implementation="sdpa")(**batch, decoder_input_ids=decoder_ids).logits
     torch.testing.assert_close(eager, sdpa, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("mask", ["none, causal module", "none, non-causal module", "boolean padding"])
+def test_eager_products_given_sdpa_masks_attend_as_sdpa(mask):
+    generator = torch.Generator().manual_seed(0)
+    query, key, value = (torch.randn(3, 4, 6, 8, generator=generator) for _ in range(3))
+    module = nn.Module().eval()
+    module.is_causal = mask == "none, causal module"
+    attention_mask = None
+    if mask == "boolean padding":
+        attention_mask = torch.ones(3, 1, 6, 6, dtype=torch.bool)
+        attention_mask[1, :, :, 4:] = False
+        attention_mask[2, :, :, 2:] = False
+    expected, _ = sdpa_attention_forward(module, query, key, value, attention_mask, scaling=0.3)
+    got, _ = sdpa_masks_in_eager_attention(module, query, key, value, attention_mask, scaling=0.3)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+
+
+def test_fused_attention_is_slow_only_in_bfloat16_training_on_a_cpu():
+    trained = torch.zeros(2, 4, 3, 8, dtype=torch.bfloat16, requires_grad=True)
+    assert fused_attention_is_slow(trained)
+    assert not fused_attention_is_slow(trained.detach())  # inference
+    assert not fused_attention_is_slow(trained.float())  # float32 training: sdpa as fast (docstring)
+
+
+def test_bfloat16_training_on_a_cpu_runs_sdpa_models_through_the_eager_products():
+    batch = padded_batch()
+    labels = decoder_inputs(3, 6)[:, 1:]
+    sdpa_calls = []
+
+    def counted_sdpa(*args, **kwargs):
+        sdpa_calls.append(args[1].dtype)
+        return sdpa_attention_forward(*args, **kwargs)
+
+    losses = {}
+    with mock.patch.dict(ALL_ATTENTION_FUNCTIONS._global_mapping, {"sdpa": counted_sdpa}):
+        for implementation in ATTENTION_IMPLEMENTATIONS:
+            model = tiny_model(attn_implementation=implementation).train()
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                losses[implementation] = model(**batch, labels=labels).loss
+        assert sdpa_calls == []
+        tiny_model(attn_implementation="sdpa").train()(**batch, labels=labels).loss.backward()
+    assert set(sdpa_calls) == {torch.float32}
+    torch.testing.assert_close(losses["sdpa"], losses["eager"], rtol=0, atol=2e-2)
 
 
 def test_output_attentions_and_hidden_states():

@@ -234,6 +234,35 @@ def eager_attention_forward(
     return output, weights
 
 
+def sdpa_masks_in_eager_attention(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`eager_attention_forward` given the masks built for sdpa: boolean (True: attend), or None, which for a causal
+    module over several queries means causal, as transformers' sdpa interface reads it."""
+    if attention_mask is None and module.is_causal and query.shape[2] > 1:
+        attention_mask = torch.ones(query.shape[2], key.shape[2], dtype=torch.bool, device=query.device).tril()
+    if attention_mask is not None and attention_mask.dtype == torch.bool:
+        blocked = torch.finfo(query.dtype).min
+        attention_mask = torch.zeros(attention_mask.shape, dtype=query.dtype, device=query.device).masked_fill_(
+            attention_mask.logical_not(), blocked
+        )
+    return eager_attention_forward(module, query, key, value, attention_mask, scaling, dropout)
+
+
+def fused_attention_is_slow(query: torch.Tensor) -> bool:
+    """Whether torch's fused attention (sdpa) is slower here than the plain products of `eager_attention_forward`:
+    training in bfloat16 on a CPU, where its flash backward is (one layer's forward and backward at 128 x 8 heads x
+    32 x 64: 49 ms against 12 ms eager on a Xeon with AMX; equal in float32: docs/benchmarks/bf16_attention/)."""
+    return query.device.type == "cpu" and query.dtype == torch.bfloat16 and query.requires_grad
+
+
 class VaswaniAttention(nn.Module):
     """Multi-head attention (Sec. 3.2.2) over the transformers attention interface (eager, sdpa, ...).
 
@@ -297,6 +326,8 @@ class VaswaniAttention(nn.Module):
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention_forward
         )
+        if self.config._attn_implementation == "sdpa" and fused_attention_is_slow(query):
+            attention_interface = sdpa_masks_in_eager_attention
         output, weights = attention_interface(
             self,
             query,
