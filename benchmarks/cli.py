@@ -22,16 +22,13 @@ import shlex
 import sys
 from pathlib import Path
 
-from vaswani_hf.devices import keep_freed_memory
-
 from .bf16 import bf16_benchmark
-from .harness import data_benchmark, machine, quality_benchmark, scale_benchmark, speed_benchmark, write_tables
+from .harness import data_benchmark, quality_benchmark, scale_benchmark, speed_benchmark, write_tables
 from .operator_profile import profile_benchmark
 from .projection import ROWS, projection_benchmark
 from .training_ab import training_ab_benchmark
 from .translate import ENGINES, translate_benchmark
 
-TRAINING_STEP_BENCHMARKS = ("speed", "bf16", "profile", "training_ab")
 DEFAULT_CORPUS = Path(__file__).resolve().parents[2] / "shared" / "data" / "multi30k"
 
 
@@ -77,9 +74,6 @@ def main(argv: list[str] | None = None) -> None:
     training_ab = parser.add_argument_group("training_ab")
     training_ab.add_argument("--before", default="9af73e4", help="the git commit whose fused loss to compare with")
     args = parser.parse_args(argv)
-    # The training command keeps freed memory on a CPU (vaswani_hf.devices.keep_freed_memory); the benchmarks that
-    # time training steps do too, for every model they compare.
-    freed_memory_kept = args.benchmark in TRAINING_STEP_BENCHMARKS and keep_freed_memory()
     if args.benchmark == "data":
         results = {"data": data_benchmark(args.corpus, max_tokens=args.max_tokens or 4096)}
     elif args.benchmark == "speed":
@@ -144,8 +138,6 @@ def main(argv: list[str] | None = None) -> None:
         if args.trained_model is None:
             parser.error("quality needs --trained_model")
         results = {"quality": quality_benchmark(args.trained_model, args.corpus)}
-    if args.benchmark in TRAINING_STEP_BENCHMARKS:
-        results.setdefault("machine", machine())["freed_memory_kept"] = freed_memory_kept
     arguments = sys.argv[1:] if argv is None else argv
     command = "python scripts/benchmark.py " + " ".join(shlex.quote(a) for a in arguments)
     path = write_tables(args.benchmark, results, args.output_dir, command)

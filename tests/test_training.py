@@ -3,10 +3,8 @@ last weights and the averaged checkpoints, early stopping, the tokenizer it lear
 and how it refuses to mix two runs."""
 
 import json
-import platform
 import shlex
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -255,39 +253,6 @@ def test_a_run_records_the_pairs_read_filtered_and_kept(finished_run, capsys):
         "validation": {"read": 20, "filtered": 0, "kept": 20},
         "test": {"read": 20, "filtered": 0, "kept": 20},
     }
-
-
-def test_a_run_on_a_cpu_keeps_freed_memory_for_reuse_and_records_it(finished_run):
-    _, metrics = finished_run
-    assert metrics["settings"]["freed_memory_kept"] is (platform.libc_ver()[0] == "glibc")
-
-
-PAGE_FAULTS_OF_REPEATED_STEPS = """
-import resource, sys, torch
-from vaswani_hf.devices import keep_freed_memory
-if sys.argv[1] == "keep":
-    assert keep_freed_memory()
-faults = []
-for step in range(8):  # each step allocates three 64 MiB tensors (gradients, say) and frees them
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    held = [torch.ones(2**24) for _ in range(3)]
-    del held
-    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-print(sum(faults[-2:]))
-"""
-
-
-@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's malloc only")
-def test_kept_freed_memory_serves_each_steps_large_tensors_again_without_page_faults():
-    command = [sys.executable, "-c", PAGE_FAULTS_OF_REPEATED_STEPS]
-    faults = {
-        mode: int(subprocess.run([*command, mode], capture_output=True, text=True, check=True).stdout)
-        for mode in ("default", "keep")
-    }
-    if faults["default"] < 1000:
-        pytest.skip(f"{faults['default']} page faults by default: huge pages serve fresh blocks here")
-    assert faults["default"] >= 2 * 3 * 2**26 // 4096 // 2  # fresh mmaps: their pages fault in on first touch
-    assert faults["keep"] < faults["default"] // 20  # once the heap has grown, freed blocks are used again
 
 
 def test_a_second_run_into_a_used_output_dir_is_refused_before_it_starts(finished_run, filtered_corpus):

@@ -45,7 +45,6 @@ from .checkpoints import (
 from .configuration_vaswani import VaswaniConfig
 from .corpus import load_corpus
 from .data import is_hub_repo_id, preprocess
-from .devices import keep_freed_memory
 from .evaluation import bleu, bleu_metric_for_trainer, chrf, tokenized_bleu, translate
 from .files import files_replaced_in, read_json, write_bytes, write_json, write_text_lines
 from .modeling_vaswani import VaswaniForConditionalGeneration
@@ -245,7 +244,6 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: V
     and a reused tokenizer must fit the recipe (`check_tokenizer_fits`), both before anything is written. FSDP and
     DeepSpeed are refused before anything is read (`check_engine`)."""
     check_engine(training_args)
-    freed_memory_kept = training_args.device.type == "cpu" and keep_freed_memory()
     output_dir = Path(training_args.output_dir)
     check_output_dir(training_args)
     PartialState().wait_for_everyone()  # every process has looked before the first one writes anything
@@ -322,7 +320,6 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: V
         metrics["train"]["stopped_early_at_step"] = trainer.state.global_step if stopping[0].stopped() else None
     metrics["settings"] = run_settings(model_args, data_args, training_args, model)
     metrics["settings"]["data"]["loaded"] = {"dataset": source, "dataset_config": config_name}
-    metrics["settings"]["freed_memory_kept"] = freed_memory_kept  # devices.keep_freed_memory
     metrics["data"] = data_counts
     if training_args.should_save:  # the last weights; replaced below if averaging does better
         with files_replaced_in(output_dir) as staging:
