@@ -267,7 +267,8 @@ class VaswaniAttention(nn.Module):
     """Multi-head attention (Sec. 3.2.2) over the transformers attention interface (eager, sdpa, ...).
 
     Self-attention uses one fused projection for queries, keys and values; cross-attention one for queries and one
-    fused projection for keys and values, whose result is cached once per generation.
+    fused projection for keys and values, whose result is cached once per generation. Where sdpa's kernel is slower
+    than the plain products (`fused_attention_is_slow`: bfloat16 training on a CPU), an sdpa model runs the eager ones.
     """
 
     def __init__(
