@@ -29,6 +29,9 @@ from vaswani_hf.evaluation import bleu, evaluate_translation
 from vaswani_hf.modeling_vaswani import VaswaniForConditionalGeneration
 from vaswani_hf.tokenization import load_tokenizer, train_tokenizer
 
+# what a benchmark's machine section says where it leaves its bfloat16 rows out
+BFLOAT16_ROWS_SKIPPED = "skipped: no bfloat16 units on this CPU (avx512_bf16 / amx_bf16)"
+
 
 def padding_share(batches: list[list[int]], source_lengths: list[int], target_lengths: list[int]) -> float:
     """Share of padding among the padded source + target tokens of `batches`."""
@@ -454,7 +457,7 @@ def speed_benchmark(trained_model_dir: str | os.PathLike | None = None, repeats:
     bf16 = cpu_has_native_bfloat16()
     results: dict = {"machine": machine()}
     if not bf16:
-        results["machine"]["bfloat16_rows"] = "skipped: no bfloat16 units on this CPU (avx512_bf16 / amx_bf16)"
+        results["machine"]["bfloat16_rows"] = BFLOAT16_ROWS_SKIPPED
     for preset in ("small", "base"):
         config = VaswaniConfig.from_preset(preset, vocab_size=37000 if preset == "base" else 8000)
         results[f"training_{preset}_float32"] = training_benchmark(config, repeats=repeats)

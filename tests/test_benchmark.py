@@ -216,14 +216,22 @@ def test_the_projection_benchmark_times_both_layouts_by_rows_and_translates_with
 
 def test_the_profiles_give_operator_shares_and_the_training_steps_utilisation():
     config = tiny_config()
-    training = operator_profile.training_step_profile(config, batch_size=4, length=6, repeats=1)
+    float32 = operator_profile.training_step_profile(config, batch_size=4, length=6, repeats=1)
+    bfloat16 = operator_profile.training_step_profile(
+        config, batch_size=4, length=6, repeats=1, autocast_dtype=torch.bfloat16
+    )
     beam = operator_profile.beam_search_profile(config, batch_size=2, length=5, repeats=1)
-    for measured in (training, beam):
+    for measured in (float32, bfloat16, beam):
+        products = measured.pop("share of matrix products")
         shares = {key: value for key, value in measured.items() if key.startswith("share of ")}
         assert 0 < len(shares) <= 12 and all(0 <= share <= 1 for share in shares.values())  # rounded to 4 places
         assert list(shares.values()) == sorted(shares.values(), reverse=True) and sum(shares.values()) <= 1.0001
-    assert training["step_seconds"] > 0 and training["matmul_peak_gflops"] > 0
-    assert 0 <= training["model_flops_utilisation"] <= 1  # rounded to 3 places: a tiny step's can round to 0
+        # every product listed among the costliest is part of the products' share, and nothing else is
+        listed = sum(shares.get(f"share of {name}", 0) for name in operator_profile.MATRIX_PRODUCTS)
+        assert 0 < products <= 1 and listed <= products + 0.0005
+    for training in (float32, bfloat16):
+        assert training["step_seconds"] > 0 and training["matmul_peak_gflops"] > 0
+        assert 0 <= training["model_flops_utilisation"] <= 1  # rounded to 3 places: a tiny step's can round to 0
     assert beam["seconds"] > 0
 
 
