@@ -226,7 +226,7 @@ def test_the_profiles_give_operator_shares_and_the_training_steps_utilisation():
         shares = {key: value for key, value in measured.items() if key.startswith("share of ")}
         assert 0 < len(shares) <= 12 and all(0 <= share <= 1 for share in shares.values())  # rounded to 4 places
         assert list(shares.values()) == sorted(shares.values(), reverse=True) and sum(shares.values()) <= 1.0001
-        # every product listed among the costliest is part of the products' share, and nothing else is
+        # the products listed among the costliest operators are all counted in the products' share
         listed = sum(shares.get(f"share of {name}", 0) for name in operator_profile.MATRIX_PRODUCTS)
         assert 0 < products <= 1 and listed <= products + 0.0005
     for training in (float32, bfloat16):
