@@ -235,6 +235,29 @@ def test_the_profiles_give_operator_shares_and_the_training_steps_utilisation():
     assert beam["seconds"] > 0
 
 
+@pytest.mark.parametrize("native_bfloat16", [True, False])
+def test_the_profile_has_a_bfloat16_step_only_on_a_cpu_with_bfloat16_units(monkeypatch, native_bfloat16):
+    profiled = []
+    monkeypatch.setattr(operator_profile, "cpu_has_native_bfloat16", lambda: native_bfloat16)
+    monkeypatch.setattr(
+        operator_profile,
+        "training_step_profile",
+        lambda config, repeats, autocast_dtype=None: profiled.append(autocast_dtype) or {},
+    )
+    monkeypatch.setattr(operator_profile, "beam_search_profile", lambda config, repeats: {})
+    results = operator_profile.profile_benchmark("small", vocab_size=300, repeats=1)
+    if native_bfloat16:
+        assert profiled == [None, torch.bfloat16] and "bfloat16_rows" not in results["machine"]
+        assert list(results)[1:] == [
+            "training_step_small_float32",
+            "training_step_small_bfloat16",
+            "beam4_small_float32",
+        ]
+    else:
+        assert profiled == [None] and results["machine"]["bfloat16_rows"].startswith("skipped: no bfloat16 units")
+        assert list(results)[1:] == ["training_step_small_float32", "beam4_small_float32"]
+
+
 def test_the_training_ab_times_each_change_against_its_before_in_one_process():
     results = training_ab.training_ab_benchmark(
         "small", vocab_size=300, batch_size=4, length=6, repeats=1, before="HEAD"
