@@ -187,6 +187,56 @@ def test_under_an_attention_without_4d_masks_beam_search_reorders_the_histories_
     assert torch.equal(ours, theirs) and spy.called
 
 
+@pytest.mark.parametrize("precision", ["bfloat16_weights", "bfloat16_autocast"])
+def test_in_bf16_beam_search_reorders_the_histories_and_gives_transformers_tokens(reversal_model, precision):
+    # sdpa over the beams' interleaved entries rounds unlike sdpa over each beam's own history; in bf16 that changed
+    # tokens (with the ancestry mask, batches 123, 124, 131, 132 and 136 here, by thread count), so bf16 reorders
+    model = copy.deepcopy(reversal_model)
+    if precision == "bfloat16_weights":
+        model = model.to(torch.bfloat16)
+    with (
+        torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bfloat16_autocast"),
+        mock.patch.object(BeamAncestry, "follow", side_effect=AssertionError("the ancestry mask in bf16")),
+    ):
+        for seed in range(120, 140):
+            batch = copy_task_batch(torch.Generator().manual_seed(seed), batch_size=12)
+            del batch["labels"]
+            ours, theirs = generate_with_each_loop(model, batch)  # the paper's beam 4, length penalty 0.6
+            assert torch.equal(ours, theirs), f"batch {seed}"
+
+
+@pytest.mark.parametrize("num_beams", [1, 4])
+@pytest.mark.parametrize("repetition_penalty", [1.5, 0.7])
+def test_a_processor_returning_a_strided_view_of_the_scores_gives_transformers_tokens(
+    reversal_model, num_beams, repetition_penalty
+):
+    # RepetitionPenaltyLogitsProcessor returns a slice of a wider tensor: not contiguous
+    ours, theirs = generate_with_each_loop(
+        reversal_model, padded_batch(2), num_beams=num_beams, max_new_tokens=10, repetition_penalty=repetition_penalty
+    )
+    assert torch.equal(ours, theirs)
+
+
+@pytest.mark.parametrize("num_beams", [1, 4])
+def test_a_model_under_accelerate_hooks_or_over_several_devices_decodes_through_transformers_loops(
+    reversal_model, num_beams
+):
+    # accelerate's hooks bring offloaded weights in the modules' forward, which our loops' direct reads would skip
+    from accelerate import cpu_offload
+
+    batch = padded_batch(4)
+    expected = reversal_model.generate(**batch, num_beams=num_beams, max_new_tokens=8)
+    offloaded = cpu_offload(copy.deepcopy(reversal_model), execution_device=torch.device("cpu"))
+    mapped = copy.deepcopy(reversal_model)
+    mapped.hf_device_map = {"model": "cpu", "lm_head": 0}  # only read for its devices here
+    generic = {1: "_sample", 4: "_beam_search"}[num_beams]
+    original = getattr(GenerationMixin, generic)
+    for model in (offloaded, mapped):
+        with mock.patch.object(GenerationMixin, generic, autospec=True, side_effect=original) as spy:
+            tokens = model.generate(**batch, num_beams=num_beams, max_new_tokens=8)
+        assert spy.call_count == 1 and torch.equal(tokens, expected)
+
+
 def test_beam_attention_through_the_ancestry_mask_equals_attention_over_reordered_histories():
     sentences, beams, heads, head_dim, steps = 2, 3, 2, 4, 5
     generator = torch.Generator().manual_seed(0)

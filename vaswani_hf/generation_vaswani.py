@@ -10,13 +10,13 @@ These loops skip it and change no result (tests compare them token for token wit
   allocating fresh multi-megabyte tensors every step (concatenation, then the reorder) costs more than the copies;
 - beam search never copies the beams' histories when it reorders them: each position is written once, in one row
   per sentence, and a mask says which entries each beam's hypothesis is made of (`BeamSelfAttentionLayer`,
-  `BeamAncestry`; with the sdpa and eager attention, else a reorder between two buffers);
+  `BeamAncestry`; with the sdpa and eager attention in float32, else a reorder between two buffers);
 - the decoder runs on the new token only and the output projection on its position, into reused score buffers,
   with no per-step bookkeeping of model arguments; on a CPU, for 5-63 rows, the projection is computed as weight x
   hidden^T (vocabulary x rows), which MKL runs faster than hidden x weight^T there (`TRANSPOSED_PROJECTION_ROWS`).
 Which beams survive, the length penalty, early stopping and the finished hypotheses are decided by transformers' own
 beam-search helpers, so the search itself is theirs. Anything else (sampling, returned scores or attentions, static
-caches, several devices, streamers) runs through `GenerationMixin` unchanged.
+caches, several devices or accelerate's offloading, streamers) runs through `GenerationMixin` unchanged.
 
 The seam: `VaswaniGenerationMixin` overrides `GenerationMixin`'s private `_sample` / `_beam_search`, and our beam
 search calls five of its private helpers, which any transformers release may change. `fast_decoding_applies` is the one
@@ -350,11 +350,15 @@ def _warn_untested_version(version: str) -> None:
 
 
 def fast_decoding_applies(
-    generation_config: GenerationConfig, model_kwargs: dict, synced_gpus: bool, streamer: BaseStreamer | None
+    model: nn.Module,
+    generation_config: GenerationConfig,
+    model_kwargs: dict,
+    synced_gpus: bool,
+    streamer: BaseStreamer | None,
 ) -> bool:
     """Whether these loops run this `generate` call: deterministic search over a fresh dynamic cache, returning only
     the token ids, on one device, with a transformers release the equality tests have passed on."""
-    if not _call_is_supported(generation_config, model_kwargs, synced_gpus, streamer):
+    if not (_call_is_supported(generation_config, model_kwargs, synced_gpus, streamer) and _on_one_device(model)):
         return False
     if transformers.__version__ not in TESTED_TRANSFORMERS_VERSIONS:
         _warn_untested_version(transformers.__version__)
@@ -378,6 +382,14 @@ def _call_is_supported(generation_config: GenerationConfig, model_kwargs: dict, 
         and type(cache.cross_attention_cache) is DynamicCache
         and cache.get_seq_length() == 0
     )
+
+
+def _on_one_device(model: nn.Module) -> bool:
+    """Whether the model sits whole on one device, without accelerate's hooks (offloading, a device map over several
+    devices), which move weights and activations in the modules' forward: these loops read `lm_head.weight` directly
+    and keep their state on the inputs' device."""
+    device_map = getattr(model, "hf_device_map", None) or {}
+    return len(set(device_map.values())) <= 1 and not any(hasattr(module, "_hf_hook") for module in model.modules())
 
 
 # On a CPU, MKL runs the output projection of 5-63 rows faster as weight x hidden^T plus a transposing copy than as
@@ -459,17 +471,26 @@ def _preallocated_cache(model: nn.Module, model_kwargs: dict, max_length: int, m
 _BEAM_MASK_ATTENTION = {"sdpa": False, "eager": True}
 
 
+def _attention_runs_in_float32(model: nn.Module, device: torch.device) -> bool:
+    """Whether the decoder's attention computes in float32: neither its weights nor autocast lower it. Over the beams'
+    interleaved entries sdpa sums in another order than over each beam's own history: in float32 that moves the
+    attention output by ~1e-7, in bfloat16 by one unit of its last place, enough to change tokens (up to 5 of 20
+    batches of 12 sentences, tests/test_generation.py's trained toy model in bf16 weights)."""
+    autocast_lowers = torch.is_autocast_enabled(device.type) and torch.get_autocast_dtype(device.type) != torch.float32
+    return model.dtype == torch.float32 and not autocast_lowers
+
+
 def _beam_cache(
     model: nn.Module, model_kwargs: dict, max_length: int, sentences: int, num_beams: int
 ) -> tuple[EncoderDecoderCache, BeamAncestry | None]:
-    """Beam search's cache: `BeamSelfAttentionLayer`s and their `BeamAncestry` where the attention takes its mask,
-    else `_preallocated_cache` (and no ancestry)."""
+    """Beam search's cache: `BeamSelfAttentionLayer`s and their `BeamAncestry` where the attention takes its mask and
+    computes in float32, else `_preallocated_cache` (and no ancestry)."""
+    encoder_output = model_kwargs["encoder_outputs"][0]
     additive = _BEAM_MASK_ATTENTION.get(model.config._attn_implementation)
-    if additive is None:
+    if additive is None or not _attention_runs_in_float32(model, encoder_output.device):
         return _preallocated_cache(model, model_kwargs, max_length, sentences * num_beams), None
     layers = [BeamSelfAttentionLayer(max_length, num_beams) for _ in range(model.config.decoder_layers)]
     cache = EncoderDecoderCache(Cache(layers=layers), model_kwargs["cache"].cross_attention_cache)
-    encoder_output = model_kwargs["encoder_outputs"][0]
     ancestry = BeamAncestry(
         sentences, num_beams, max_length, encoder_output.device, encoder_output.dtype if additive else None
     )
@@ -607,7 +628,8 @@ def beam_search(
                 self_attention_mask=mask,
             )
             log_probs = torch.log_softmax(scores, dim=-1, out=scores)
-        log_probs = processors(flat_running_sequences, log_probs)
+        # a processor may return a view that is not contiguous (RepetitionPenaltyLogitsProcessor: a slice)
+        log_probs = processors(flat_running_sequences, log_probs).contiguous()
         log_probs = log_probs.view(batch_size, num_beams, -1).add_(running_beam_scores[:, :, None]).view(batch_size, -1)
 
         topk_log_probs, topk_running_sequences, topk_running_beam_indices = model._get_top_k_continuations(
@@ -767,7 +789,7 @@ class VaswaniGenerationMixin(GenerationMixin):
         **model_kwargs,
     ):
         """Greedy decoding through generation_vaswani.py when it applies, else `GenerationMixin`'s (sampling, ...)."""
-        if fast_decoding_applies(generation_config, model_kwargs, synced_gpus, streamer):
+        if fast_decoding_applies(self, generation_config, model_kwargs, synced_gpus, streamer):
             return greedy_search(self, input_ids, logits_processor, stopping_criteria, generation_config, model_kwargs)
         return super()._sample(
             input_ids, logits_processor, stopping_criteria, generation_config, synced_gpus, streamer, **model_kwargs
@@ -783,7 +805,7 @@ class VaswaniGenerationMixin(GenerationMixin):
         **model_kwargs,
     ):
         """Beam search through generation_vaswani.py when it applies, else `GenerationMixin`'s."""
-        if fast_decoding_applies(generation_config, model_kwargs, synced_gpus, None):
+        if fast_decoding_applies(self, generation_config, model_kwargs, synced_gpus, None):
             return beam_search(self, input_ids, logits_processor, stopping_criteria, generation_config, model_kwargs)
         return super()._beam_search(
             input_ids, logits_processor, stopping_criteria, generation_config, synced_gpus, **model_kwargs
