@@ -235,7 +235,6 @@ def scripted_trainer(tmp_path, scores: list[float], **overrides) -> VaswaniTrain
         eval_steps=1,
         metric_for_best_model="score",
         predict_with_generate=False,
-        label_names=["labels"],  # the Trainer would infer ["labels", "label_smoothing"] from forward()
     )
     return trainer_for(
         tmp_path,

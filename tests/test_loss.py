@@ -53,6 +53,20 @@ def test_training_loss_fused_with_the_output_projection_equals_the_plain_path(la
         torch.testing.assert_close(fused_grads[name], grad, atol=1e-6, rtol=1e-4, msg=name)
 
 
+@pytest.mark.parametrize("training", [True, False], ids=["fused", "plain"])
+def test_the_count_of_items_may_come_as_a_tensor_of_any_one_element_shape(training):
+    # the Trainer passes num_items_in_batch as a tensor; nn.DataParallel scatters it to each replica as (1, 1)
+    model = tiny_model().train(training)
+    batch = copy_task_batch(torch.Generator().manual_seed(5), batch_size=6)
+    losses = [
+        model(**batch, label_smoothing=0.1, num_items_in_batch=count).loss
+        for count in (50, torch.tensor(50), torch.tensor([[50]]))
+    ]
+    assert all(loss.shape == () for loss in losses)
+    for loss in losses[1:]:
+        torch.testing.assert_close(loss, losses[0])
+
+
 def test_fused_loss_gradients_match_finite_differences_across_chunks():
     generator = torch.Generator().manual_seed(6)
     hidden = torch.randn(7, 5, dtype=torch.float64, generator=generator, requires_grad=True)

@@ -229,6 +229,13 @@ def test_dropout_is_the_identity_in_evaluation_and_at_p_0():
     assert torch.equal(VaswaniDropout(0.0).train()(inputs), inputs)
 
 
+@pytest.mark.parametrize("p", [1 - 2**-18, 1.0])
+def test_dropout_near_or_at_1_drops_almost_everything(p):
+    # 16 random bits cannot draw a P_drop within 2^-17 of 1 (it rounds to 1 and the mask would keep everything)
+    outputs = VaswaniDropout(p).train()(torch.ones(1000, 1000))
+    assert (outputs != 0).float().mean().item() < 1e-4  # expected 1 - p: 4e-6 or 0
+
+
 @pytest.mark.parametrize("dropout", [0.0, 0.3])
 def test_gradient_checkpointing_gives_the_same_gradients(dropout):
     """With dropout too: the recomputed forward pass draws the same masks."""

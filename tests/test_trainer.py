@@ -9,6 +9,7 @@ from transformers import (
     Seq2SeqTrainingArguments,
     TrainerCallback,
 )
+from transformers.trainer_pt_utils import LabelSmoother
 
 from vaswani_hf import convert_to_marian
 from vaswani_hf.trainer import eq3_learning_rate
@@ -108,6 +109,27 @@ def test_evaluation_leaves_the_generation_config_as_it_was(tmp_path):
     trainer.evaluate(eval_dataset=reversal_dataset(16).remove_columns(["source_length", "target_length"]))
     assert model.generation_config.max_length is None
     assert model.generation_config.to_dict() == before
+
+
+def test_evaluation_without_generate_reports_the_label_smoothed_loss(tmp_path):
+    # forward()'s `label_smoothing` is no label: counted as one, no batch would seem to have labels, and no eval_loss
+    model = tiny_model(seed=2)
+    dataset = reversal_dataset(16).remove_columns(["source_length", "target_length"])
+    trainer = trainer_for(
+        tmp_path, model, label_smoothing_factor=0.1, predict_with_generate=False, per_device_eval_batch_size=16
+    )
+    assert trainer.label_names == ["labels"]
+
+    def collate(features: list[dict]) -> dict:  # as DataCollatorForSeq2Seq(model=...) does
+        batch = pad(features)
+        return batch | {"decoder_input_ids": model.prepare_decoder_input_ids_from_labels(batch["labels"])}
+
+    trainer.data_collator = collate
+    metrics = trainer.evaluate(eval_dataset=dataset)
+    batch = collate([dataset[i] for i in range(16)])
+    with torch.no_grad():
+        expected = LabelSmoother(epsilon=0.1)(model.eval()(**batch), batch["labels"])
+    assert metrics["eval_loss"] == pytest.approx(expected.item(), rel=1e-5)
 
 
 def test_training_step_with_label_smoothing_equals_the_trainers_label_smoother(tmp_path):

@@ -131,6 +131,8 @@ def label_smoothed_loss(
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
     denominator = labels.ne(-100).sum() if num_items_in_batch is None else num_items_in_batch
+    if isinstance(denominator, torch.Tensor):  # one count, in any shape: nn.DataParallel scatters it as (1, 1)
+        denominator = denominator.reshape(())
     device_type = hidden_states.device.type
     # Under bfloat16 autocast the products run in bfloat16 as autocast would run the projection; float16 autocast keeps
     # the unfused path: the fused gradients are computed before GradScaler's scale could keep them from underflowing.

@@ -209,7 +209,9 @@ class VaswaniDropout(nn.Dropout):
     elsewhere nn.Dropout."""
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        if self.training and 0.0 < self.p < 1.0 and not self.inplace and hidden_states.device.type == "cpu":
+        # a P_drop within 2^-17 of 1 rounds to 1 in 16 bits, where the mask would keep everything: nn.Dropout then
+        in_16_bits = 0.0 < self.p and round(self.p * 2**16) < 2**16
+        if self.training and in_16_bits and not self.inplace and hidden_states.device.type == "cpu":
             return VaswaniDropoutFunction.apply(hidden_states, self.p)
         return super().forward(hidden_states)
 

@@ -60,6 +60,10 @@ class VaswaniTrainer(Seq2SeqTrainer):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        if self.args.label_names is None:
+            # The Trainer takes every forward() argument named like a label for one: ours' `label_smoothing` is not,
+            # and with it counted no batch would seem to have labels (evaluation without generate: no eval_loss).
+            self.label_names = [name for name in self.label_names if name != "label_smoothing"]
         self.checkpoints_kept = self.args.save_total_limit
         self.model_smooths_labels = self.logits_smoother is not None and isinstance(
             self.accelerator.unwrap_model(self.model), VaswaniForConditionalGeneration
