@@ -132,6 +132,52 @@ def test_translate_names_bad_input_and_devices(tiny_translator_folder, tmp_path,
             assert refused.value.code == 2 and message in capsys.readouterr().err
 
 
+def test_both_commands_and_both_apis_give_empty_translations_for_blank_sources_and_empty_inputs(
+    tiny_translator, tiny_translator_folder, tmp_path, capsys
+):
+    model, tokenizer = tiny_translator
+    expected = expected_translations(tiny_translator_folder, SOURCES, num_beams=1)
+    one_line = [index for index, source in enumerate(SOURCES) if "\u2028" not in source]  # no separator to replace
+    translated = translate_batches(model, tokenizer, SOURCES, batch_size=3, num_beams=1)
+    assert [translated[i] for i in one_line] == [expected[i] for i in one_line] and translated[1] == translated[3] == ""
+    assert translate_batches(model, tokenizer, [], num_beams=1) == []
+    translator = pipeline("translation", model=str(tiny_translator_folder))
+    assert translator([]) == [] and translator.length_order([]) == []
+    source_file, references = tmp_path / "src.en", tmp_path / "ref.de"
+    source_file.write_bytes(SOURCE_BYTES)
+    references.write_text("".join(f"line {n}\n" for n in range(len(SOURCES))), encoding="utf-8")
+    output_file = tmp_path / "hyp.de"
+    argv = [str(tiny_translator_folder), str(source_file), str(references), "--output_file", str(output_file)]
+    evaluate.main([*argv, "--num_beams", "1", "--device", "cpu"])
+    assert output_file.read_text(encoding="utf-8").split("\n") == [*expected, ""]  # the same as vaswani-translate
+    empty = tmp_path / "empty.en"
+    empty.write_bytes(b"")
+    capsys.readouterr()
+    translate.main([str(tiny_translator_folder), "--input", str(empty), "--output", str(tmp_path / "empty.de")])
+    assert (tmp_path / "empty.de").read_bytes() == b""
+
+
+def test_the_pipeline_returns_num_return_sequences_translations_for_blank_inputs_too(tiny_translator_folder):
+    translator = pipeline("translation", model=str(tiny_translator_folder))
+    results = translator(["A dog runs.", "", "A cat."], num_return_sequences=2)
+    assert [len(result) for result in results] == [2, 2, 2] and results[1] == [{"translation_text": ""}] * 2
+    assert translator("  ", num_return_sequences=3) == [{"translation_text": ""}] * 3
+    assert translator(["", " "], num_return_sequences=2) == [[{"translation_text": ""}] * 2] * 2
+    created = pipeline("translation", model=str(tiny_translator_folder), num_return_sequences=2)
+    assert [len(result) for result in created(["", "A dog runs."])] == [2, 2]
+
+
+def test_a_source_too_long_is_cut_with_truncation_and_a_byte_order_mark_is_no_text(
+    tiny_translator_folder, tmp_path, capsys
+):
+    source_file = tmp_path / "src.en"
+    source_file.write_bytes("\ufeffA dog runs.\n".encode() + ("A man rides a bike. " * 400).encode() + b"\n")
+    translate.main([str(tiny_translator_folder), "--input", str(source_file), "--truncation", "--num_beams", "1"])
+    first, second = capsys.readouterr().out.split("\n")[:2]
+    assert first == expected_translations(tiny_translator_folder, ["A dog runs."], num_beams=1)[0] and second
+    assert split_text_lines("\ufeffa\nb\n".encode(), "src") == ["a", "b"]
+
+
 def test_both_commands_decode_in_bfloat16_when_asked(tiny_translator, tiny_translator_folder, tmp_path, capsys):
     model, tokenizer = tiny_translator
     sources = [source for source in SOURCES if source.strip()]

@@ -30,8 +30,9 @@ def translate(
 ) -> list[str]:
     """Translate `sources` with `model.generate` (its generation config: beam 4, length penalty 0.6, length limit,
     unless `generate_kwargs` say otherwise). Sentences are batched in order of their number of tokens (least padding)
-    and returned in input order. A tqdm bar
-    counts the sentences on a terminal (never when stderr is not one, nor with `progress_bar=False`).
+    and returned in input order. An empty or whitespace-only source translates to `""` without running the model, as
+    in the pipeline. A tqdm bar counts the sentences on a terminal (never when stderr is not one, nor with
+    `progress_bar=False`).
 
     With `across_processes`, every process of the run (accelerate's `PartialState`) must call it with the same
     sources: process r of n translates batches r, r + n, ... of the same length-sorted batches one process would
@@ -41,8 +42,9 @@ def translate(
     `batch_logits_processor(sources, batch)`, when given, makes the logits processors of each batch from its sources
     and their encoding, in the order of the batch's rows (constraints that depend on the sentence: parsing.parse)."""
     model.eval()
-    lengths = source_lengths(tokenizer, sources)
-    order = sorted(range(len(sources)), key=lengths.__getitem__)
+    to_translate = [index for index, text in enumerate(sources) if text.strip()]
+    lengths = source_lengths(tokenizer, [sources[index] for index in to_translate])
+    order = [to_translate[position] for position in sorted(range(len(to_translate)), key=lengths.__getitem__)]
     batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
     state = PartialState() if across_processes else None
     if state is not None:
@@ -75,6 +77,8 @@ def translate(
 
 def source_lengths(tokenizer: PreTrainedTokenizerBase, sources: list[str]) -> list[int]:
     """The number of tokens of each source, as `translate` encodes it: the key its batches are sorted by."""
+    if not sources:  # the tokenizer fails on an empty list
+        return []
     return [len(ids) for ids in tokenizer(list(sources))["input_ids"]]
 
 

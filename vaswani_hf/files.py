@@ -26,9 +26,10 @@ def read_text_lines(path: str | os.PathLike) -> list[str]:
 
 def split_text_lines(data: bytes, name: str) -> list[str]:
     """UTF-8 `data` split at "\n" only (a trailing "\r" is dropped), so that line N is line N for `wc -l`, `sed`
-    and `paste` too; `name` (a file, or standard input) and the line are named if it is not UTF-8."""
+    and `paste` too; `name` (a file, or standard input) and the line are named if it is not UTF-8. A byte-order mark
+    at the start (Windows editors write one) is dropped, not read as part of the first line."""
     try:
-        text = data.decode("utf-8")
+        text = data.decode("utf-8-sig")
     except UnicodeDecodeError as error:
         line = data[: error.start].count(b"\n") + 1
         raise ValueError(f"{name} is not valid UTF-8 (line {line}): {error}") from error

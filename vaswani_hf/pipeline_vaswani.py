@@ -86,21 +86,32 @@ class TranslationPipeline(Pipeline):
                     f"({text[error.start]!r}); undecodable bytes read from a file? Decode them with errors='replace'"
                 ) from None
 
-        translations = [[{"translation_text": ""}] for _ in texts]
         to_translate = [index for index, text in enumerate(texts) if text.strip()]
         if len(to_translate) > 1:  # batches of similar lengths; the translations go back to their inputs' places
             to_translate = [to_translate[i] for i in self.length_order([texts[index] for index in to_translate])]
-        if to_translate:
-            outputs = super().__call__([texts[index] for index in to_translate], **kwargs)
-            for index, output in zip(to_translate, outputs, strict=True):
-                translations[index] = output
+        outputs = super().__call__([texts[index] for index in to_translate], **kwargs) if to_translate else []
+        # a blank input gets as many empty translations as the others got, or as the generation settings ask
+        per_input = len(outputs[0]) if outputs else self._sequences_per_input(kwargs)
+        translations = [[{"translation_text": ""}] * per_input for _ in texts]
+        for index, output in zip(to_translate, outputs, strict=True):
+            translations[index] = output
         if single:
             return translations[0]
         return [output[0] for output in translations] if all(len(o) == 1 for o in translations) else translations
 
+    def _sequences_per_input(self, call_kwargs: dict) -> int:
+        """How many translations `generate` would return per input: `num_return_sequences` from the call, else from
+        the pipeline's creation, else from the generation config in force."""
+        given = {**getattr(self, "_generate_kwargs", {}), **call_kwargs}  # Pipeline keeps creation's generation kwargs
+        if given.get("num_return_sequences") is not None:
+            return given["num_return_sequences"]
+        return (given.get("generation_config") or self.model.generation_config).num_return_sequences or 1
+
     def length_order(self, texts: list[str]) -> list[int]:
         """The indices of `texts` from the fewest tokens to the most (stable): consecutive inputs, which `batch_size`
         decodes together, then have similar lengths, so less padding, and sentences that finish at similar steps."""
+        if not texts:  # the tokenizer fails on an empty list
+            return []
         lengths = [len(ids) for ids in self.tokenizer(list(texts), split_special_tokens=True)["input_ids"]]
         return sorted(range(len(texts)), key=lengths.__getitem__)
 

@@ -30,6 +30,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("sentences", nargs="*", help="sentences to translate (default: --input or standard input)")
     parser.add_argument("--input", help="a file of sources, one a line; '-' for standard input")
     parser.add_argument("--output", help="write the translations to this file instead of standard output")
+    parser.add_argument(
+        "--truncation",
+        action="store_true",
+        help="cut a source longer than the model accepts to its first tokens (with a warning) instead of stopping",
+    )
     add_decoding_arguments(parser, batch_size=32)
     args = parser.parse_intermixed_args(argv)  # sentences before or after the options
     if args.sentences and args.input:
@@ -46,7 +51,9 @@ def main(argv: list[str] | None = None) -> None:
         translator = pipeline(
             "translation", model=args.model, tokenizer=load_tokenizer(args.model), device=device, dtype=dtype
         )
-        translations = translate_in_length_order(translator, sources, args.batch_size, **generate_kwargs)
+        translations = translate_in_length_order(
+            translator, sources, args.batch_size, truncation=args.truncation, **generate_kwargs
+        )
         if args.output:
             write_text_lines(args.output, translations)
         else:
@@ -55,20 +62,24 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def translate_in_length_order(
-    translator: Pipeline, sources: list[str], batch_size: int, **generate_kwargs
+    translator: Pipeline, sources: list[str], batch_size: int, truncation: bool = False, **generate_kwargs
 ) -> list[str]:
     """Translations of `sources`, in their order, decoded `batch_size` at a time in order of their number of tokens
-    (less padding, as `evaluation.translate` does), with a progress bar on standard error."""
+    (less padding, as `evaluation.translate` does), with a progress bar on standard error. With `truncation`, a
+    source longer than the model accepts is cut (the pipeline warns) instead of stopping the run."""
     order = translator.length_order(sources)
     translations = [""] * len(sources)
     with tqdm(total=len(sources), unit="sentence", desc="translating", file=sys.stderr) as progress:
         for start in range(0, len(order), batch_size):
             indices = order[start : start + batch_size]
             try:
-                outputs = translator([sources[i] for i in indices], batch_size=batch_size, **generate_kwargs)
+                outputs = translator(
+                    [sources[i] for i in indices], batch_size=batch_size, truncation=truncation, **generate_kwargs
+                )
             except ValueError as error:  # a source the model cannot take (too long): say which line it is
                 refused = [i + 1 for i in sorted(indices) if not accepts(translator, sources[i])]
-                raise ValueError(f"source line {refused[0] if refused else '?'}: {error}") from error
+                hint = " (vaswani-translate: --truncation)" if refused else ""
+                raise ValueError(f"source line {refused[0] if refused else '?'}: {error}{hint}") from error
             for index, output in zip(indices, outputs, strict=True):
                 translations[index] = output["translation_text"]
             progress.update(len(indices))
