@@ -196,17 +196,18 @@ def matmul_peak_flops(dtype: torch.dtype = torch.float32, size: int = 2048, repe
 
 def training_step_flops(config, batch_size: int, source_length: int, target_length: int) -> int:
     """Matrix-multiply FLOPs of one training step (forward + backward = 3 x forward), counting 2 FLOPs per
-    multiply-add. With d = d_model, f = d_ff, V = vocabulary, S / T = source / target length, per sequence:
+    multiply-add. With d = d_model, f = d_ff (the encoder's or the decoder's), V = vocabulary, S / T = source / target
+    length, per sequence:
       encoder layer:  S * (2*4*d*d + 2*2*d*f) + 2*2*S*S*d          (q, k, v, out; FFN; scores and weighted sum)
       decoder layer:  T * (2*4*d*d + 2*2*d*f + 2*2*d*d) + S * 2*2*d*d + 2*2*T*T*d + 2*2*T*S*d
                       (self q, k, v, out; FFN; cross q, out; cross k, v on the source; self and cross attention)
       output layer:   T * 2*d*V
     Attention counts the full T x T score matrix, as SDPA computes it under a causal mask on a CPU."""
-    d, f, vocab = config.d_model, config.encoder_ffn_dim, config.vocab_size
+    d, vocab = config.d_model, config.vocab_size
     s, t = source_length, target_length
-    encoder = config.encoder_layers * (s * (8 * d * d + 4 * d * f) + 4 * s * s * d)
+    encoder = config.encoder_layers * (s * (8 * d * d + 4 * d * config.encoder_ffn_dim) + 4 * s * s * d)
     decoder = config.decoder_layers * (
-        t * (8 * d * d + 4 * d * f + 4 * d * d) + s * 4 * d * d + 4 * t * t * d + 4 * t * s * d
+        t * (8 * d * d + 4 * d * config.decoder_ffn_dim + 4 * d * d) + s * 4 * d * d + 4 * t * t * d + 4 * t * s * d
     )
     output = t * 2 * d * vocab
     return 3 * batch_size * (encoder + decoder + output)

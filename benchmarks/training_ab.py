@@ -103,17 +103,17 @@ def _loss_alone(loss_before, batch: dict, d_model: int, vocab_size: int, dtype, 
 
 def _attention_alone(config: VaswaniConfig, batch_size: int, length: int, dtype: torch.dtype, repeats: int) -> dict:
     """Forward and backward of one causal self-attention over (batch, heads, length, head_dim): torch's sdpa against
-    the eager products given the same boolean mask."""
+    the eager products, each given no mask as the decoder's self-attention over an unpadded batch is (sdpa then runs
+    its causal kernel; the eager products build the causal mask)."""
     heads = config.encoder_attention_heads
     shape = (batch_size, heads, length, config.d_model // heads)
     query, key, value = (torch.randn(shape, dtype=dtype, requires_grad=True) for _ in range(3))
-    mask = torch.ones(length, length, dtype=torch.bool).tril()
     module = nn.Module().train()
     module.is_causal = True
 
     def run(attention) -> None:
         query.grad = key.grad = value.grad = None
-        attention(module, query, key, value, mask, scaling=shape[-1] ** -0.5)[0].sum().backward()
+        attention(module, query, key, value, None, scaling=shape[-1] ** -0.5)[0].sum().backward()
 
     results = side_by_side(
         {"sdpa": lambda: run(sdpa_attention_forward), "eager": lambda: run(sdpa_masks_in_eager_attention)}, repeats

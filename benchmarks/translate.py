@@ -249,6 +249,7 @@ def translate_benchmark(
     after one warm-up translation of `batch_size` sentences; `sentences` limits the test set (for quick runs). The
     PyTorch engines run in one worker process, each CTranslate2 engine in its own (all in one with `one_process`, to
     measure what a translator does to its neighbours); one engine runs at a time."""
+    started_on = machine()  # its load average is the machine's before this run's own load
     sources, references = load_test_set(corpus_dir, source_lang, target_lang)
     if sentences is not None:
         sources, references = sources[:sentences], references[:sentences]
@@ -290,10 +291,10 @@ def translate_benchmark(
                 process.terminate()
             connection.close()
     reference_name = "ctranslate2_float32" if "ctranslate2_float32" in names else names[0]
-    compared = outputs.get("ours_evaluate", outputs[names[0]])
+    compared_name = "ours_evaluate" if "ours_evaluate" in names else names[0]
     results: dict = {
         "machine": {
-            **machine(),
+            **started_on,
             "ctranslate2": _version("ctranslate2"),
         },
         "settings": {
@@ -321,8 +322,10 @@ def translate_benchmark(
             "seconds": round(median, 2),
             "sentences_per_second": round(len(sources) / median, 1),
             "bleu": round(evaluation.bleu(outputs[name], references)["score"], 2),
-            "speed_relative_to_ctranslate2_float32": round(statistics.median(ratios), 3),
-            "same_translations_as_ours_evaluate": sum(a == b for a, b in zip(outputs[name], compared, strict=True)),
+            f"speed_relative_to_{reference_name}": round(statistics.median(ratios), 3),
+            f"same_translations_as_{compared_name}": sum(
+                a == b for a, b in zip(outputs[name], outputs[compared_name], strict=True)
+            ),
             "all_seconds": [round(s, 2) for s in seconds[name]],
         }
     return results

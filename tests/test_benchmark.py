@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import tiny_config
+from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks import bf16, harness, operator_profile, projection, training_ab
 from benchmarks.cli import main
@@ -62,6 +63,18 @@ def test_training_flops_formula_counts_the_output_layer_and_attention():
     # one more vocabulary entry costs 3 passes x 2 FLOPs x d_model per target token
     bigger = training_step_flops(tiny_config(vocab_size=1001), 1, 10, 10)
     assert bigger - base == 3 * 2 * config.d_model * 10
+
+
+def test_training_flops_formula_equals_the_products_the_model_computes():
+    # sides of different depths and feed-forward widths; eager attention, whose products the counter sees
+    config = tiny_config(vocab_size=300, encoder_layers=2, decoder_layers=3, encoder_ffn_dim=128, decoder_ffn_dim=256)
+    model = VaswaniForConditionalGeneration(config)
+    model.set_attn_implementation("eager")
+    batch = harness._random_batch(config, 2, 20, 12)
+    inputs = {name: batch[name] for name in ("input_ids", "attention_mask", "decoder_input_ids")}
+    with FlopCounterMode(display=False) as counter:  # the plain projection: the fused loss's addmm_ goes uncounted
+        model(**inputs).logits.sum().backward()
+    assert counter.get_total_flops() == training_step_flops(config, 2, 20, 12)
 
 
 def test_training_benchmark_compares_the_same_step():
