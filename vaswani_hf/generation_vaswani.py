@@ -475,7 +475,7 @@ def _attention_runs_in_float32(model: nn.Module, device: torch.device) -> bool:
     """Whether the decoder's attention computes in float32: neither its weights nor autocast lower it. Over the beams'
     interleaved entries sdpa sums in another order than over each beam's own history: in float32 that moves the
     attention output by ~1e-7, in bfloat16 by one unit of its last place, enough to change tokens (up to 5 of 20
-    batches of 12 sentences, tests/test_generation.py's trained toy model in bf16 weights)."""
+    batches of 12 sentences of a toy model like the tests', in bf16 weights)."""
     autocast_lowers = torch.is_autocast_enabled(device.type) and torch.get_autocast_dtype(device.type) != torch.float32
     return model.dtype == torch.float32 and not autocast_lowers
 

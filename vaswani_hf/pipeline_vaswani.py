@@ -92,7 +92,7 @@ class TranslationPipeline(Pipeline):
         outputs = super().__call__([texts[index] for index in to_translate], **kwargs) if to_translate else []
         # a blank input gets as many empty translations as the others got, or as the generation settings ask
         per_input = len(outputs[0]) if outputs else self._sequences_per_input(kwargs)
-        translations = [[{"translation_text": ""}] * per_input for _ in texts]
+        translations = [[{"translation_text": ""} for _ in range(per_input)] for _ in texts]
         for index, output in zip(to_translate, outputs, strict=True):
             translations[index] = output
         if single:
