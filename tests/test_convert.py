@@ -103,6 +103,25 @@ def test_configs_without_marian_equivalent_are_refused(overrides, problem):
         convert_to_marian(tiny_model(**overrides))
 
 
+@pytest.mark.parametrize(
+    ("overrides", "problem"),
+    [
+        ({"decoder_attention_heads": 2}, "encoder_attention_heads=4 != decoder_attention_heads=2"),
+        ({"activation_function": "tanh"}, "activation_function='tanh'"),
+    ],
+)
+def test_configs_ctranslate2_would_get_wrong_are_refused_before_any_folder_is_written(
+    overrides, problem, tiny_translator, tmp_path
+):
+    # Marian computes these exactly; CTranslate2's loader gives the decoder the encoder's head count (other tokens,
+    # silently) and fails on an activation it lacks with a bare KeyError
+    _, tokenizer = tiny_translator
+    model = tiny_model(vocab_size=len(tokenizer), **overrides)
+    with pytest.raises(ValueError, match=re.escape(problem)):
+        export_ctranslate2(model, tokenizer, tmp_path / "ct2")
+    assert not (tmp_path / "ct2").exists()
+
+
 def test_marian_with_logits_bias_or_separate_vocabularies_is_refused():
     marian = random_marian(seed=13)
     marian.final_logits_bias.fill_(0.5)

@@ -180,6 +180,22 @@ def quantize_dynamic_int8(model: VaswaniForConditionalGeneration) -> VaswaniForC
     return torch.ao.quantization.quantize_dynamic(copy.deepcopy(model).eval(), {torch.nn.Linear}, dtype=torch.qint8)
 
 
+def _check_ctranslate2_compatible(config: VaswaniConfig, activations: dict | None) -> None:
+    """Refuse, naming them, the settings CTranslate2's encoder-decoder loader would silently get wrong or fail on
+    without saying why: one head count for both stacks (it gives the decoder the encoder's), and its activations
+    (`activations`: the converter's table, when it has one)."""
+    problems = []
+    if config.encoder_attention_heads != config.decoder_attention_heads:
+        problems.append(
+            f"encoder_attention_heads={config.encoder_attention_heads} != decoder_attention_heads="
+            f"{config.decoder_attention_heads} (its loader gives both stacks the encoder's)"
+        )
+    if activations is not None and config.activation_function not in activations:
+        problems.append(f"activation_function={config.activation_function!r} (it knows {sorted(activations)})")
+    if problems:
+        raise ValueError("this config cannot be exported to CTranslate2: " + "; ".join(problems))
+
+
 def export_ctranslate2(
     model: VaswaniForConditionalGeneration,
     tokenizer: PreTrainedTokenizerBase,
@@ -199,9 +215,11 @@ def export_ctranslate2(
     loaded from, a folder holding them and the current directory always are (`check_output_folder`).
     """
     try:
+        from ctranslate2.converters import transformers as ctranslate2_transformers
         from ctranslate2.converters.transformers import BartLoader, MarianMTLoader
     except ImportError as error:
         raise ImportError("export_ctranslate2 needs the ctranslate2 package: pip install ctranslate2") from error
+    _check_ctranslate2_compatible(model.config, getattr(ctranslate2_transformers, "_SUPPORTED_ACTIVATIONS", None))
 
     class VaswaniMarianLoader(MarianMTLoader):
         def get_model_spec(self, marian):
