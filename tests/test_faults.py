@@ -147,6 +147,38 @@ def test_a_mask_of_another_shape_is_refused_instead_of_broadcast():
     model = tiny_model()
     with pytest.raises(ValueError, match=r"attention_mask has shape \(1, 3\) but input_ids has \(1, 2\)"):
         model(input_ids=torch.tensor([[5, 6]]), attention_mask=torch.ones(1, 3), decoder_input_ids=torch.tensor([[1]]))
+    embeddings = model.get_input_embeddings()  # the same checks for embeddings given instead of ids
+    with pytest.raises(ValueError, match=r"attention_mask has shape \(1, 3\) but inputs_embeds has \(1, 2\)"):
+        model(
+            inputs_embeds=embeddings(torch.tensor([[5, 6]])),
+            attention_mask=torch.ones(1, 3),
+            decoder_input_ids=torch.tensor([[1]]),
+        )
+    with pytest.raises(ValueError, match=r"decoder_attention_mask has shape \(1, 1\) but decoder_inputs_embeds has"):
+        model(
+            input_ids=torch.tensor([[5, 6]]),
+            decoder_inputs_embeds=embeddings(torch.tensor([[1, 7, 8]])),
+            decoder_attention_mask=torch.ones(1, 1),
+        )
+
+
+@pytest.mark.parametrize("as_embeddings", [False, True])
+def test_padding_before_the_tokens_is_refused_where_positions_would_shift(as_embeddings):
+    # positions count from each row's first column (Sec. 3.5): left padding would give a sentence other positions
+    model = tiny_model()
+    batch = padded_batch()  # right-padded, as the tokenizer pads: accepted
+    left = batch["attention_mask"].flip(1)
+    inputs = {"input_ids": batch["input_ids"].flip(1)}
+    if as_embeddings:
+        inputs = {"inputs_embeds": model.get_input_embeddings()(inputs["input_ids"])}
+    decoder_input_ids = torch.ones(3, 2, dtype=torch.long)
+    model(**batch, decoder_input_ids=decoder_input_ids)
+    with pytest.raises(ValueError, match="attention_mask pads some row before its tokens .left padding.."):
+        model(**inputs, attention_mask=left, decoder_input_ids=decoder_input_ids)
+    with pytest.raises(ValueError, match="decoder_attention_mask pads some row before its tokens"):
+        model(
+            **batch, decoder_input_ids=decoder_input_ids, decoder_attention_mask=torch.tensor([[1, 1], [0, 1], [1, 1]])
+        )
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])

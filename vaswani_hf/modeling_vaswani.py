@@ -163,24 +163,55 @@ def check_token_inputs(
     input_ids: torch.Tensor, attention_mask: torch.Tensor | None, vocab_size: int, name: str, mask_name: str
 ) -> None:
     """Refuse what would otherwise fail deep in the model with an unnamed error (an id outside the embedding table)
-    or, worse, run silently wrong (a mask of another shape is broadcast or cut by the mask functions)."""
+    or, worse, run silently wrong (a mask of another shape is broadcast or cut by the mask functions; padding before
+    tokens, see `check_attention_mask`)."""
     if input_ids.dim() != 2:
         raise ValueError(f"{name} must be (batch, length), got shape {tuple(input_ids.shape)}")
-    # one pass and one read back to the host (on an accelerator, a wait for it): not one of each for min and max
-    smallest, largest = torch.stack(torch.aminmax(input_ids)).tolist() if input_ids.numel() else (0, 0)
+    check_attention_mask(attention_mask, input_ids.shape, name, mask_name, read_back=False)
+    # one pass each and one read back to the host (on an accelerator, a wait for it): the ids' range and the padding
+    id_range = torch.aminmax(input_ids) if input_ids.numel() else (input_ids.new_zeros(()), input_ids.new_zeros(()))
+    checks = torch.stack([*id_range, _padding_before_tokens(attention_mask).to(input_ids.dtype)]).tolist()
+    smallest, largest, padded_before = checks
     if smallest < 0 or largest >= vocab_size:
         bad = input_ids[(input_ids < 0) | (input_ids >= vocab_size)][0].item()
         raise ValueError(f"{name} holds id {bad}, outside the vocabulary of {vocab_size} tokens (0-{vocab_size - 1})")
+    if padded_before:
+        raise _padding_before_tokens_error(mask_name)
+
+
+def check_attention_mask(
+    attention_mask: torch.Tensor | None, shape: torch.Size, name: str, mask_name: str, read_back: bool = True
+) -> None:
+    """Refuse a padding mask of another (batch, length) than the inputs', and (with `read_back`) one that pads before
+    a row's tokens: positions count from each row's first column (Sec. 3.5), so a left-padded row would take other
+    positions than the same sentence alone."""
     if attention_mask is None:
         return
-    # a 2D padding mask matches the ids; a prepared 4D mask (batch, 1, query, key), as generate() builds for a static
-    # cache, matches them in batch and query length
-    prepared = attention_mask.dim() == 4 and attention_mask.shape[::2] == input_ids.shape
-    if attention_mask.shape != input_ids.shape and not prepared:
+    # a 2D padding mask matches the inputs; a prepared 4D mask (batch, 1, query, key), as generate() builds for a
+    # static cache, matches them in batch and query length
+    prepared = attention_mask.dim() == 4 and attention_mask.shape[::2] == shape[:2]
+    if attention_mask.shape != shape[:2] and not prepared:
         raise ValueError(
-            f"{mask_name} has shape {tuple(attention_mask.shape)} but {name} has {tuple(input_ids.shape)}: "
+            f"{mask_name} has shape {tuple(attention_mask.shape)} but {name} has {tuple(shape[:2])}: "
             "they must match, or be a prepared (batch, 1, query, key) mask"
         )
+    if read_back and _padding_before_tokens(attention_mask).item():
+        raise _padding_before_tokens_error(mask_name)
+
+
+def _padding_before_tokens(attention_mask: torch.Tensor | None) -> torch.Tensor:
+    """Whether a 2D mask has a padding column before a token column in some row (left or inner padding)."""
+    if attention_mask is None or attention_mask.dim() != 2 or attention_mask.shape[1] < 2:
+        return torch.tensor(False, device=None if attention_mask is None else attention_mask.device)
+    attends = attention_mask != 0
+    return (attends[:, 1:] & ~attends[:, :-1]).any()
+
+
+def _padding_before_tokens_error(mask_name: str) -> ValueError:
+    return ValueError(
+        f"{mask_name} pads some row before its tokens (left padding?): this model counts positions from the first "
+        "column, so pad on the right (tokenizer.padding_side = 'right', as its tokenizer is saved)"
+    )
 
 
 class VaswaniDropoutFunction(torch.autograd.Function):
@@ -538,6 +569,8 @@ class VaswaniEncoder(VaswaniPreTrainedModel):
         if inputs_embeds is None:
             check_token_inputs(input_ids, attention_mask, self.config.vocab_size, "input_ids", "attention_mask")
             inputs_embeds = self.embed_tokens(input_ids)
+        else:
+            check_attention_mask(attention_mask, inputs_embeds.shape, "inputs_embeds", "attention_mask")
         hidden_states = inputs_embeds * self.embed_scale
         if self.embed_positions is not None:
             hidden_states = hidden_states + self.embed_positions(0, hidden_states.shape[1], hidden_states)
@@ -596,6 +629,8 @@ class VaswaniDecoder(VaswaniPreTrainedModel):
                     input_ids, attention_mask, self.config.vocab_size, "decoder_input_ids", "decoder_attention_mask"
                 )
             inputs_embeds = self.embed_tokens(input_ids)
+        elif past_length == 0:
+            check_attention_mask(attention_mask, inputs_embeds.shape, "decoder_inputs_embeds", "decoder_attention_mask")
         hidden_states = inputs_embeds * self.embed_scale
         if self.embed_positions is not None:
             hidden_states = hidden_states + self.embed_positions(past_length, hidden_states.shape[1], hidden_states)
