@@ -170,12 +170,13 @@ def check_token_inputs(
     check_attention_mask(attention_mask, input_ids.shape, name, mask_name, read_back=False)
     # one pass each and one read back to the host (on an accelerator, a wait for it): the ids' range and the padding
     id_range = torch.aminmax(input_ids) if input_ids.numel() else (input_ids.new_zeros(()), input_ids.new_zeros(()))
-    checks = torch.stack([*id_range, _padding_before_tokens(attention_mask).to(input_ids.dtype)]).tolist()
-    smallest, largest, padded_before = checks
+    padding = _padding_before_tokens(attention_mask)
+    extra = [] if padding is None else [padding.to(input_ids.device, input_ids.dtype)]
+    smallest, largest, *padded_before = torch.stack([*id_range, *extra]).tolist()
     if smallest < 0 or largest >= vocab_size:
         bad = input_ids[(input_ids < 0) | (input_ids >= vocab_size)][0].item()
         raise ValueError(f"{name} holds id {bad}, outside the vocabulary of {vocab_size} tokens (0-{vocab_size - 1})")
-    if padded_before:
+    if any(padded_before):
         raise _padding_before_tokens_error(mask_name)
 
 
@@ -195,14 +196,16 @@ def check_attention_mask(
             f"{mask_name} has shape {tuple(attention_mask.shape)} but {name} has {tuple(shape[:2])}: "
             "they must match, or be a prepared (batch, 1, query, key) mask"
         )
-    if read_back and _padding_before_tokens(attention_mask).item():
+    padding = _padding_before_tokens(attention_mask) if read_back else None
+    if padding is not None and padding.item():
         raise _padding_before_tokens_error(mask_name)
 
 
-def _padding_before_tokens(attention_mask: torch.Tensor | None) -> torch.Tensor:
-    """Whether a 2D mask has a padding column before a token column in some row (left or inner padding)."""
+def _padding_before_tokens(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """Whether a 2D mask has a padding column before a token column in some row (left or inner padding), as a
+    boolean tensor on the mask's device; None where there is no 2D mask of two columns or more to look at."""
     if attention_mask is None or attention_mask.dim() != 2 or attention_mask.shape[1] < 2:
-        return torch.tensor(False, device=None if attention_mask is None else attention_mask.device)
+        return None
     attends = attention_mask != 0
     return (attends[:, 1:] & ~attends[:, :-1]).any()
 
