@@ -33,6 +33,7 @@ from helpers import (
 from safetensors.torch import load_file
 from transformers import AutoModelForSeq2SeqLM, GenerationConfig, HfArgumentParser, modeling_utils, pipeline
 
+from vaswani_hf import training
 from vaswani_hf.arguments import DataArguments, ModelArguments, VaswaniTrainingArguments
 from vaswani_hf.averaging import average_checkpoints
 from vaswani_hf.callbacks import NonFiniteGradientGuard
@@ -643,3 +644,28 @@ def test_the_pipeline_names_a_model_folder_without_a_tokenizer_or_with_a_damaged
     with pytest.raises(ValueError, match="no tokenizer could be loaded for the model: pass tokenizer="):
         pipeline("translation", model=tiny_model())
     assert pipeline("translation", model=str(tiny_translator_folder))("A dog runs.", max_new_tokens=3)
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ({"fp16": True}, "fp16 trains on GPUs only"),
+        ({"bf16_full_eval": True}, "bf16_full_eval would not change this run's evaluations"),
+        ({"fp16_full_eval": True}, "fp16_full_eval would not change"),
+    ],
+)
+def test_precision_settings_that_would_do_nothing_on_a_cpu_are_refused_before_the_data_is_read(
+    tmp_path, setting, message
+):
+    arguments = VaswaniTrainingArguments(output_dir=str(tmp_path / "out"), use_cpu=True, report_to="none", **setting)
+    with pytest.raises(ValueError, match=message):
+        train(ModelArguments(), DataArguments(dataset=str(tmp_path / "no_data_here")), arguments)
+    assert not (tmp_path / "out").exists()
+
+
+def test_bf16_training_on_a_cpu_without_bf16_units_is_warned_about(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(training, "cpu_has_native_bfloat16", lambda: False)
+    arguments = VaswaniTrainingArguments(output_dir=str(tmp_path / "out"), use_cpu=True, report_to="none", bf16=True)
+    with caplog.at_level("WARNING"), pytest.raises((OSError, ValueError)):  # then the missing data stops it
+        train(ModelArguments(), DataArguments(dataset=str(tmp_path / "no_data_here")), arguments)
+    assert any("bf16 training is emulated and slower than float32" in r.getMessage() for r in caplog.records)

@@ -45,6 +45,7 @@ from .checkpoints import (
 from .configuration_vaswani import VaswaniConfig
 from .corpus import load_corpus
 from .data import is_hub_repo_id, preprocess
+from .devices import cpu_has_native_bfloat16
 from .evaluation import bleu, bleu_metric_for_trainer, chrf, tokenized_bleu, translate
 from .files import files_replaced_in, read_json, write_bytes, write_json, write_text_lines
 from .modeling_vaswani import VaswaniForConditionalGeneration
@@ -237,13 +238,35 @@ def check_engine(training_args: VaswaniTrainingArguments) -> None:
         )
 
 
+def check_precision(training_args: VaswaniTrainingArguments) -> None:
+    """Refuse the precision settings that would do nothing here without a word, and warn where bf16 is emulated:
+    fp16 on a CPU (accelerate turns on neither autocast nor a loss scaler there: the run is float32), and
+    `bf16_full_eval` / `fp16_full_eval` (the Trainer casts only in an `evaluate()` outside `train()`, and the final
+    evaluation decodes with the saved float32 weights)."""
+    half_eval = [name for name in ("bf16_full_eval", "fp16_full_eval") if getattr(training_args, name)]
+    if half_eval:
+        raise ValueError(
+            f"{' and '.join(half_eval)} would not change this run's evaluations; to decode in bfloat16 evaluate the "
+            "trained model with `vaswani-evaluate MODEL SRC REF --dtype bfloat16`"
+        )
+    on_cpu = training_args.device.type == "cpu"
+    if training_args.fp16 and on_cpu:
+        raise ValueError("fp16 trains on GPUs only (on a CPU the run would be float32): use --bf16 true on a CPU")
+    if training_args.bf16 and on_cpu and not cpu_has_native_bfloat16():
+        logger.warning(
+            "this CPU has no bfloat16 units (AMX / AVX512-BF16): bf16 training is emulated and slower than float32"
+        )
+
+
 def train(model_args: ModelArguments, data_args: DataArguments, training_args: VaswaniTrainingArguments) -> dict:
     """The whole run: data, tokenizer, model, training (resumable), checkpoint averaging, sacreBLEU (BLEU, chrF) on
     the test split, and the output folder (model, tokenizer, generation config, metrics.json, test_predictions.txt,
     training_curves.png). An output folder holding an earlier run is refused unless `resume_from_checkpoint` is set,
     and a reused tokenizer must fit the recipe (`check_tokenizer_fits`), both before anything is written. FSDP and
-    DeepSpeed are refused before anything is read (`check_engine`)."""
+    DeepSpeed are refused before anything is read (`check_engine`), and so are precision settings that would do
+    nothing (`check_precision`)."""
     check_engine(training_args)
+    check_precision(training_args)
     output_dir = Path(training_args.output_dir)
     check_output_dir(training_args)
     PartialState().wait_for_everyone()  # every process has looked before the first one writes anything
