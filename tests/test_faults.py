@@ -33,7 +33,7 @@ from helpers import (
 from safetensors.torch import load_file
 from transformers import AutoModelForSeq2SeqLM, GenerationConfig, HfArgumentParser, modeling_utils, pipeline
 
-from vaswani_hf import training
+from vaswani_hf import devices
 from vaswani_hf.arguments import DataArguments, ModelArguments, VaswaniTrainingArguments
 from vaswani_hf.averaging import average_checkpoints
 from vaswani_hf.callbacks import NonFiniteGradientGuard
@@ -664,7 +664,7 @@ def test_precision_settings_that_would_do_nothing_on_a_cpu_are_refused_before_th
 
 
 def test_bf16_training_on_a_cpu_without_bf16_units_is_warned_about(tmp_path, monkeypatch, caplog):
-    monkeypatch.setattr(training, "cpu_has_native_bfloat16", lambda: False)
+    monkeypatch.setattr(devices, "cpu_has_native_bfloat16", lambda: False)
     arguments = VaswaniTrainingArguments(output_dir=str(tmp_path / "out"), use_cpu=True, report_to="none", bf16=True)
     with caplog.at_level("WARNING"), pytest.raises((OSError, ValueError)):  # then the missing data stops it
         train(ModelArguments(), DataArguments(dataset=str(tmp_path / "no_data_here")), arguments)

@@ -1,9 +1,12 @@
 """The device a command runs on (`--device`): `cpu`, `cuda`, `cuda:N` (or another accelerator torch knows, such as
 `mps` or `xpu`), or `auto` for this machine's accelerator where it has one, else the CPU."""
 
+import logging
 from pathlib import Path
 
 import torch
+
+logger = logging.getLogger(__name__)
 
 DEVICE_CHOICES = "auto, cpu, cuda, cuda:N (or mps, xpu, ...: the accelerators torch knows)"
 
@@ -41,3 +44,12 @@ def cpu_has_native_bfloat16() -> bool:
     cpuinfo = Path("/proc/cpuinfo")
     flags = cpuinfo.read_text() if cpuinfo.exists() else ""
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def warn_if_bfloat16_is_emulated(device: torch.device, what: str) -> None:
+    """Warn that `what` (bfloat16 decoding, bf16 training) runs slower than float32 when `device` is a CPU without
+    bfloat16 units (`cpu_has_native_bfloat16`)."""
+    if device.type == "cpu" and not cpu_has_native_bfloat16():
+        logger.warning(
+            f"this CPU has no bfloat16 units (AMX / AVX512-BF16): {what} is emulated and slower than float32"
+        )

@@ -45,7 +45,7 @@ from .checkpoints import (
 from .configuration_vaswani import VaswaniConfig
 from .corpus import load_corpus
 from .data import is_hub_repo_id, preprocess
-from .devices import cpu_has_native_bfloat16
+from .devices import warn_if_bfloat16_is_emulated
 from .evaluation import bleu, bleu_metric_for_trainer, chrf, tokenized_bleu, translate
 from .files import files_replaced_in, read_json, write_bytes, write_json, write_text_lines
 from .modeling_vaswani import VaswaniForConditionalGeneration
@@ -249,13 +249,10 @@ def check_precision(training_args: VaswaniTrainingArguments) -> None:
             f"{' and '.join(half_eval)} would not change this run's evaluations; to decode in bfloat16 evaluate the "
             "trained model with `vaswani-evaluate MODEL SRC REF --dtype bfloat16`"
         )
-    on_cpu = training_args.device.type == "cpu"
-    if training_args.fp16 and on_cpu:
+    if training_args.fp16 and training_args.device.type == "cpu":
         raise ValueError("fp16 trains on GPUs only (on a CPU the run would be float32): use --bf16 true on a CPU")
-    if training_args.bf16 and on_cpu and not cpu_has_native_bfloat16():
-        logger.warning(
-            "this CPU has no bfloat16 units (AMX / AVX512-BF16): bf16 training is emulated and slower than float32"
-        )
+    if training_args.bf16:
+        warn_if_bfloat16_is_emulated(training_args.device, "bf16 training")
 
 
 def train(model_args: ModelArguments, data_args: DataArguments, training_args: VaswaniTrainingArguments) -> dict:

@@ -2,15 +2,12 @@
 `generate()`; unset ones leave the model's generation config in charge (beam 4, length penalty 0.6: Sec. 6.1)."""
 
 import argparse
-import logging
 
 import torch
 
-from vaswani_hf.devices import DEVICE_CHOICES, cpu_has_native_bfloat16, resolve_device
+from vaswani_hf.devices import DEVICE_CHOICES, resolve_device, warn_if_bfloat16_is_emulated
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-logger = logging.getLogger(__name__)
 
 
 def add_decoding_arguments(parser: argparse.ArgumentParser, batch_size: int) -> None:
@@ -43,9 +40,7 @@ def decoding_options(
     dtype = DTYPES[args.dtype]
     if device.type == "cpu" and dtype == torch.float16:
         parser.error("--dtype float16 decodes on GPUs only; on a CPU use float32, or bfloat16 where it has bf16 units")
-    if device.type == "cpu" and dtype == torch.bfloat16 and not cpu_has_native_bfloat16():
-        logger.warning(
-            "this CPU has no bfloat16 units (AMX / AVX512-BF16): bfloat16 is emulated and slower than float32"
-        )
+    if dtype == torch.bfloat16:
+        warn_if_bfloat16_is_emulated(device, "bfloat16")
     names = ("num_beams", "length_penalty")
     return device, dtype, {name: getattr(args, name) for name in names if getattr(args, name) is not None}
